@@ -1,0 +1,12 @@
+import type { Migration, MigrationProvider } from 'kysely';
+import * as ledger from './2026-11-21-ledger.js';
+
+/** Every migration, in order. Static imports so the set survives bundling into a Lambda. */
+const migrations: Record<string, Migration> = {
+  '2026-11-21-ledger': ledger,
+};
+
+/** A kysely migration provider over the static set above. */
+export const migrationProvider: MigrationProvider = {
+  getMigrations: async () => migrations,
+};

@@ -1,0 +1,40 @@
+import { Kysely, PostgresDialect } from 'kysely';
+import pg from 'pg';
+import type { Database } from './schema.js';
+
+const INT8_OID = 20;
+
+/**
+ * int8 (credits, amounts, entry ids) arrives as a JS number, exactly: a value outside the safe integer range
+ * throws instead of silently rounding. Decided once, here, for every pool the service creates.
+ */
+export function parseInt8(text: string): number {
+  const value = Number(text);
+  if (!Number.isSafeInteger(value)) {
+    throw new RangeError(`int8 value ${text} is outside the safe integer range`);
+  }
+  return value;
+}
+
+const types = {
+  getTypeParser: ((oid: number, format?: 'text' | 'binary') =>
+    oid === INT8_OID ? parseInt8 : pg.types.getTypeParser(oid, format)) as typeof pg.types.getTypeParser,
+};
+
+export interface DbOptions {
+  /** Pool size. @default 10 */
+  readonly max?: number;
+  /** Name shown in pg_stat_activity. @default 'credits' */
+  readonly applicationName?: string;
+}
+
+/** The kysely instance over a pg pool; every query goes to the writer given by `connectionString`. */
+export function createDb(connectionString: string, options: DbOptions = {}): Kysely<Database> {
+  const pool = new pg.Pool({
+    connectionString,
+    max: options.max ?? 10,
+    application_name: options.applicationName ?? 'credits',
+    types,
+  });
+  return new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+}

@@ -1,0 +1,142 @@
+import type { ColumnType, Generated, Insertable, Selectable } from 'kysely';
+
+/** Credits and minor currency units: int8 in Postgres, a safe integer in TypeScript (see `client.ts`). */
+type Int8 = ColumnType<number, number | undefined, number>;
+type CreatedAt = ColumnType<Date, never, never>;
+type UpdatedAt = ColumnType<Date, Date | undefined, Date>;
+type Json = ColumnType<unknown, string | undefined, string>;
+
+export type AccountStatus = 'active' | 'frozen';
+export type PaymentStatus =
+  | 'INIT'
+  | 'PAID'
+  | 'CREDITED'
+  | 'PARTIALLY_REFUNDED'
+  | 'REFUNDED'
+  | 'CHARGEBACK'
+  | 'EXPIRED'
+  | 'FAILED';
+export type EntryKind =
+  | 'purchase'
+  | 'spend'
+  | 'refund_clawback'
+  | 'refund_reversal'
+  | 'dispute_clawback'
+  | 'dispute_reinstatement'
+  | 'admin_adjustment';
+export type AdminActionKind =
+  | 'adjust'
+  | 'freeze'
+  | 'unfreeze'
+  | 'anonymize'
+  | 'replay_event'
+  | 'start_reconciliation';
+export type EventOutcome = 'applied' | 'ignored' | 'parked';
+export type RunStatus = 'running' | 'succeeded' | 'partial' | 'failed';
+
+export interface AccountsTable {
+  id: Generated<string>;
+  external_user_id: string | null;
+  stripe_customer_id: string | null;
+  balance: Int8;
+  version: Int8;
+  status: ColumnType<AccountStatus, AccountStatus | undefined, AccountStatus>;
+  anonymized_at: Date | null;
+  created_at: CreatedAt;
+  updated_at: UpdatedAt;
+}
+
+export interface PaymentsTable {
+  id: Generated<string>;
+  account_id: string;
+  package_id: string;
+  credits: Int8;
+  amount_total: Int8;
+  currency: string;
+  status: ColumnType<PaymentStatus, PaymentStatus | undefined, PaymentStatus>;
+  stripe_checkout_session_id: string | null;
+  stripe_payment_intent_id: string | null;
+  stripe_charge_id: string | null;
+  amount_refunded: Int8;
+  disputed: ColumnType<boolean, boolean | undefined, boolean>;
+  created_at: CreatedAt;
+  updated_at: UpdatedAt;
+}
+
+export interface LedgerEntriesTable {
+  id: ColumnType<number, never, never>;
+  account_id: string;
+  amount: number;
+  balance_after: number;
+  kind: EntryKind;
+  reference: string;
+  payment_id: string | null;
+  admin_action_id: string | null;
+  stripe_event_id: string | null;
+  request_hash: string | null;
+  description: string | null;
+  metadata: Json | null;
+  created_at: CreatedAt;
+}
+
+export interface AdminActionsTable {
+  id: Generated<string>;
+  actor_arn: string;
+  action: AdminActionKind;
+  account_id: string | null;
+  reason: string;
+  payload: Json;
+  created_at: CreatedAt;
+}
+
+export interface ProcessedEventsTable {
+  event_id: string;
+  event_type: string;
+  outcome: EventOutcome;
+  reason: string | null;
+  payload: Json | null;
+  created_at: CreatedAt;
+  updated_at: UpdatedAt;
+}
+
+export interface ReconciliationRunsTable {
+  id: Generated<string>;
+  status: ColumnType<RunStatus, RunStatus | undefined, RunStatus>;
+  trigger: 'schedule' | 'admin';
+  window_start: Date;
+  window_end: Date;
+  counts: Json;
+  healed: ColumnType<number, number | undefined, number>;
+  findings: ColumnType<number, number | undefined, number>;
+  error: string | null;
+  started_at: CreatedAt;
+  finished_at: Date | null;
+}
+
+export interface ReconciliationFindingsTable {
+  id: ColumnType<number, never, never>;
+  run_id: string;
+  kind: string;
+  stripe_object_id: string | null;
+  payment_id: string | null;
+  account_id: string | null;
+  details: Json;
+  created_at: CreatedAt;
+}
+
+/** The whole schema as kysely sees it; the migrations are the source of truth. */
+export interface Database {
+  accounts: AccountsTable;
+  payments: PaymentsTable;
+  ledger_entries: LedgerEntriesTable;
+  admin_actions: AdminActionsTable;
+  processed_events: ProcessedEventsTable;
+  reconciliation_runs: ReconciliationRunsTable;
+  reconciliation_findings: ReconciliationFindingsTable;
+}
+
+export type Account = Selectable<AccountsTable>;
+export type Payment = Selectable<PaymentsTable>;
+export type NewPayment = Insertable<PaymentsTable>;
+export type LedgerEntry = Selectable<LedgerEntriesTable>;
+export type AdminAction = Selectable<AdminActionsTable>;

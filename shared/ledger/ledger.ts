@@ -173,7 +173,10 @@ export interface PurchaseCredit {
   readonly stripeEventId?: string | null;
 }
 
-/** Credits a paid purchase. Idempotent: a payment is credited at most once, whatever the reference. */
+/**
+ * Credits a paid purchase and moves its payment (INIT or PAID) to CREDITED. Idempotent: a payment is
+ * credited at most once, whatever the reference.
+ */
 export async function creditPurchase(
   trx: Trx,
   account: Account,
@@ -187,6 +190,16 @@ export async function creditPurchase(
     .where('kind', '=', 'purchase')
     .executeTakeFirst();
   if (existing) return { entry: existing, duplicate: true };
+  const moved = await trx
+    .updateTable('payments')
+    .set({ status: 'CREDITED', updated_at: sql`now()` })
+    .where('id', '=', input.paymentId)
+    .where('account_id', '=', account.id)
+    .where('status', 'in', ['INIT', 'PAID'])
+    .executeTakeFirst();
+  if (moved.numUpdatedRows !== 1n) {
+    throw new LedgerRuleError(`payment ${input.paymentId} of this account is not awaiting credit`);
+  }
   const entry = await appendEntry(trx, account, {
     amount: credits,
     kind: 'purchase',

@@ -39,7 +39,6 @@ export async function givenFundedAccount(
   const payment = await givenPayment(db, account, { credits });
   await inAccountTransaction(db, account.id, async (trx, locked) => {
     await creditPurchase(trx, locked, { paymentId: payment.id, credits, reference: payment.id });
-    await trx.updateTable('payments').set({ status: 'CREDITED' }).where('id', '=', payment.id).execute();
   });
   return { account, payment };
 }

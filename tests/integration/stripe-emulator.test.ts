@@ -1,6 +1,10 @@
 import { readFileSync } from 'node:fs';
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import Stripe from 'stripe';
 import { beforeEach, describe, expect, it } from 'vitest';
+import { startStripeEmulator } from '../../local/stripe-emulator/server.js';
 import { createStripeClient } from '../../shared/stripe/client.js';
 import {
   control,
@@ -356,10 +360,6 @@ describe('object shapes', () => {
 
 describe('state file', () => {
   it('keeps objects and idempotency keys across a restart', async () => {
-    const { mkdtemp } = await import('node:fs/promises');
-    const { tmpdir } = await import('node:os');
-    const { join } = await import('node:path');
-    const { startStripeEmulator } = await import('../../local/stripe-emulator/server.js');
     const stateFile = join(await mkdtemp(join(tmpdir(), 'stripe-emulator-')), 'state.json');
     const first = await startStripeEmulator({ port: 0, webhookSecret: WEBHOOK_SECRET, stateFile });
     const client = createStripeClient({ secretKey: STRIPE_KEY, apiBase: first.url, maxNetworkRetries: 0 });

@@ -113,8 +113,19 @@ export async function up(db: Kysely<unknown>): Promise<void> {
     CREATE TRIGGER payments_state_machine BEFORE UPDATE OF status ON payments
       FOR EACH ROW EXECUTE FUNCTION payments_state_machine();
 
+    -- What Stripe has told us about each payment intent's refunds and disputes, merged so that any order
+    -- and any repetition of events gives the same facts. Kept apart from payments: a refund can arrive
+    -- before the event that links its payment intent to a payment.
+    CREATE TABLE stripe_charge_facts (
+      payment_intent_id text PRIMARY KEY CHECK (payment_intent_id ~ '^pi_'),
+      charge_amount_refunded bigint NOT NULL DEFAULT 0 CHECK (charge_amount_refunded >= 0),
+      refunds jsonb NOT NULL DEFAULT '{}'::jsonb,
+      disputes jsonb NOT NULL DEFAULT '{}'::jsonb,
+      updated_at timestamptz NOT NULL DEFAULT now()
+    );
+
     CREATE TABLE processed_events (
-      event_id text PRIMARY KEY CHECK (event_id LIKE 'evt\_%'),
+      event_id text PRIMARY KEY CHECK (event_id ~ '^evt_'),
       event_type text NOT NULL,
       outcome text NOT NULL CHECK (outcome IN ('applied', 'ignored', 'parked')),
       reason text,
@@ -159,7 +170,7 @@ export async function up(db: Kysely<unknown>): Promise<void> {
 
 export async function down(db: Kysely<unknown>): Promise<void> {
   await sql`
-    DROP TABLE reconciliation_findings, reconciliation_runs, processed_events, ledger_entries,
+    DROP TABLE reconciliation_findings, reconciliation_runs, processed_events, stripe_charge_facts, ledger_entries,
       admin_actions, payments, accounts;
     DROP FUNCTION ledger_entries_append_only, payments_state_machine;
   `.execute(db);

@@ -99,6 +99,14 @@ export interface ProcessedEventsTable {
   updated_at: UpdatedAt;
 }
 
+export interface StripeChargeFactsTable {
+  payment_intent_id: string;
+  charge_amount_refunded: Int8;
+  refunds: Json;
+  disputes: Json;
+  updated_at: UpdatedAt;
+}
+
 export interface ReconciliationRunsTable {
   id: Generated<string>;
   status: ColumnType<RunStatus, RunStatus | undefined, RunStatus>;
@@ -131,6 +139,7 @@ export interface Database {
   ledger_entries: LedgerEntriesTable;
   admin_actions: AdminActionsTable;
   processed_events: ProcessedEventsTable;
+  stripe_charge_facts: StripeChargeFactsTable;
   reconciliation_runs: ReconciliationRunsTable;
   reconciliation_findings: ReconciliationFindingsTable;
 }

@@ -1,0 +1,59 @@
+import { z } from 'zod';
+import { type CreditPackage, parsePackages } from './packages.js';
+
+const flag = z
+  .enum(['true', 'false'])
+  .default('false')
+  .transform((v) => v === 'true');
+
+const intakeSchema = z.object({
+  QUEUE_URL: z.url(),
+  /** Secrets Manager secret with `{"apiKey": "...", "webhookSecrets": ["whsec_..."]}`; required in AWS. */
+  STRIPE_SECRET_NAME: z.string().min(1).optional(),
+  /** Local runs only: comma-separated signing secrets, newest first. */
+  STRIPE_WEBHOOK_SECRET: z.string().min(1).optional(),
+  STRIPE_LIVEMODE: flag,
+  WEBHOOK_MAX_BYTES: z.coerce.number().int().positive().default(256 * 1024),
+});
+
+const workerSchema = z.object({
+  DATABASE_URL: z.string().min(1),
+  DB_POOL_MAX: z.coerce.number().int().positive().default(5),
+  CREDIT_PACKAGES: z.string().optional(),
+});
+
+export type IntakeConfig = z.infer<typeof intakeSchema>;
+export interface WorkerConfig {
+  readonly databaseUrl: string;
+  readonly poolMax: number;
+  readonly packages: readonly CreditPackage[];
+}
+
+/** Parses `schema` from `env`; the error names every missing or invalid variable. */
+function parseEnv<T extends z.ZodType>(schema: T, env: NodeJS.ProcessEnv): z.infer<T> {
+  const result = schema.safeParse(env);
+  if (!result.success) {
+    const problems = result.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`);
+    throw new Error(`invalid configuration: ${problems.join('; ')}`);
+  }
+  return result.data;
+}
+
+/** The webhook intake's configuration, parsed once at cold start. */
+export function loadIntakeConfig(env: NodeJS.ProcessEnv = process.env): IntakeConfig {
+  const config = parseEnv(intakeSchema, env);
+  if (!config.STRIPE_SECRET_NAME && !config.STRIPE_WEBHOOK_SECRET) {
+    throw new Error('invalid configuration: STRIPE_SECRET_NAME (AWS) or STRIPE_WEBHOOK_SECRET (local) must be set');
+  }
+  return config;
+}
+
+/** The database-facing functions' configuration, parsed once at cold start. */
+export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env): WorkerConfig {
+  const config = parseEnv(workerSchema, env);
+  return {
+    databaseUrl: config.DATABASE_URL,
+    poolMax: config.DB_POOL_MAX,
+    packages: parsePackages(config.CREDIT_PACKAGES),
+  };
+}

@@ -9,5 +9,14 @@ export default defineConfig({
     pool: 'forks',
     // Two cores: two test files at a time keeps Postgres and the workers from starving each other.
     maxWorkers: 2,
+    env: {
+      // Handlers run with Powertools as in Lambda, without writing logs and metrics over the test output.
+      POWERTOOLS_LOG_LEVEL: 'SILENT',
+      POWERTOOLS_METRICS_DISABLED: 'true',
+      POWERTOOLS_TRACE_ENABLED: 'false',
+      AWS_REGION: 'us-east-1',
+      AWS_ACCESS_KEY_ID: 'test',
+      AWS_SECRET_ACCESS_KEY: 'test',
+    },
   },
 });

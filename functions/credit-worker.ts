@@ -9,9 +9,9 @@ import type { Kysely } from 'kysely';
 import { loadWorkerConfig } from '../shared/config.js';
 import { createDb } from '../shared/db/client.js';
 import type { Database } from '../shared/db/schema.js';
+import { createObservability } from '../shared/observability.js';
 import type { CreditPackage } from '../shared/packages.js';
 import { applyStripeEvent } from '../shared/payments/apply-event.js';
-import { createObservability } from '../shared/observability.js';
 import { type StripeEvent, stripeEventSchema } from '../shared/stripe/events.js';
 
 /** A queue message that is not a Stripe event: it fails its own record and reaches the DLQ after 5 receives. */
@@ -45,10 +45,16 @@ export function createCreditWorker(deps: WorkerDependencies) {
   async function processRecord(record: SQSRecord): Promise<void> {
     const event = parseQueuedEvent(record);
     const result = await applyStripeEvent(deps.db, event, { packages: deps.packages });
-    const metric = { applied: 'EventApplied', duplicate: 'EventDuplicate', ignored: 'EventIgnored', parked: 'EventParked' };
+    const metric = {
+      applied: 'EventApplied',
+      duplicate: 'EventDuplicate',
+      ignored: 'EventIgnored',
+      parked: 'EventParked',
+    };
     metrics.addMetric(metric[result.outcome], MetricUnit.Count, 1);
     if (result.creditsGranted) metrics.addMetric('CreditsGranted', MetricUnit.Count, result.creditsGranted);
-    if (result.creditsClawedBack) metrics.addMetric('CreditsClawedBack', MetricUnit.Count, result.creditsClawedBack);
+    if (result.creditsClawedBack)
+      metrics.addMetric('CreditsClawedBack', MetricUnit.Count, result.creditsClawedBack);
     const log = result.outcome === 'parked' ? logger.warn.bind(logger) : logger.info.bind(logger);
     log('event processed', {
       eventId: event.id,

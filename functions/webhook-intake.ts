@@ -43,7 +43,8 @@ export function createWebhookIntake(deps: IntakeDependencies) {
       throw new BadWebhookError('payload_too_large', `body exceeds the ${cap}-byte limit`);
     }
     const raw = Buffer.from(body, request.isBase64Encoded ? 'base64' : 'utf8');
-    if (raw.length > cap) throw new BadWebhookError('payload_too_large', `body exceeds the ${cap}-byte limit`);
+    if (raw.length > cap)
+      throw new BadWebhookError('payload_too_large', `body exceeds the ${cap}-byte limit`);
     const secrets = await webhookSigningSecrets({
       secretName: config.STRIPE_SECRET_NAME,
       localSecrets: config.STRIPE_WEBHOOK_SECRET,
@@ -94,7 +95,9 @@ export function createWebhookIntake(deps: IntakeDependencies) {
     } catch (error: unknown) {
       metrics.addMetric('WebhookEnqueueFailed', MetricUnit.Count, 1);
       logger.error('webhook not enqueued; Stripe will retry', { error: error as Error });
-      return problem(new ServiceError('queue_unavailable', 503, 'the event could not be queued; retry later'));
+      return problem(
+        new ServiceError('queue_unavailable', 503, 'the event could not be queued; retry later'),
+      );
     }
     metrics.addMetric('WebhookEnqueued', MetricUnit.Count, 1);
     logger.info('webhook enqueued');

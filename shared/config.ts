@@ -13,7 +13,11 @@ const intakeSchema = z.object({
   /** Local runs only: comma-separated signing secrets, newest first. */
   STRIPE_WEBHOOK_SECRET: z.string().min(1).optional(),
   STRIPE_LIVEMODE: flag,
-  WEBHOOK_MAX_BYTES: z.coerce.number().int().positive().default(256 * 1024),
+  WEBHOOK_MAX_BYTES: z.coerce
+    .number()
+    .int()
+    .positive()
+    .default(256 * 1024),
 });
 
 const workerSchema = z.object({
@@ -43,7 +47,9 @@ function parseEnv<T extends z.ZodType>(schema: T, env: NodeJS.ProcessEnv): z.inf
 export function loadIntakeConfig(env: NodeJS.ProcessEnv = process.env): IntakeConfig {
   const config = parseEnv(intakeSchema, env);
   if (!config.STRIPE_SECRET_NAME && !config.STRIPE_WEBHOOK_SECRET) {
-    throw new Error('invalid configuration: STRIPE_SECRET_NAME (AWS) or STRIPE_WEBHOOK_SECRET (local) must be set');
+    throw new Error(
+      'invalid configuration: STRIPE_SECRET_NAME (AWS) or STRIPE_WEBHOOK_SECRET (local) must be set',
+    );
   }
   return config;
 }

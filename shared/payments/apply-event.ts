@@ -111,7 +111,13 @@ async function claimEvent(trx: Trx, event: StripeEvent, replay: boolean): Promis
 async function parkEvent(db: Kysely<Database>, event: StripeEvent, reason: string): Promise<void> {
   await db
     .insertInto('processed_events')
-    .values({ event_id: event.id, event_type: event.type, outcome: 'parked', reason, payload: JSON.stringify(event) })
+    .values({
+      event_id: event.id,
+      event_type: event.type,
+      outcome: 'parked',
+      reason,
+      payload: JSON.stringify(event),
+    })
     .onConflict((oc) =>
       oc
         .column('event_id')
@@ -157,12 +163,20 @@ async function dispatch(trx: Trx, event: StripeEvent, packages: readonly CreditP
       (await linkedByMetadata(trx, intent.metadata.payment_id, intent.id));
     if (!payment) return false; // not a purchase of ours, or its session event will create it
     const account = await lockAccount(trx, payment.account_id);
-    await creditPayment(trx, account, payment, { amount: intent.amount_received, currency: intent.currency }, event.id);
+    await creditPayment(
+      trx,
+      account,
+      payment,
+      { amount: intent.amount_received, currency: intent.currency },
+      event.id,
+    );
     return true;
   }
   if (event.type === 'charge.refunded') {
     const charge = parseObject(chargeSchema, event);
-    return recordFacts(trx, event.id, charge.payment_intent, { chargeAmountRefunded: charge.amount_refunded });
+    return recordFacts(trx, event.id, charge.payment_intent, {
+      chargeAmountRefunded: charge.amount_refunded,
+    });
   }
   if (event.type.startsWith('refund.')) {
     const refund = parseObject(refundSchema, event);
@@ -209,7 +223,12 @@ async function applySessionEvent(
   packages: readonly CreditPackage[],
 ): Promise<boolean> {
   await lockKey(trx, 'payment', session.payment_intent ?? session.id);
-  const payment = await resolveSessionPayment(trx, session, packages, event.type !== 'checkout.session.expired');
+  const payment = await resolveSessionPayment(
+    trx,
+    session,
+    packages,
+    event.type !== 'checkout.session.expired',
+  );
   if (!payment) return false;
   const account = await lockAccount(trx, payment.account_id);
   switch (event.type) {
@@ -231,7 +250,10 @@ async function applySessionEvent(
   }
 }
 
-const sessionAmount = (session: CheckoutSession) => ({ amount: session.amount_total, currency: session.currency });
+const sessionAmount = (session: CheckoutSession) => ({
+  amount: session.amount_total,
+  currency: session.currency,
+});
 
 /** INIT (or PAID, for FAILED) moves to `status`; a payment past that point is left as it is. */
 async function moveUncredited(trx: Trx, payment: Payment, status: 'FAILED' | 'EXPIRED'): Promise<void> {
@@ -269,7 +291,10 @@ async function resolveSessionPayment(
   const userId = session.metadata.user_id ?? session.client_reference_id;
   if (!userId) {
     if (!mustResolve) return undefined;
-    throw new ParkEventError('unknown_user', `checkout session ${session.id} names no user (metadata.user_id)`);
+    throw new ParkEventError(
+      'unknown_user',
+      `checkout session ${session.id} names no user (metadata.user_id)`,
+    );
   }
   const pack = packages.find((p) => p.id === session.metadata.package_id);
   if (!pack) {
@@ -309,7 +334,10 @@ async function creditPayment(
 ): Promise<void> {
   if (!CREDITED.includes(payment.status)) {
     if (payment.status === 'EXPIRED' || payment.status === 'FAILED') {
-      throw new ParkEventError('paid_after_close', `payment ${payment.id} is ${payment.status} but Stripe reports it paid`);
+      throw new ParkEventError(
+        'paid_after_close',
+        `payment ${payment.id} is ${payment.status} but Stripe reports it paid`,
+      );
     }
     if (paid.amount !== payment.amount_total || paid.currency !== payment.currency) {
       throw new ParkEventError(
@@ -326,7 +354,13 @@ async function creditPayment(
   }
   if (payment.stripe_payment_intent_id) {
     const refreshed = (await paymentBy(trx, 'id', payment.id))!;
-    await settlePayment(trx, account, refreshed, await loadFacts(trx, payment.stripe_payment_intent_id), eventId);
+    await settlePayment(
+      trx,
+      account,
+      refreshed,
+      await loadFacts(trx, payment.stripe_payment_intent_id),
+      eventId,
+    );
   }
 }
 

@@ -40,7 +40,10 @@ const amount = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
 const metadata = z.record(z.string(), z.string()).default({});
 /** Webhooks carry ids for related objects; an expanded object is reduced to its id. */
 const ref = (prefix: string) =>
-  z.preprocess((v) => (v && typeof v === 'object' && 'id' in v ? (v as { id: unknown }).id : v), id(prefix).nullable());
+  z.preprocess(
+    (v) => (v && typeof v === 'object' && 'id' in v ? (v as { id: unknown }).id : v),
+    id(prefix).nullable(),
+  );
 
 export const checkoutSessionSchema = z.object({
   id: id('cs'),

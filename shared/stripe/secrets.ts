@@ -21,7 +21,11 @@ export async function webhookSigningSecrets(source: {
   secretName?: string;
   localSecrets?: string;
 }): Promise<string[]> {
-  if (!source.secretName) return (source.localSecrets ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+  if (!source.secretName)
+    return (source.localSecrets ?? '')
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
   return (await stripeSecrets(source.secretName)).webhookSecrets;
 }
 
@@ -30,7 +34,9 @@ export async function stripeSecrets(secretName: string): Promise<StripeSecrets> 
   const value = await getSecret(secretName, { maxAge: SECRET_MAX_AGE_SECONDS, transform: 'json' });
   const parsed = stripeSecretSchema.safeParse(value);
   if (!parsed.success) {
-    throw new Error(`secret ${secretName} is not {apiKey, webhookSecrets[]}: ${parsed.error.issues[0]?.message}`);
+    throw new Error(
+      `secret ${secretName} is not {apiKey, webhookSecrets[]}: ${parsed.error.issues[0]?.message}`,
+    );
   }
   return parsed.data;
 }

@@ -28,9 +28,11 @@ export function verifyStripeSignature(
     return at < 0 ? [part.trim(), ''] : [part.slice(0, at).trim(), part.slice(at + 1).trim()];
   });
   const timestamps = pairs.filter(([key]) => key === 't').map(([, value]) => value!);
-  if (timestamps.length !== 1) throw new SignatureError('Stripe-Signature must carry exactly one timestamp (t=)');
+  if (timestamps.length !== 1)
+    throw new SignatureError('Stripe-Signature must carry exactly one timestamp (t=)');
   const text = timestamps[0]!;
-  if (!/^\d{1,12}$/.test(text)) throw new SignatureError('Stripe-Signature timestamp (t=) is not a unix time in seconds');
+  if (!/^\d{1,12}$/.test(text))
+    throw new SignatureError('Stripe-Signature timestamp (t=) is not a unix time in seconds');
   const timestamp = Number(text);
   const signatures = pairs.filter(([key]) => key === 'v1').map(([, value]) => value!);
   if (signatures.length === 0) throw new SignatureError('Stripe-Signature has no v1 signature');
@@ -39,7 +41,9 @@ export function verifyStripeSignature(
   }
   const age = nowSeconds - timestamp;
   if (age > toleranceSeconds) {
-    throw new SignatureError(`Stripe-Signature timestamp is ${age} s old, beyond the ${toleranceSeconds} s tolerance`);
+    throw new SignatureError(
+      `Stripe-Signature timestamp is ${age} s old, beyond the ${toleranceSeconds} s tolerance`,
+    );
   }
   if (-age > toleranceSeconds) {
     throw new SignatureError(

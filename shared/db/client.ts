@@ -36,5 +36,10 @@ export function createDb(connectionString: string, options: DbOptions = {}): Kys
     application_name: options.applicationName ?? 'credits',
     types,
   });
+  // A connection closed by the server (failover, restart, terminate) must not crash the process: its
+  // queries fail with the error (and their transactions roll back), the pool drops it, and the next query
+  // opens a new one. Without these listeners pg re-emits the error as an uncaught exception.
+  pool.on('error', () => {});
+  pool.on('connect', (client) => client.on('error', () => {}));
   return new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
 }

@@ -224,8 +224,8 @@ export async function paymentClawbacks(
     .execute();
   const total = (kind: EntryKind) => Number(rows.find((r) => r.kind === kind)?.total ?? 0);
   return {
-    refund: -(total('refund_clawback') + total('refund_reversal')),
-    dispute: -(total('dispute_clawback') + total('dispute_reinstatement')),
+    refund: 0 - (total('refund_clawback') + total('refund_reversal')),
+    dispute: 0 - (total('dispute_clawback') + total('dispute_reinstatement')),
   };
 }
 

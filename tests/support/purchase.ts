@@ -1,0 +1,137 @@
+import type { Kysely } from 'kysely';
+import type { Account, Database, Payment } from '../../shared/db/schema.js';
+import { DEFAULT_PACKAGES } from '../../shared/packages.js';
+import {
+  charge,
+  checkoutSession,
+  dispute,
+  lambdaContext,
+  paymentIntent,
+  refund,
+  sqsEvent,
+  stripeEvent,
+  stripeIds,
+} from './events.js';
+import { givenAccount } from './factories.js';
+
+export const PACK = DEFAULT_PACKAGES[0]!; // 1,000 credits for 500 cents
+
+/**
+ * A purchase started by our checkout (payment INIT, ids in Stripe metadata) and builders for every Stripe
+ * event it can produce, shaped from Stripe's fixtures.
+ */
+export async function givenCheckout(db: Kysely<Database>, account?: Account) {
+  const owner = account ?? (await givenAccount(db));
+  const ids = stripeIds();
+  const payment: Payment = await db
+    .insertInto('payments')
+    .values({
+      account_id: owner.id,
+      package_id: PACK.id,
+      credits: PACK.credits,
+      amount_total: PACK.amount,
+      currency: PACK.currency,
+      stripe_checkout_session_id: ids.session,
+    })
+    .returningAll()
+    .executeTakeFirstOrThrow();
+  const metadata = { payment_id: payment.id, user_id: owner.external_user_id!, package_id: PACK.id };
+  const session = (overrides: Record<string, unknown> = {}) =>
+    checkoutSession({
+      id: ids.session,
+      payment_intent: ids.intent,
+      amount_total: PACK.amount,
+      currency: PACK.currency,
+      client_reference_id: owner.external_user_id,
+      metadata,
+      ...overrides,
+    });
+  const onCharge = { charge: ids.charge, payment_intent: ids.intent, currency: PACK.currency };
+  return {
+    account: owner,
+    payment,
+    ids,
+    completed: (paymentStatus: 'paid' | 'unpaid' = 'paid') =>
+      stripeEvent('checkout.session.completed', session({ payment_status: paymentStatus })),
+    asyncSucceeded: () => stripeEvent('checkout.session.async_payment_succeeded', session()),
+    asyncFailed: () =>
+      stripeEvent('checkout.session.async_payment_failed', session({ payment_status: 'unpaid' })),
+    expired: () =>
+      stripeEvent(
+        'checkout.session.expired',
+        session({ status: 'expired', payment_status: 'unpaid', payment_intent: null }),
+      ),
+    intentSucceeded: () =>
+      stripeEvent(
+        'payment_intent.succeeded',
+        paymentIntent({
+          id: ids.intent,
+          amount: PACK.amount,
+          amount_received: PACK.amount,
+          currency: PACK.currency,
+          metadata,
+        }),
+      ),
+    chargeRefunded: (amountRefunded: number) =>
+      stripeEvent(
+        'charge.refunded',
+        charge({
+          id: ids.charge,
+          amount: PACK.amount,
+          amount_refunded: amountRefunded,
+          payment_intent: ids.intent,
+          currency: PACK.currency,
+          refunded: amountRefunded === PACK.amount,
+        }),
+      ),
+    refundEvent: (
+      type: 'refund.created' | 'refund.updated' | 'refund.failed',
+      id: string,
+      amount: number,
+      status: string,
+    ) => stripeEvent(type, refund({ id, amount, status, ...onCharge })),
+    disputeEvent: (type: string, id: string, status: string, amount = PACK.amount) =>
+      stripeEvent(type, dispute({ id, amount, status, ...onCharge })),
+  };
+}
+
+export type Checkout = Awaited<ReturnType<typeof givenCheckout>>;
+
+/** Delivers `events` as one SQS batch to `worker`; returns its batch response. */
+export function deliver(
+  worker: (event: ReturnType<typeof sqsEvent>, context: ReturnType<typeof lambdaContext>) => Promise<unknown>,
+  events: object[],
+) {
+  return worker(sqsEvent(events.map((e) => JSON.stringify(e))), lambdaContext('credit-worker')) as Promise<{
+    batchItemFailures: Array<{ itemIdentifier: string }>;
+  }>;
+}
+
+/** What a purchase looks like from outside: the balance, the payment, and the net credits taken back. */
+export async function purchaseState(db: Kysely<Database>, checkout: Checkout) {
+  const account = await db
+    .selectFrom('accounts')
+    .select('balance')
+    .where('id', '=', checkout.account.id)
+    .executeTakeFirstOrThrow();
+  const payment = await db
+    .selectFrom('payments')
+    .select(['status', 'amount_refunded', 'disputed', 'stripe_payment_intent_id'])
+    .where('id', '=', checkout.payment.id)
+    .executeTakeFirstOrThrow();
+  const sums = await db
+    .selectFrom('ledger_entries')
+    .select(['kind', (eb) => eb.fn.sum<number>('amount').as('total')])
+    .where('payment_id', '=', checkout.payment.id)
+    .groupBy('kind')
+    .execute();
+  const net = (...kinds: string[]) =>
+    sums.filter((s) => kinds.includes(s.kind)).reduce((t, s) => t + Number(s.total), 0);
+  return {
+    balance: account.balance,
+    ...payment,
+    purchased: net('purchase'),
+    refundTaken: 0 - net('refund_clawback', 'refund_reversal'),
+    disputeTaken: 0 - net('dispute_clawback', 'dispute_reinstatement'),
+  };
+}

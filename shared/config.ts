@@ -26,7 +26,43 @@ const workerSchema = z.object({
   CREDIT_PACKAGES: z.string().optional(),
 });
 
+const list = z
+  .string()
+  .default('')
+  .transform((v) =>
+    v
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean),
+  );
+
+const apiSchema = z.object({
+  /** Secrets Manager secret with the Stripe API key (AWS); or STRIPE_SECRET_KEY for local runs. */
+  STRIPE_SECRET_NAME: z.string().min(1).optional(),
+  STRIPE_SECRET_KEY: z
+    .string()
+    .regex(/^(sk|rk)_(test|live)_\w+$/)
+    .optional(),
+  /** Another Stripe API base: the local emulator. */
+  STRIPE_API_BASE: z.url().optional(),
+  CHECKOUT_SUCCESS_URL: z.url(),
+  CHECKOUT_CANCEL_URL: z.url(),
+  /** Frontend origins allowed to call the user routes from a browser. */
+  CORS_ALLOWED_ORIGINS: list,
+  /** Checkouts a user may have open (INIT, under an hour old) before POST /v1/checkout answers 429. */
+  MAX_OPEN_CHECKOUTS: z.coerce.number().int().positive().default(5),
+});
+
 export type IntakeConfig = z.infer<typeof intakeSchema>;
+export type ApiConfig = WorkerConfig & {
+  readonly stripeSecretName?: string;
+  readonly stripeSecretKey?: string;
+  readonly stripeApiBase?: string;
+  readonly checkoutSuccessUrl: string;
+  readonly checkoutCancelUrl: string;
+  readonly corsAllowedOrigins: readonly string[];
+  readonly maxOpenCheckouts: number;
+};
 export interface WorkerConfig {
   readonly databaseUrl: string;
   readonly poolMax: number;
@@ -61,5 +97,25 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env): WorkerCo
     databaseUrl: config.DATABASE_URL,
     poolMax: config.DB_POOL_MAX,
     packages: parsePackages(config.CREDIT_PACKAGES),
+  };
+}
+
+/** The api function's configuration (the database plus Stripe checkout and CORS), parsed once at cold start. */
+export function loadApiConfig(env: NodeJS.ProcessEnv = process.env): ApiConfig {
+  const config = parseEnv(apiSchema, env);
+  if (!config.STRIPE_SECRET_NAME && !config.STRIPE_SECRET_KEY) {
+    throw new Error(
+      'invalid configuration: STRIPE_SECRET_NAME (AWS) or STRIPE_SECRET_KEY (local) must be set',
+    );
+  }
+  return {
+    ...loadWorkerConfig(env),
+    stripeSecretName: config.STRIPE_SECRET_NAME,
+    stripeSecretKey: config.STRIPE_SECRET_KEY,
+    stripeApiBase: config.STRIPE_API_BASE,
+    checkoutSuccessUrl: config.CHECKOUT_SUCCESS_URL,
+    checkoutCancelUrl: config.CHECKOUT_CANCEL_URL,
+    corsAllowedOrigins: config.CORS_ALLOWED_ORIGINS,
+    maxOpenCheckouts: config.MAX_OPEN_CHECKOUTS,
   };
 }

@@ -49,6 +49,8 @@ export interface ApplyResult {
   readonly reason?: string;
   readonly creditsGranted: number;
   readonly creditsClawedBack: number;
+  /** Ledger entries the event wrote (reversals and reinstatements included). */
+  readonly entriesWritten?: number;
 }
 
 export interface ApplyOptions {
@@ -135,10 +137,11 @@ async function movedBy(trx: Trx, eventId: string) {
       sql<number>`coalesce(-sum(amount) FILTER (WHERE kind IN ('refund_clawback', 'dispute_clawback')), 0)::bigint`.as(
         'clawed',
       ),
+      sql<number>`count(*)::int`.as('entries'),
     ])
     .where('stripe_event_id', '=', eventId)
     .executeTakeFirstOrThrow();
-  return { creditsGranted: row.granted, creditsClawedBack: row.clawed };
+  return { creditsGranted: row.granted, creditsClawedBack: row.clawed, entriesWritten: row.entries };
 }
 
 function parseObject<T extends z.ZodType>(schema: T, event: StripeEvent): z.infer<T> {

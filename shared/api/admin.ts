@@ -1,0 +1,280 @@
+import { z } from 'zod';
+import { ServiceError } from '../errors.js';
+import { checkInvariants } from '../ledger/invariants.js';
+import {
+  adjustCredits,
+  anonymizeAccount,
+  findAccountByUserId,
+  inAccountTransaction,
+  requireAccountByUserId,
+  setAccountStatus,
+} from '../ledger/ledger.js';
+import { applyStripeEvent } from '../payments/apply-event.js';
+import { stripeEventSchema } from '../stripe/events.js';
+import { type Caller, defineEndpoint, ok } from './endpoint.js';
+import {
+  accountSchema,
+  entrySchema,
+  paymentSchema,
+  reasonBody,
+  signedCredits,
+  storableText,
+  userIdParams,
+} from './schemas.js';
+import { accountView, entryView, paymentView } from './views.js';
+
+const arnOf = (caller: Caller) => (caller.kind === 'iam' ? caller.arn : '');
+const adminErrors = { 401: 'no IAM identity', 403: 'not an IAM caller' } as const;
+
+const auditSchema = z.object({
+  id: z.string(),
+  actorArn: z.string(),
+  action: z.string(),
+  reason: z.string(),
+  payload: z.unknown(),
+  createdAt: z.string(),
+});
+
+export const getAccount = defineEndpoint({
+  route: 'GET /v1/admin/accounts/{userId}',
+  summary: 'An account with its 50 latest entries, payments and admin actions',
+  params: userIdParams,
+  responses: {
+    200: {
+      description: 'the account',
+      schema: z.object({
+        account: accountSchema,
+        entries: z.array(entrySchema),
+        payments: z.array(paymentSchema),
+        adminActions: z.array(auditSchema),
+      }),
+    },
+  },
+  errors: { ...adminErrors, 404: 'no account for this user' },
+  async handle({ params }, { db }) {
+    const account = await requireAccountByUserId(db, params.userId);
+    const [entries, payments, actions] = await Promise.all([
+      db
+        .selectFrom('ledger_entries')
+        .selectAll()
+        .where('account_id', '=', account.id)
+        .orderBy('id', 'desc')
+        .limit(50)
+        .execute(),
+      db
+        .selectFrom('payments')
+        .selectAll()
+        .where('account_id', '=', account.id)
+        .orderBy('created_at', 'desc')
+        .limit(50)
+        .execute(),
+      db
+        .selectFrom('admin_actions')
+        .selectAll()
+        .where('account_id', '=', account.id)
+        .orderBy('created_at', 'desc')
+        .limit(50)
+        .execute(),
+    ]);
+    return ok({
+      account: accountView(account),
+      entries: entries.map(entryView),
+      payments: payments.map(paymentView),
+      adminActions: actions.map((a) => ({
+        id: a.id,
+        actorArn: a.actor_arn,
+        action: a.action,
+        reason: a.reason,
+        payload: a.payload,
+        createdAt: a.created_at.toISOString(),
+      })),
+    });
+  },
+});
+
+export const adjustAccount = defineEndpoint({
+  route: 'POST /v1/admin/accounts/{userId}/adjustments',
+  summary: 'Grants (positive) or removes (negative) credits, with the reason and the caller audited',
+  params: userIdParams,
+  body: z.object({ amount: signedCredits, reason: storableText(2000) }).strict(),
+  responses: {
+    201: {
+      description: 'the adjustment entry and its audit row id',
+      schema: z.object({ entry: entrySchema, adminActionId: z.string() }),
+    },
+  },
+  errors: {
+    ...adminErrors,
+    400: 'invalid body',
+    402: 'would take the balance below zero',
+    404: 'no account',
+  },
+  async handle({ params, body, caller }, { db }) {
+    const account = await requireAccountByUserId(db, params.userId);
+    const entry = await inAccountTransaction(db, account.id, (trx, locked) =>
+      adjustCredits(trx, locked, { amount: body.amount, reason: body.reason, actorArn: arnOf(caller) }),
+    );
+    return ok({ entry: entryView(entry), adminActionId: entry.admin_action_id }, 201);
+  },
+});
+
+const statusEndpoint = (action: 'freeze' | 'unfreeze') =>
+  defineEndpoint({
+    route: `POST /v1/admin/accounts/{userId}/${action}`,
+    summary:
+      action === 'freeze'
+        ? 'Freezes an account (suspected fraud): spend and checkout are refused until unfrozen'
+        : 'Unfreezes an account',
+    params: userIdParams,
+    body: reasonBody,
+    responses: { 200: { description: 'the account', schema: accountSchema } },
+    errors: { ...adminErrors, 400: 'invalid body', 404: 'no account' },
+    async handle({ params, body, caller }, { db }) {
+      const account = await requireAccountByUserId(db, params.userId);
+      const updated = await inAccountTransaction(db, account.id, (trx, locked) =>
+        setAccountStatus(trx, locked, action === 'freeze' ? 'frozen' : 'active', {
+          actorArn: arnOf(caller),
+          reason: body.reason,
+        }),
+      );
+      return ok(accountView(updated));
+    },
+  });
+export const freezeAccount = statusEndpoint('freeze');
+export const unfreezeAccount = statusEndpoint('unfreeze');
+
+export const anonymize = defineEndpoint({
+  route: 'POST /v1/admin/accounts/{userId}/anonymize',
+  summary:
+    'GDPR erasure: drops the personal data of the user, keeps amounts and the chain. Idempotent: afterwards no account carries this user id',
+  params: userIdParams,
+  body: reasonBody,
+  responses: {
+    200: {
+      description:
+        'accountId is null when no account carried this user id (never existed, or already anonymised)',
+      schema: z.object({ anonymized: z.literal(true), accountId: z.string().nullable() }),
+    },
+  },
+  errors: { ...adminErrors, 400: 'invalid body' },
+  async handle({ params, body, caller }, { db }) {
+    const account = await findAccountByUserId(db, params.userId);
+    if (!account) return ok({ anonymized: true, accountId: null });
+    await inAccountTransaction(db, account.id, (trx, locked) =>
+      anonymizeAccount(trx, locked, { actorArn: arnOf(caller), reason: body.reason }),
+    );
+    return ok({ anonymized: true, accountId: account.id });
+  },
+});
+
+const parkedSchema = z.object({
+  eventId: z.string(),
+  eventType: z.string(),
+  reason: z.string(),
+  parkedAt: z.string(),
+});
+
+export const listParkedEvents = defineEndpoint({
+  route: 'GET /v1/admin/parked-events',
+  summary: 'Stripe events that could not be applied, oldest first, with the reason',
+  query: z.object({ limit: z.coerce.number().int().min(1).max(500).default(100) }).strict(),
+  responses: { 200: { description: 'parked events', schema: z.object({ data: z.array(parkedSchema) }) } },
+  errors: { ...adminErrors, 400: 'bad limit' },
+  async handle({ query }, { db }) {
+    const rows = await db
+      .selectFrom('processed_events')
+      .select(['event_id', 'event_type', 'reason', 'updated_at'])
+      .where('outcome', '=', 'parked')
+      .orderBy('created_at')
+      .limit(query.limit)
+      .execute();
+    return ok({
+      data: rows.map((r) => ({
+        eventId: r.event_id,
+        eventType: r.event_type,
+        reason: r.reason ?? '',
+        parkedAt: r.updated_at.toISOString(),
+      })),
+    });
+  },
+});
+
+export const replayParkedEvent = defineEndpoint({
+  route: 'POST /v1/admin/parked-events/{eventId}/replay',
+  summary: 'Applies a parked event again (after fixing its cause); audited',
+  params: z.object({ eventId: z.string().regex(/^evt_\w{1,250}$/) }).strict(),
+  body: reasonBody,
+  responses: {
+    200: {
+      description: 'applied, or parked again with the current reason',
+      schema: z.object({
+        eventId: z.string(),
+        outcome: z.enum(['applied', 'ignored', 'parked', 'duplicate']),
+        reason: z.string().nullable(),
+      }),
+    },
+  },
+  errors: { ...adminErrors, 400: 'invalid body', 404: 'no parked event with this id' },
+  async handle({ params, body, caller }, { db, config }) {
+    const row = await db
+      .selectFrom('processed_events')
+      .select(['payload', 'outcome'])
+      .where('event_id', '=', params.eventId)
+      .executeTakeFirst();
+    if (!row || row.outcome !== 'parked') {
+      throw new ServiceError('not_found', 404, `no parked event ${params.eventId}`);
+    }
+    const event = stripeEventSchema.parse(row.payload);
+    const result = await applyStripeEvent(db, event, { packages: config.packages, replay: true });
+    const reason =
+      result.outcome === 'parked'
+        ? ((
+            await db
+              .selectFrom('processed_events')
+              .select('reason')
+              .where('event_id', '=', event.id)
+              .executeTakeFirst()
+          )?.reason ?? null)
+        : null;
+    await db
+      .insertInto('admin_actions')
+      .values({
+        actor_arn: arnOf(caller),
+        action: 'replay_event',
+        reason: body.reason,
+        account_id: null,
+        payload: JSON.stringify({ eventId: event.id, outcome: result.outcome }),
+      })
+      .execute();
+    return ok({ eventId: event.id, outcome: result.outcome, reason });
+  },
+});
+
+export const getInvariants = defineEndpoint({
+  route: 'GET /v1/admin/invariants',
+  summary: "The ledger invariant report (DESIGN's invariants over the whole database)",
+  responses: {
+    200: {
+      description: 'ok is false when any invariant is violated; each violation names its invariant',
+      schema: z.object({
+        ok: z.boolean(),
+        checkedAt: z.string(),
+        counts: z.object({ accounts: z.number(), entries: z.number(), payments: z.number() }),
+        violations: z.array(
+          z.object({
+            invariant: z.number(),
+            rule: z.string(),
+            accountId: z.string().nullable().optional(),
+            paymentId: z.string().nullable().optional(),
+            entryId: z.number().nullable().optional(),
+            detail: z.string(),
+          }),
+        ),
+      }),
+    },
+  },
+  errors: adminErrors,
+  async handle(_request, { db }) {
+    return ok(await checkInvariants(db));
+  },
+});

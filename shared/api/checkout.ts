@@ -1,0 +1,107 @@
+import { sql } from 'kysely';
+import { z } from 'zod';
+import { AccountFrozenError, ServiceError } from '../errors.js';
+import { findOrCreateAccount, inAccountTransaction } from '../ledger/ledger.js';
+import { defineEndpoint, ok } from './endpoint.js';
+import { storableText } from './schemas.js';
+
+/** Stripe's shortest Checkout Session lifetime; a short one keeps abandoned payments from piling up. */
+const SESSION_LIFETIME_SECONDS = 30 * 60;
+
+export const createCheckout = defineEndpoint({
+  route: 'POST /v1/checkout',
+  summary: 'Starts buying a credit pack: a payment (INIT) and a Stripe Checkout Session to redirect to',
+  body: z.object({ packageId: storableText(64) }).strict(),
+  responses: {
+    201: {
+      description: 'redirect the user to checkoutUrl',
+      schema: z.object({ paymentId: z.string(), checkoutUrl: z.string(), expiresAt: z.string() }),
+    },
+  },
+  errors: {
+    400: 'invalid body or unknown package',
+    401: 'no user token',
+    403: 'account frozen',
+    429: 'too many open checkouts',
+    502: 'Stripe did not answer',
+  },
+  async handle({ caller, body }, { db, config, stripe }) {
+    const userId = caller.kind === 'user' ? caller.userId : '';
+    const pack = config.packages.find((p) => p.id === body.packageId);
+    if (!pack)
+      throw new ServiceError('unknown_package', 400, `no package ${body.packageId}`, { field: 'packageId' });
+    const account = await findOrCreateAccount(db, userId);
+    const payment = await inAccountTransaction(db, account.id, async (trx, locked) => {
+      if (locked.status === 'frozen') throw new AccountFrozenError();
+      const open = await trx
+        .selectFrom('payments')
+        .select((eb) => eb.fn.countAll<string>().as('n'))
+        .where('account_id', '=', locked.id)
+        .where('status', '=', 'INIT')
+        .where('created_at', '>', sql<Date>`now() - interval '1 hour'`)
+        .executeTakeFirstOrThrow();
+      if (Number(open.n) >= config.maxOpenCheckouts) {
+        throw new ServiceError(
+          'too_many_open_checkouts',
+          429,
+          `${open.n} checkouts are already open; finish or abandon one (they expire after 30 minutes)`,
+        );
+      }
+      return trx
+        .insertInto('payments')
+        .values({
+          account_id: locked.id,
+          package_id: pack.id,
+          credits: pack.credits,
+          amount_total: pack.amount,
+          currency: pack.currency,
+        })
+        .returningAll()
+        .executeTakeFirstOrThrow();
+    });
+    const metadata = { payment_id: payment.id, user_id: userId, package_id: pack.id };
+    let session: { id: string; url: string | null; expires_at: number };
+    try {
+      session = await (await stripe()).checkout.sessions.create(
+        {
+          mode: 'payment',
+          line_items: [
+            {
+              quantity: 1,
+              price_data: {
+                currency: pack.currency,
+                unit_amount: pack.amount,
+                product_data: { name: pack.name },
+              },
+            },
+          ],
+          client_reference_id: userId,
+          metadata,
+          payment_intent_data: { metadata },
+          success_url: config.checkoutSuccessUrl,
+          cancel_url: config.checkoutCancelUrl,
+          expires_at: Math.floor(Date.now() / 1000) + SESSION_LIFETIME_SECONDS,
+        },
+        { idempotencyKey: `checkout-${payment.id}` },
+      );
+    } catch (error: unknown) {
+      await db.updateTable('payments').set({ status: 'FAILED' }).where('id', '=', payment.id).execute();
+      throw new ServiceError('stripe_unavailable', 502, 'Stripe did not create the checkout; try again', {
+        cause: error instanceof Error ? error.name : 'unknown',
+      });
+    }
+    await db
+      .updateTable('payments')
+      .set({ stripe_checkout_session_id: session.id, updated_at: sql`now()` })
+      .where('id', '=', payment.id)
+      .execute();
+    return ok(
+      {
+        paymentId: payment.id,
+        checkoutUrl: session.url ?? '',
+        expiresAt: new Date(session.expires_at * 1000).toISOString(),
+      },
+      201,
+    );
+  },
+});

@@ -1,0 +1,73 @@
+import type { Kysely } from 'kysely';
+import type Stripe from 'stripe';
+import type { z } from 'zod';
+import type { ApiConfig } from '../config.js';
+import type { Database } from '../db/schema.js';
+import type { RouteKey } from '../http/routes.js';
+
+/** Who is calling, from the authorizer context only: never from the body, query or path. */
+export type Caller =
+  | { readonly kind: 'anonymous' }
+  | { readonly kind: 'user'; readonly userId: string }
+  | { readonly kind: 'iam'; readonly arn: string };
+
+export interface ApiDependencies {
+  readonly db: Kysely<Database>;
+  readonly config: ApiConfig;
+  /** The Stripe client, built on first use (its key may come from Secrets Manager). */
+  readonly stripe: () => Promise<Stripe>;
+  /** Starts executing an open reconciliation run without waiting for it (AWS: async Lambda invoke). */
+  readonly dispatchReconciliation: (runId: string) => Promise<void>;
+}
+
+export interface ApiRequest<P, Q, B> {
+  readonly params: P;
+  readonly query: Q;
+  readonly body: B;
+  readonly headers: Readonly<Record<string, string | undefined>>;
+  readonly caller: Caller;
+}
+
+export interface ApiResponse {
+  readonly status: number;
+  readonly body?: unknown;
+  readonly headers?: Record<string, string>;
+}
+
+type Schema = z.ZodType;
+type Out<S> = S extends z.ZodType ? z.infer<S> : undefined;
+
+/** One endpoint: its route, its schemas (the OpenAPI document is generated from them) and its handler. */
+export interface Endpoint<
+  P extends Schema | undefined = Schema | undefined,
+  Q extends Schema | undefined = Schema | undefined,
+  B extends Schema | undefined = Schema | undefined,
+> {
+  readonly route: RouteKey;
+  readonly summary: string;
+  readonly params?: P;
+  readonly query?: Q;
+  readonly body?: B;
+  /** Request headers the endpoint reads, documented as parameters. */
+  readonly headers?: Record<string, { readonly required: boolean; readonly description: string }>;
+  /** Success responses by status. */
+  readonly responses: Record<number, { readonly description: string; readonly schema: Schema }>;
+  /** Problem responses (application/problem+json) the endpoint may answer, by status. */
+  readonly errors: Record<number, string>;
+  handle(request: ApiRequest<Out<P>, Out<Q>, Out<B>>, deps: ApiDependencies): Promise<ApiResponse>;
+}
+
+/** Declares an endpoint with its types inferred from its schemas. */
+export function defineEndpoint<
+  P extends Schema | undefined = undefined,
+  Q extends Schema | undefined = undefined,
+  B extends Schema | undefined = undefined,
+>(endpoint: Endpoint<P, Q, B>): Endpoint {
+  return endpoint as unknown as Endpoint;
+}
+
+export const ok = (body: unknown, status = 200, headers?: Record<string, string>): ApiResponse => ({
+  status,
+  body,
+  ...(headers && { headers }),
+});

@@ -1,0 +1,143 @@
+import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
+import type { z } from 'zod';
+import { ServiceError } from '../errors.js';
+import { json, problem } from '../http/responses.js';
+import { ROUTES, type RouteKey } from '../http/routes.js';
+import type { ApiDependencies, Caller, Endpoint } from './endpoint.js';
+import { ENDPOINTS } from './index.js';
+import { buildOpenApi } from './openapi.js';
+
+/** Request bodies above this are refused (413) before parsing. */
+export const MAX_BODY_BYTES = 256 * 1024;
+const PREFLIGHT_ROUTE: RouteKey = 'OPTIONS /v1/{proxy+}';
+const ALLOWED_HEADERS = 'authorization, content-type, idempotency-key';
+
+export interface RouterHooks {
+  /** Called with every error that is not a ServiceError (answered as a generic 500). */
+  readonly onUnexpectedError?: (error: unknown, routeKey: string) => void;
+}
+
+function validationError(error: z.ZodError): ServiceError {
+  const errors = error.issues.map((issue) => ({
+    field:
+      issue.code === 'unrecognized_keys'
+        ? [...issue.path, ...issue.keys].join('.')
+        : issue.path.map(String).join('.') || '(body)',
+    message: issue.code === 'unrecognized_keys' ? 'is not a recognised field' : issue.message,
+  }));
+  const first = errors[0]!;
+  return new ServiceError('validation_error', 400, `${first.field}: ${first.message}`, {
+    field: first.field,
+    errors,
+  });
+}
+
+function parse<S extends z.ZodType>(schema: S | undefined, value: unknown): unknown {
+  if (!schema) return undefined;
+  const result = schema.safeParse(value);
+  if (!result.success) throw validationError(result.error);
+  return result.data;
+}
+
+function readBody(endpoint: Endpoint, event: APIGatewayProxyEventV2): unknown {
+  if (!endpoint.body) return undefined;
+  const contentType = event.headers?.['content-type'] ?? '';
+  if (!/^application\/json\b/i.test(contentType)) {
+    throw new ServiceError('unsupported_media_type', 415, 'the body must be application/json');
+  }
+  const raw = Buffer.from(event.body ?? '', event.isBase64Encoded ? 'base64' : 'utf8');
+  if (raw.length > MAX_BODY_BYTES) {
+    throw new ServiceError('payload_too_large', 413, `the body exceeds ${MAX_BODY_BYTES} bytes`);
+  }
+  try {
+    return JSON.parse(raw.toString('utf8'));
+  } catch {
+    throw new ServiceError('malformed_json', 400, 'the body is not valid JSON');
+  }
+}
+
+/** The caller, from API Gateway's authorizer context only. */
+function authenticate(event: APIGatewayProxyEventV2, routeKey: RouteKey): Caller {
+  const auth = ROUTES[routeKey].auth;
+  if (auth === 'none') return { kind: 'anonymous' };
+  const authorizer = (event.requestContext as { authorizer?: Record<string, unknown> }).authorizer ?? {};
+  const jwt = authorizer.jwt as { claims?: Record<string, unknown> } | undefined;
+  const iam = authorizer.iam as { userArn?: unknown } | undefined;
+  if (auth === 'user') {
+    const sub = jwt?.claims?.sub;
+    if (typeof sub === 'string' && sub.length > 0 && sub.length <= 255 && !/[\0\p{Cs}]/u.test(sub)) {
+      return { kind: 'user', userId: sub };
+    }
+    if (iam) throw new ServiceError('forbidden', 403, 'this route takes a user token, not IAM credentials');
+    throw new ServiceError('unauthorized', 401, 'a user token with a subject (sub) is required');
+  }
+  if (typeof iam?.userArn === 'string' && iam.userArn.startsWith('arn:'))
+    return { kind: 'iam', arn: iam.userArn };
+  if (jwt)
+    throw new ServiceError(
+      'forbidden',
+      403,
+      'this route requires IAM (SigV4) authorization; user tokens are refused',
+    );
+  throw new ServiceError('unauthorized', 401, 'IAM (SigV4) authorization is required');
+}
+
+/**
+ * The api function's router: API Gateway v2 events in, responses out. Validates every input at the edge
+ * (unknown fields rejected), answers errors as application/problem+json, and applies the CORS policy
+ * (configured origins only, preflight included) identically in AWS and locally.
+ */
+export function createApiRouter(deps: ApiDependencies, hooks: RouterHooks = {}) {
+  const openApi = buildOpenApi(ENDPOINTS);
+  const byRoute = new Map<string, Endpoint>(ENDPOINTS.map((e) => [e.route, e]));
+  const allowed = new Set(deps.config.corsAllowedOrigins);
+
+  return async function route(event: APIGatewayProxyEventV2): Promise<APIGatewayProxyStructuredResultV2> {
+    const routeKey = event.routeKey as RouteKey;
+    const origin = event.headers?.origin;
+    const cors: Record<string, string> =
+      origin && allowed.has(origin)
+        ? {
+            'access-control-allow-origin': origin,
+            'access-control-expose-headers': 'idempotent-replayed',
+            vary: 'Origin',
+          }
+        : {};
+    try {
+      if (origin && !allowed.has(origin)) {
+        throw new ServiceError(
+          'cors_origin_refused',
+          403,
+          `origin ${origin} is not allowed to call this API`,
+        );
+      }
+      if (routeKey === PREFLIGHT_ROUTE) {
+        return {
+          statusCode: 204,
+          headers: {
+            ...cors,
+            'access-control-allow-methods': 'GET, POST, OPTIONS',
+            'access-control-allow-headers': ALLOWED_HEADERS,
+            'access-control-max-age': '600',
+          },
+        };
+      }
+      if (routeKey === 'GET /openapi.json') return json(200, openApi, cors);
+      const endpoint = byRoute.get(routeKey);
+      if (!endpoint) throw new ServiceError('not_found', 404, `no route ${event.routeKey}`);
+      const caller = authenticate(event, routeKey);
+      const request = {
+        params: parse(endpoint.params, event.pathParameters ?? {}),
+        query: parse(endpoint.query, event.queryStringParameters ?? {}),
+        body: parse(endpoint.body, readBody(endpoint, event)),
+        headers: event.headers ?? {},
+        caller,
+      };
+      const response = await endpoint.handle(request as never, deps);
+      return json(response.status, response.body, { ...cors, ...response.headers });
+    } catch (error: unknown) {
+      if (!(error instanceof ServiceError)) hooks.onUnexpectedError?.(error, event.routeKey);
+      return problem(error, cors);
+    }
+  };
+}

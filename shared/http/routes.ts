@@ -1,0 +1,61 @@
+/**
+ * Every HTTP route: the one table the CDK stack, the local stack and the API router share, so they cannot
+ * drift. Data only (no imports): the infrastructure reads it without pulling in runtime code.
+ *
+ * auth: `none` public; `user` JWT authorizer (the caller is the token's `sub`); `service` and `admin`
+ * IAM authorizer (SigV4), told apart by the IAM policies that may invoke them.
+ */
+export const ROUTES = {
+  'GET /health': { fn: 'api', auth: 'none' },
+  'GET /v1/packages': { fn: 'api', auth: 'none' },
+  'GET /openapi.json': { fn: 'api', auth: 'none' },
+  'POST /webhooks/stripe': { fn: 'webhook-intake', auth: 'none' },
+  'GET /v1/me/credits': { fn: 'api', auth: 'user' },
+  'GET /v1/me/transactions': { fn: 'api', auth: 'user' },
+  'GET /v1/me/payments': { fn: 'api', auth: 'user' },
+  'POST /v1/checkout': { fn: 'api', auth: 'user' },
+  'POST /v1/accounts/{userId}/spend': { fn: 'api', auth: 'service' },
+  'GET /v1/admin/accounts/{userId}': { fn: 'api', auth: 'admin' },
+  'POST /v1/admin/accounts/{userId}/adjustments': { fn: 'api', auth: 'admin' },
+  'POST /v1/admin/accounts/{userId}/freeze': { fn: 'api', auth: 'admin' },
+  'POST /v1/admin/accounts/{userId}/unfreeze': { fn: 'api', auth: 'admin' },
+  'POST /v1/admin/accounts/{userId}/anonymize': { fn: 'api', auth: 'admin' },
+  'GET /v1/admin/reconciliation/runs': { fn: 'api', auth: 'admin' },
+  'POST /v1/admin/reconciliation/runs': { fn: 'api', auth: 'admin' },
+  'GET /v1/admin/reconciliation/runs/{runId}': { fn: 'api', auth: 'admin' },
+  'GET /v1/admin/parked-events': { fn: 'api', auth: 'admin' },
+  'POST /v1/admin/parked-events/{eventId}/replay': { fn: 'api', auth: 'admin' },
+  'GET /v1/admin/invariants': { fn: 'api', auth: 'admin' },
+  // CORS preflight for the user routes: answered by the api function, never authorized.
+  'OPTIONS /v1/{proxy+}': { fn: 'api', auth: 'none' },
+} as const satisfies Record<
+  string,
+  { fn: 'api' | 'webhook-intake'; auth: 'none' | 'user' | 'service' | 'admin' }
+>;
+
+export type RouteKey = keyof typeof ROUTES;
+export type RouteAuth = (typeof ROUTES)[RouteKey]['auth'];
+
+/** Matches a concrete method and path to its route key and path parameters, as API Gateway does. */
+export function matchRoute(
+  method: string,
+  path: string,
+): { routeKey: RouteKey; params: Record<string, string> } | undefined {
+  for (const routeKey of Object.keys(ROUTES) as RouteKey[]) {
+    const [routeMethod, template] = routeKey.split(' ') as [string, string];
+    if (routeMethod !== method) continue;
+    const names: string[] = [];
+    const pattern = template.replace(/\{(\w+)(\+?)\}/g, (_m, name: string, greedy: string) => {
+      names.push(name);
+      return greedy ? '(.+)' : '([^/]+)';
+    });
+    const match = new RegExp(`^${pattern}$`).exec(path);
+    if (!match) continue;
+    const params: Record<string, string> = {};
+    names.forEach((name, i) => {
+      params[name] = decodeURIComponent(match[i + 1]!);
+    });
+    return { routeKey, params };
+  }
+  return undefined;
+}

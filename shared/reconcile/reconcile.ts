@@ -1,0 +1,293 @@
+import { type Kysely, sql } from 'kysely';
+import type Stripe from 'stripe';
+import type { Database } from '../db/schema.js';
+import { ServiceError } from '../errors.js';
+import { checkInvariants } from '../ledger/invariants.js';
+import type { CreditPackage } from '../packages.js';
+import { applyStripeEvent } from '../payments/apply-event.js';
+import type { StripeEvent } from '../stripe/events.js';
+
+const DAY_SECONDS = 24 * 60 * 60;
+/** A run still `running` after this long died with its Lambda (15 minutes at most) and is closed as failed. */
+const ABANDONED_AFTER = '1 hour';
+
+export interface ReconcileWindow {
+  readonly start: Date;
+  readonly end: Date;
+}
+
+/** The default window: the last `hours` (48), or 30 days when no run has succeeded yet. */
+export async function defaultWindow(
+  db: Kysely<Database>,
+  now = new Date(),
+  hours = 48,
+): Promise<ReconcileWindow> {
+  const previous = await db
+    .selectFrom('reconciliation_runs')
+    .select('id')
+    .where('status', '=', 'succeeded')
+    .limit(1)
+    .executeTakeFirst();
+  const seconds = previous ? hours * 3600 : 30 * DAY_SECONDS;
+  return { start: new Date(now.getTime() - seconds * 1000), end: now };
+}
+
+/**
+ * Opens a run (status running). Only one run at a time: a unique index refuses a second, answered 409.
+ * A run left running by a dead invocation is closed as failed first.
+ */
+export async function createRun(
+  db: Kysely<Database>,
+  trigger: 'schedule' | 'admin',
+  window: ReconcileWindow,
+): Promise<string> {
+  if (!(window.start < window.end))
+    throw new ServiceError('validation_error', 400, 'window start must precede its end');
+  await db
+    .updateTable('reconciliation_runs')
+    .set({ status: 'failed', error: 'abandoned: the invocation running it ended', finished_at: sql`now()` })
+    .where('status', '=', 'running')
+    .where('started_at', '<', sql<Date>`now() - ${ABANDONED_AFTER}::interval`)
+    .execute();
+  try {
+    const run = await db
+      .insertInto('reconciliation_runs')
+      .values({ trigger, window_start: window.start, window_end: window.end, counts: '{}' })
+      .returning('id')
+      .executeTakeFirstOrThrow();
+    return run.id;
+  } catch (error: unknown) {
+    if ((error as { code?: string }).code === '23505') {
+      throw new ServiceError('reconciliation_running', 409, 'a reconciliation run is already in progress');
+    }
+    throw error;
+  }
+}
+
+export interface ReconcileDependencies {
+  readonly db: Kysely<Database>;
+  readonly stripe: Stripe;
+  readonly packages: readonly CreditPackage[];
+  /** Stripe requests per second at most (Stripe allows 25 in test mode, 100 live). @default 10 */
+  readonly requestsPerSecond?: number;
+  /** Attempts per Stripe request on 429 and 5xx. @default 5 */
+  readonly maxAttempts?: number;
+  /** First retry delay; doubles per attempt, with full jitter, up to 8 s. @default 500 */
+  readonly retryBaseMs?: number;
+}
+
+/** What a run looked at, per kind, and how many Stripe requests it made. */
+export interface RunCounts {
+  sessions: number;
+  paidSessions: number;
+  refunds: number;
+  disputes: number;
+  paymentsChecked: number;
+  stripeRequests: number;
+  stripeRetries: number;
+}
+
+export interface RunSummary {
+  readonly runId: string;
+  readonly status: 'succeeded' | 'partial' | 'failed';
+  readonly healed: number;
+  readonly findings: number;
+  readonly counts: RunCounts;
+  readonly durationMs: number;
+  readonly error: string | null;
+}
+
+interface Finding {
+  kind: string;
+  stripeObjectId?: string | null;
+  paymentId?: string | null;
+  accountId?: string | null;
+  details?: Record<string, unknown>;
+}
+
+/** Paces and retries Stripe requests: at most `rps` a second; 429 and 5xx retried with jittered backoff. */
+function stripeCaller(deps: ReconcileDependencies, counts: RunCounts) {
+  const interval = 1000 / (deps.requestsPerSecond ?? 10);
+  let next = 0;
+  return async function call<T>(request: () => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      const wait = next - Date.now();
+      next = Math.max(Date.now(), next) + interval;
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+      counts.stripeRequests++;
+      try {
+        return await request();
+      } catch (error: unknown) {
+        const status = (error as { statusCode?: number }).statusCode ?? 0;
+        const retryable = status === 429 || status >= 500 || status === 0;
+        if (!retryable || attempt >= (deps.maxAttempts ?? 5)) throw error;
+        counts.stripeRetries++;
+        const cap = Math.min(8000, (deps.retryBaseMs ?? 500) * 2 ** (attempt - 1));
+        await new Promise((resolve) => setTimeout(resolve, Math.random() * cap));
+      }
+    }
+  };
+}
+
+/** Every object of a Stripe list created in the window, page by page through `call`. */
+async function* listAll<T extends { id: string }>(
+  call: <R>(request: () => Promise<R>) => Promise<R>,
+  list: (params: {
+    limit: number;
+    created: { gte: number; lte: number };
+    starting_after?: string;
+  }) => Promise<Stripe.ApiList<T>>,
+  window: ReconcileWindow,
+): AsyncGenerator<T> {
+  const created = {
+    gte: Math.floor(window.start.getTime() / 1000),
+    lte: Math.ceil(window.end.getTime() / 1000),
+  };
+  let after: string | undefined;
+  for (;;) {
+    const page = await call(() => list({ limit: 100, created, ...(after && { starting_after: after }) }));
+    for (const item of page.data) yield item;
+    if (!page.has_more || page.data.length === 0) return;
+    after = page.data.at(-1)!.id;
+  }
+}
+
+/** A synthetic event carrying an object's current state, keyed on the object (and its state) for idempotency. */
+function syntheticEvent(type: string, object: { id: string }, state = ''): StripeEvent {
+  return {
+    id: `evt_recon_${object.id}${state ? `_${state}` : ''}`.replace(/\W/g, '_'),
+    object: 'event',
+    type,
+    livemode: false,
+    created: Math.floor(Date.now() / 1000),
+    data: { object: object as unknown as Record<string, unknown> },
+  };
+}
+
+/**
+ * Executes an open run: lists paid checkout sessions, refunds and disputes in the window from Stripe, heals
+ * what the ledger misses through the worker's own code (applyStripeEvent, keyed on the Stripe object),
+ * records what cannot be healed as findings, runs the invariant checker, and closes the run as succeeded,
+ * partial (Stripe failed midway; a rerun finishes) or failed.
+ */
+export async function executeRun(deps: ReconcileDependencies, runId: string): Promise<RunSummary> {
+  const { db } = deps;
+  const started = Date.now();
+  const run = await db
+    .selectFrom('reconciliation_runs')
+    .selectAll()
+    .where('id', '=', runId)
+    .executeTakeFirstOrThrow();
+  const window = { start: run.window_start, end: run.window_end };
+  const counts: RunCounts = {
+    sessions: 0,
+    paidSessions: 0,
+    refunds: 0,
+    disputes: 0,
+    paymentsChecked: 0,
+    stripeRequests: 0,
+    stripeRetries: 0,
+  };
+  const call = stripeCaller(deps, counts);
+  let healed = 0;
+  let findings = 0;
+  let processed = 0;
+  const record = async (finding: Finding) => {
+    findings++;
+    await db
+      .insertInto('reconciliation_findings')
+      .values({
+        run_id: runId,
+        kind: finding.kind,
+        stripe_object_id: finding.stripeObjectId ?? null,
+        payment_id: finding.paymentId ?? null,
+        account_id: finding.accountId ?? null,
+        details: JSON.stringify(finding.details ?? {}),
+      })
+      .execute();
+  };
+  const heal = async (event: StripeEvent, objectId: string) => {
+    processed++;
+    const result = await applyStripeEvent(db, event, { packages: deps.packages, replay: true });
+    if (result.outcome === 'parked') {
+      await record({
+        kind: result.reason ?? 'parked',
+        stripeObjectId: objectId,
+        details: { eventId: event.id },
+      });
+    } else if ((result.entriesWritten ?? 0) > 0) {
+      healed++;
+    }
+  };
+
+  let status: RunSummary['status'] = 'succeeded';
+  let error: string | null = null;
+  try {
+    const paid = new Set<string>();
+    for await (const session of listAll(
+      call,
+      (p) => deps.stripe.checkout.sessions.list({ ...p, status: 'complete' }),
+      window,
+    )) {
+      counts.sessions++;
+      if (session.payment_status !== 'paid') continue;
+      counts.paidSessions++;
+      paid.add(session.id);
+      await heal(syntheticEvent('checkout.session.completed', session), session.id);
+    }
+    for await (const refund of listAll(call, (p) => deps.stripe.refunds.list(p), window)) {
+      counts.refunds++;
+      await heal(syntheticEvent('refund.updated', refund, refund.status ?? ''), refund.id);
+    }
+    for await (const dispute of listAll(call, (p) => deps.stripe.disputes.list(p), window)) {
+      counts.disputes++;
+      const type =
+        dispute.status === 'won' || dispute.status === 'lost'
+          ? 'charge.dispute.closed'
+          : 'charge.dispute.created';
+      await heal(syntheticEvent(type, dispute, dispute.status), dispute.id);
+    }
+    // Credited here but not paid in Stripe.
+    const credited = await db
+      .selectFrom('payments')
+      .select(['id', 'account_id', 'stripe_checkout_session_id'])
+      .where('status', 'in', ['CREDITED', 'PARTIALLY_REFUNDED', 'REFUNDED', 'CHARGEBACK'])
+      .where('stripe_checkout_session_id', 'is not', null)
+      .where('created_at', '>=', window.start)
+      .where('created_at', '<=', window.end)
+      .execute();
+    for (const payment of credited) {
+      counts.paymentsChecked++;
+      const sessionId = payment.stripe_checkout_session_id!;
+      if (paid.has(sessionId)) continue;
+      const session = await call(() => deps.stripe.checkout.sessions.retrieve(sessionId));
+      if (session.payment_status !== 'paid') {
+        await record({
+          kind: 'credited_not_paid',
+          stripeObjectId: sessionId,
+          paymentId: payment.id,
+          accountId: payment.account_id,
+          details: { stripeStatus: session.status, paymentStatus: session.payment_status },
+        });
+      }
+    }
+    const report = await checkInvariants(db);
+    for (const violation of report.violations) {
+      await record({
+        kind: 'invariant_violation',
+        paymentId: violation.paymentId,
+        accountId: violation.accountId,
+        details: { invariant: violation.invariant, rule: violation.rule, detail: violation.detail },
+      });
+    }
+  } catch (failure: unknown) {
+    status = processed > 0 ? 'partial' : 'failed';
+    error = failure instanceof Error ? `${failure.name}: ${failure.message}`.slice(0, 1000) : 'unknown error';
+  }
+  await db
+    .updateTable('reconciliation_runs')
+    .set({ status, counts: JSON.stringify(counts), healed, findings, error, finished_at: sql`now()` })
+    .where('id', '=', runId)
+    .execute();
+  return { runId, status, healed, findings, counts, durationMs: Date.now() - started, error };
+}

@@ -11,6 +11,26 @@ const jsonSchema = (schema: z.ZodType, io: 'input' | 'output') => {
   return rest;
 };
 
+/**
+ * Every problem status a route can answer: its own, plus those the router answers for any route of its
+ * kind (invalid input, missing identity, refused origin, body size and type, unexpected failure).
+ */
+export function problemStatuses(endpoint: Endpoint): Record<number, string> {
+  const auth = ROUTES[endpoint.route].auth;
+  const statuses: Record<number, string> = {};
+  if (endpoint.params || endpoint.query || endpoint.body || endpoint.headers) {
+    statuses[400] = 'invalid input; the problem names the field';
+  }
+  if (auth !== 'none') statuses[401] = 'no caller identity from the authorizer';
+  statuses[403] =
+    auth === 'none' ? 'browser origin not allowed' : 'wrong kind of caller, or browser origin not allowed';
+  if (endpoint.body) {
+    statuses[413] = 'body too large';
+    statuses[415] = 'body is not application/json';
+  }
+  return { ...statuses, ...endpoint.errors, 500: 'unexpected error (nothing about it is disclosed)' };
+}
+
 /** The OpenAPI 3.1 document, generated from the endpoints' own schemas. */
 export function buildOpenApi(endpoints: readonly Endpoint[]): Record<string, unknown> {
   const paths: Record<string, Record<string, unknown>> = {};
@@ -53,16 +73,12 @@ export function buildOpenApi(endpoints: readonly Endpoint[]): Record<string, unk
         content: { 'application/json': { schema: jsonSchema(response.schema, 'output') } },
       };
     }
-    for (const [status, description] of Object.entries(endpoint.errors)) {
+    for (const [status, description] of Object.entries(problemStatuses(endpoint))) {
       responses[status] = {
         description,
         content: { 'application/problem+json': { schema: { $ref: '#/components/schemas/Problem' } } },
       };
     }
-    responses['500'] = {
-      description: 'unexpected error (nothing about it is disclosed)',
-      content: { 'application/problem+json': { schema: { $ref: '#/components/schemas/Problem' } } },
-    };
     paths[path] ??= {};
     paths[path][method.toLowerCase()] = {
       operationId: endpoint.route.replace(/[^a-zA-Z0-9]+/g, '_').replace(/^_|_$/g, ''),

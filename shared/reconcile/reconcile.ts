@@ -282,7 +282,8 @@ export async function executeRun(deps: ReconcileDependencies, runId: string): Pr
     }
   } catch (failure: unknown) {
     status = processed > 0 ? 'partial' : 'failed';
-    error = failure instanceof Error ? `${failure.name}: ${failure.message}`.slice(0, 1000) : 'unknown error';
+    const kind = (failure as { type?: string }).type ?? (failure instanceof Error ? failure.name : 'Error');
+    error = `${kind}: ${failure instanceof Error ? failure.message : String(failure)}`.slice(0, 1000);
   }
   await db
     .updateTable('reconciliation_runs')

@@ -221,7 +221,7 @@ export const replayParkedEvent = defineEndpoint({
       .select(['payload', 'outcome'])
       .where('event_id', '=', params.eventId)
       .executeTakeFirst();
-    if (!row || row.outcome !== 'parked') {
+    if (row?.outcome !== 'parked') {
       throw new ServiceError('not_found', 404, `no parked event ${params.eventId}`);
     }
     const event = stripeEventSchema.parse(row.payload);

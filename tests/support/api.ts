@@ -55,7 +55,7 @@ export function apiEvent(routeKey: RouteKey, options: CallOptions = {}): APIGate
         ? {
             jwt: {
               claims: {
-                ...(sample.requestContext.authorizer?.jwt as { claims: object }).claims,
+                ...(sample.requestContext.authorizer as { jwt: { claims: object } }).jwt.claims,
                 sub: auth.user,
               },
               scopes: null,

@@ -47,7 +47,7 @@ export const handler = (event: APIGatewayProxyEventV2, context: Context) => {
     const lambda = new LambdaClient({});
     const reconcileFunction = process.env.RECONCILE_FUNCTION_NAME;
     cached = createApiHandler({
-      db: createDb(config.databaseUrl, { max: config.poolMax, applicationName: 'api' }),
+      db: createDb(config.database, { max: config.poolMax, applicationName: 'api' }),
       config,
       stripe: lazyStripe({
         secretName: config.stripeSecretName,

@@ -91,7 +91,7 @@ export const handler = (event: SQSEvent, context: Context) => {
   if (!cached) {
     const config = loadWorkerConfig();
     cached = createCreditWorker({
-      db: createDb(config.databaseUrl, { max: config.poolMax, applicationName: 'credit-worker' }),
+      db: createDb(config.database, { max: config.poolMax, applicationName: 'credit-worker' }),
       packages: config.packages,
     });
   }

@@ -71,7 +71,7 @@ let cached: ReturnType<typeof createReconcileHandler> | undefined;
 export const handler = (event: ReconcileInvocation, context: Context) => {
   if (!cached) {
     const config = loadApiConfig();
-    const db = createDb(config.databaseUrl, { max: 3, applicationName: 'reconcile' });
+    const db = createDb(config.database, { max: 3, applicationName: 'reconcile' });
     const stripe = lazyStripe({
       secretName: config.stripeSecretName,
       secretKey: config.stripeSecretKey,

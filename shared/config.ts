@@ -1,4 +1,5 @@
-import { z } from 'zod';
+import * as z from 'zod';
+import type { DatabaseTarget } from './db/client.js';
 import { type CreditPackage, parsePackages } from './packages.js';
 
 const flag = z
@@ -21,7 +22,13 @@ const intakeSchema = z.object({
 });
 
 const workerSchema = z.object({
-  DATABASE_URL: z.string().min(1),
+  /** Local runs and tests: a full connection string. */
+  DATABASE_URL: z.string().min(1).optional(),
+  /** AWS: the RDS Proxy endpoint, reached with IAM authentication over TLS. */
+  DB_HOST: z.string().min(1).optional(),
+  DB_PORT: z.coerce.number().int().positive().default(5432),
+  DB_NAME: z.string().min(1).default('credits'),
+  DB_USER: z.string().min(1).default('postgres'),
   DB_POOL_MAX: z.coerce.number().int().positive().default(5),
   CREDIT_PACKAGES: z.string().optional(),
 });
@@ -64,7 +71,7 @@ export type ApiConfig = WorkerConfig & {
   readonly maxOpenCheckouts: number;
 };
 export interface WorkerConfig {
-  readonly databaseUrl: string;
+  readonly database: DatabaseTarget;
   readonly poolMax: number;
   readonly packages: readonly CreditPackage[];
 }
@@ -93,8 +100,20 @@ export function loadIntakeConfig(env: NodeJS.ProcessEnv = process.env): IntakeCo
 /** The database-facing functions' configuration, parsed once at cold start. */
 export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env): WorkerConfig {
   const config = parseEnv(workerSchema, env);
+  const database: DatabaseTarget | undefined = config.DATABASE_URL
+    ? { url: config.DATABASE_URL }
+    : config.DB_HOST
+      ? {
+          host: config.DB_HOST,
+          port: config.DB_PORT,
+          database: config.DB_NAME,
+          user: config.DB_USER,
+          iamAuth: true,
+        }
+      : undefined;
+  if (!database) throw new Error('invalid configuration: DATABASE_URL (local) or DB_HOST (AWS) must be set');
   return {
-    databaseUrl: config.DATABASE_URL,
+    database,
     poolMax: config.DB_POOL_MAX,
     packages: parsePackages(config.CREDIT_PACKAGES),
   };

@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod';
 
 /** A credit pack on sale: `credits` for `amount` minor units of `currency`. */
 export interface CreditPackage {

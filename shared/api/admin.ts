@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod';
 import { ServiceError } from '../errors.js';
 import { checkInvariants } from '../ledger/invariants.js';
 import {

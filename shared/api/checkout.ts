@@ -1,5 +1,5 @@
 import { sql } from 'kysely';
-import { z } from 'zod';
+import * as z from 'zod';
 import { AccountFrozenError, ServiceError } from '../errors.js';
 import { findOrCreateAccount, inAccountTransaction } from '../ledger/ledger.js';
 import { defineEndpoint, ok } from './endpoint.js';

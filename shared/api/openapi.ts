@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod';
 import { ROUTES } from '../http/routes.js';
 import type { Endpoint } from './endpoint.js';
 import { problemSchema } from './schemas.js';

@@ -1,5 +1,5 @@
 import { sql } from 'kysely';
-import { z } from 'zod';
+import * as z from 'zod';
 import { ServiceError } from '../errors.js';
 import { packageSchema } from '../packages.js';
 import { defineEndpoint, ok } from './endpoint.js';

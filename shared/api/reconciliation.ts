@@ -1,5 +1,5 @@
 import type { Kysely } from 'kysely';
-import { z } from 'zod';
+import * as z from 'zod';
 import type { Database } from '../db/schema.js';
 import { ServiceError } from '../errors.js';
 import { createRun, defaultWindow } from '../reconcile/reconcile.js';

@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod';
 
 /** NUL cannot be stored in Postgres text or jsonb, and a lone surrogate cannot be stored exactly in UTF-8. */
 const UNSTORABLE = /[\0\p{Cs}]/u;

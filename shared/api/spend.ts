@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod';
 import { ValidationError } from '../errors.js';
 import { inAccountTransaction, requireAccountByUserId, spendCredits } from '../ledger/ledger.js';
 import { defineEndpoint, ok } from './endpoint.js';

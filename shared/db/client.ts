@@ -1,3 +1,4 @@
+import { Signer } from '@aws-sdk/rds-signer';
 import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import type { Database } from './schema.js';
@@ -21,6 +22,32 @@ const types = {
     oid === INT8_OID ? parseInt8 : pg.types.getTypeParser(oid, format)) as typeof pg.types.getTypeParser,
 };
 
+/** Where the database is: a connection string (local), or an RDS Proxy reached with IAM auth over TLS (AWS). */
+export type DatabaseTarget =
+  | { readonly url: string }
+  | {
+      readonly host: string;
+      readonly port: number;
+      readonly database: string;
+      readonly user: string;
+      readonly iamAuth: true;
+    };
+
+/** pg connection settings for a target; IAM targets get a fresh auth token for every new connection. */
+function connectionSettings(target: string | DatabaseTarget): pg.PoolConfig {
+  if (typeof target === 'string') return { connectionString: target };
+  if ('url' in target) return { connectionString: target.url };
+  const signer = new Signer({ hostname: target.host, port: target.port, username: target.user });
+  return {
+    host: target.host,
+    port: target.port,
+    database: target.database,
+    user: target.user,
+    password: () => signer.getAuthToken(),
+    ssl: { rejectUnauthorized: true },
+  };
+}
+
 export interface DbOptions {
   /** Pool size. @default 10 */
   readonly max?: number;
@@ -28,10 +55,10 @@ export interface DbOptions {
   readonly applicationName?: string;
 }
 
-/** The kysely instance over a pg pool; every query goes to the writer given by `connectionString`. */
-export function createDb(connectionString: string, options: DbOptions = {}): Kysely<Database> {
+/** The kysely instance over a pg pool; every query goes to the writer given by `target`. */
+export function createDb(target: string | DatabaseTarget, options: DbOptions = {}): Kysely<Database> {
   const pool = new pg.Pool({
-    connectionString,
+    ...connectionSettings(target),
     max: options.max ?? 10,
     application_name: options.applicationName ?? 'credits',
     types,

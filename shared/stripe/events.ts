@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod';
 
 /** The Stripe event types the service acts on; intake acknowledges every other type without enqueueing it. */
 export const HANDLED_EVENT_TYPES = [

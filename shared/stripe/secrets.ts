@@ -1,5 +1,5 @@
 import { getSecret } from '@aws-lambda-powertools/parameters/secrets';
-import { z } from 'zod';
+import * as z from 'zod';
 
 /** The JSON stored in the Stripe secret (Secrets Manager). */
 export const stripeSecretSchema = z

@@ -122,7 +122,7 @@ export function testApi(
   options: { stripe?: Stripe; config?: Partial<ApiConfig>; inlineReconciliation?: boolean } = {},
 ) {
   const config: ApiConfig = {
-    databaseUrl: 'unused',
+    database: { url: 'unused' },
     poolMax: 1,
     packages: DEFAULT_PACKAGES,
     checkoutSuccessUrl: `${FRONTEND}/?checkout=success`,

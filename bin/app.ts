@@ -1,0 +1,51 @@
+import { readFileSync } from 'node:fs';
+import { App, Validations } from 'aws-cdk-lib';
+import { AwsSolutionsChecks } from 'cdk-nag';
+import { StatefulStack } from '../infra/stateful-stack.js';
+import { StatelessStack } from '../infra/stateless-stack.js';
+
+/** The CDK app: `npm run synth` offline, `npx cdk deploy --all` to deploy. Context values: see README. */
+export function createApp(app = new App({ outdir: process.env.CDK_OUTDIR ?? 'cdk.out' })) {
+  const context = (key: string) => {
+    const value = app.node.tryGetContext(key);
+    if (value === undefined || value === '')
+      throw new Error(`missing CDK context value "${key}" (cdk.json or -c ${key}=...)`);
+    return value as string;
+  };
+  const list = (key: string) =>
+    String(context(key))
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
+  const env = { account: process.env.CDK_DEFAULT_ACCOUNT, region: process.env.CDK_DEFAULT_REGION };
+  const prefix = String(app.node.tryGetContext('stackPrefix') ?? 'Credits');
+
+  const stateful = new StatefulStack(app, `${prefix}Stateful`, {
+    env,
+    multiAz: app.node.tryGetContext('multiAz') === true || app.node.tryGetContext('multiAz') === 'true',
+  });
+  const stateless = new StatelessStack(app, `${prefix}Stateless`, {
+    env,
+    stateful,
+    jwtIssuer: context('jwtIssuer'),
+    jwtAudience: list('jwtAudience'),
+    corsOrigins: list('corsOrigins'),
+    checkoutSuccessUrl: context('checkoutSuccessUrl'),
+    checkoutCancelUrl: context('checkoutCancelUrl'),
+    alarmEmail: app.node.tryGetContext('alarmEmail') || undefined,
+    creditPackages: app.node.tryGetContext('creditPackages') || undefined,
+    stripeLivemode:
+      app.node.tryGetContext('stripeLivemode') === true ||
+      app.node.tryGetContext('stripeLivemode') === 'true',
+  });
+  Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
+  return { app, stateful, stateless };
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  // Under the CDK CLI the context comes from it; run directly (npm run synth), read cdk.json's.
+  const context = process.env.CDK_CONTEXT_JSON
+    ? undefined
+    : JSON.parse(readFileSync('cdk.json', 'utf8')).context;
+  createApp(new App({ outdir: process.env.CDK_OUTDIR ?? 'cdk.out', context })).app.synth();
+}

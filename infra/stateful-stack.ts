@@ -1,0 +1,129 @@
+import { Duration, RemovalPolicy, Stack, type StackProps, Validations } from 'aws-cdk-lib';
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as rds from 'aws-cdk-lib/aws-rds';
+import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
+import * as sqs from 'aws-cdk-lib/aws-sqs';
+import type { Construct } from 'constructs';
+
+export const DATABASE = { name: 'credits', user: 'postgres' } as const;
+/** The crediting worker's timeout; the queue's visibility timeout is six times it. */
+export const WORKER_TIMEOUT = Duration.seconds(30);
+
+export interface StatefulStackProps extends StackProps {
+  /** A standby in a second zone. @default true */
+  readonly multiAz?: boolean;
+  /** @default 7 */
+  readonly backupRetentionDays?: number;
+}
+
+/**
+ * What holds data and must outlive any deploy: the network, the database behind RDS Proxy, the Stripe
+ * secret, and the event queue with its dead-letter queue. Termination protection is on.
+ */
+export class StatefulStack extends Stack {
+  readonly vpc: ec2.Vpc;
+  readonly proxy: rds.DatabaseProxy;
+  readonly databaseAccess: ec2.SecurityGroup;
+  readonly stripeSecret: secretsmanager.Secret;
+  readonly queue: sqs.Queue;
+  readonly deadLetterQueue: sqs.Queue;
+
+  constructor(scope: Construct, id: string, props: StatefulStackProps = {}) {
+    super(scope, id, { ...props, terminationProtection: true });
+
+    this.vpc = new ec2.Vpc(this, 'Vpc', {
+      maxAzs: 2,
+      natGateways: 1,
+      subnetConfiguration: [
+        { name: 'public', subnetType: ec2.SubnetType.PUBLIC, cidrMask: 24 },
+        { name: 'app', subnetType: ec2.SubnetType.PRIVATE_WITH_EGRESS, cidrMask: 22 },
+        { name: 'data', subnetType: ec2.SubnetType.PRIVATE_ISOLATED, cidrMask: 24 },
+      ],
+      flowLogs: { rejected: { trafficType: ec2.FlowLogTrafficType.REJECT } },
+    });
+
+    /** Functions in this group may reach the proxy; nothing else may. */
+    this.databaseAccess = new ec2.SecurityGroup(this, 'DatabaseClients', {
+      vpc: this.vpc,
+      description: 'Functions allowed to reach the database proxy',
+    });
+    const proxyGroup = new ec2.SecurityGroup(this, 'ProxySecurityGroup', {
+      vpc: this.vpc,
+      description: 'RDS Proxy',
+    });
+    proxyGroup.addIngressRule(this.databaseAccess, ec2.Port.tcp(5432), 'database clients');
+    const databaseGroup = new ec2.SecurityGroup(this, 'DatabaseSecurityGroup', {
+      vpc: this.vpc,
+      description: 'RDS instance',
+    });
+    databaseGroup.addIngressRule(proxyGroup, ec2.Port.tcp(5432), 'the proxy only');
+
+    const database = new rds.DatabaseInstance(this, 'Database', {
+      engine: rds.DatabaseInstanceEngine.postgres({ version: rds.PostgresEngineVersion.VER_17 }),
+      instanceType: ec2.InstanceType.of(ec2.InstanceClass.T4G, ec2.InstanceSize.MEDIUM),
+      vpc: this.vpc,
+      vpcSubnets: { subnetType: ec2.SubnetType.PRIVATE_ISOLATED },
+      securityGroups: [databaseGroup],
+      databaseName: DATABASE.name,
+      credentials: rds.Credentials.fromGeneratedSecret(DATABASE.user),
+      storageEncrypted: true,
+      multiAz: props.multiAz ?? true,
+      backupRetention: Duration.days(props.backupRetentionDays ?? 7),
+      deletionProtection: true,
+      removalPolicy: RemovalPolicy.SNAPSHOT,
+      iamAuthentication: true,
+      enablePerformanceInsights: true,
+      cloudwatchLogsExports: ['postgresql'],
+      autoMinorVersionUpgrade: true,
+      parameterGroup: new rds.ParameterGroup(this, 'Parameters', {
+        engine: rds.DatabaseInstanceEngine.postgres({ version: rds.PostgresEngineVersion.VER_17 }),
+        parameters: { 'rds.force_ssl': '1', log_min_duration_statement: '500' },
+      }),
+    });
+    database.addRotationSingleUser({ automaticallyAfter: Duration.days(30) });
+    Validations.of(database).acknowledge({
+      id: 'AwsSolutions-RDS11',
+      reason:
+        'The default port is kept: the instance is in isolated subnets and only the proxy security group may reach it',
+    });
+    if (!(props.multiAz ?? true)) {
+      Validations.of(database).acknowledge({
+        id: 'AwsSolutions-RDS3',
+        reason: 'multiAz=false was chosen through CDK context for a non-production stage',
+      });
+    }
+    this.proxy = database.addProxy('Proxy', {
+      secrets: [database.secret!],
+      vpc: this.vpc,
+      vpcSubnets: { subnetType: ec2.SubnetType.PRIVATE_ISOLATED },
+      securityGroups: [proxyGroup],
+      iamAuth: true,
+      requireTLS: true,
+      borrowTimeout: Duration.seconds(30),
+    });
+
+    this.stripeSecret = new secretsmanager.Secret(this, 'StripeSecret', {
+      description:
+        'Stripe API key and webhook signing secrets: {"apiKey": "sk_...", "webhookSecrets": ["whsec_..."]}',
+      removalPolicy: RemovalPolicy.RETAIN,
+    });
+    Validations.of(this.stripeSecret).acknowledge({
+      id: 'AwsSolutions-SMG4',
+      reason:
+        'Stripe keys and signing secrets are rolled in the Stripe dashboard; the README gives the rotation steps (several webhookSecrets are accepted during a roll)',
+    });
+
+    this.deadLetterQueue = new sqs.Queue(this, 'EventsDlq', {
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+      retentionPeriod: Duration.days(14),
+    });
+    this.queue = new sqs.Queue(this, 'Events', {
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+      visibilityTimeout: Duration.seconds(WORKER_TIMEOUT.toSeconds() * 6),
+      retentionPeriod: Duration.days(14),
+      deadLetterQueue: { queue: this.deadLetterQueue, maxReceiveCount: 5 },
+    });
+  }
+}

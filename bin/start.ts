@@ -1,0 +1,45 @@
+import { startLocalStack } from '../local/stack.js';
+
+/** `npm start`: the whole system on this machine. Ctrl-C stops everything. */
+process.env.POWERTOOLS_LOG_LEVEL ??= 'WARN';
+process.env.POWERTOOLS_METRICS_DISABLED ??= 'true';
+process.env.POWERTOOLS_TRACE_ENABLED ??= 'false';
+process.env.AWS_SDK_JS_SUPPRESS_MAINTENANCE_MODE_MESSAGE ??= '1';
+
+const stack = await startLocalStack({
+  dataDir: process.env.DATA_DIR ?? '.data',
+  port: Number(process.env.PORT ?? 3000),
+  databaseUrl: process.env.DATABASE_URL,
+  stripeEmulatorPort: Number(process.env.STRIPE_EMULATOR_PORT ?? 12111),
+  stripeSecretKey: process.env.STRIPE_SECRET_KEY,
+  stripeWebhookSecret: process.env.STRIPE_WEBHOOK_SECRET,
+  creditPackages: process.env.CREDIT_PACKAGES,
+});
+
+console.log(`
+Credits service running locally
+  demo page         ${stack.url}/
+  HTTP API          ${stack.url}  (OpenAPI: ${stack.url}/openapi.json)
+  Stripe            ${stack.stripeUrl ?? 'real Stripe (STRIPE_SECRET_KEY)'}${stack.stripeUrl ? `  (control: ${stack.stripeUrl}/_emulator/webhooks)` : ''}
+  Postgres          ${stack.databaseUrl.replace(/:[^:@/]+@/, ':***@')}
+
+Try:
+  TOKEN=$(npm run -s token -- alice)
+  curl -s -H "authorization: Bearer $TOKEN" ${stack.url}/v1/me/credits
+  npm run -s admin -- adjust alice 500 --reason "welcome bonus"
+  npm run -s admin -- account alice
+  npm run -s admin -- reconcile
+  npm run -s admin -- dlq
+
+Ctrl-C stops everything.`);
+
+let stopping = false;
+const shutdown = async () => {
+  if (stopping) return;
+  stopping = true;
+  console.log('\nstopping…');
+  await stack.stop();
+  process.exit(0);
+};
+process.on('SIGINT', shutdown);
+process.on('SIGTERM', shutdown);

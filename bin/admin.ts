@@ -171,13 +171,20 @@ export async function runAdmin(
         } else {
           // A peek: received with a zero visibility timeout, so the messages stay available.
           const peek = await sqs.send(
-            new ReceiveMessageCommand({ QueueUrl: queueUrl, MaxNumberOfMessages: 10, VisibilityTimeout: 0 }),
+            new ReceiveMessageCommand({
+              QueueUrl: queueUrl,
+              MaxNumberOfMessages: 10,
+              VisibilityTimeout: 0,
+              MessageAttributeNames: ['All'],
+            }),
           );
           print({
             messages: Number(attributes.Attributes!.ApproximateNumberOfMessages),
             sample: (peek.Messages ?? []).map((m) => ({
               messageId: m.MessageId,
-              body: m.Body?.slice(0, 500),
+              eventId: m.MessageAttributes?.eventId?.StringValue ?? null,
+              eventType: m.MessageAttributes?.eventType?.StringValue ?? null,
+              body: m.Body?.slice(0, 300),
             })),
           });
         }

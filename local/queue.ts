@@ -219,6 +219,7 @@ export class LocalQueue {
                 ApproximateReceiveCount: String(m.receiveCount),
                 SentTimestamp: String(m.sentAt),
               },
+              ...(Object.keys(m.attributes).length > 0 && { MessageAttributes: m.attributes }),
             })),
           });
         }

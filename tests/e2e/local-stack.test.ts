@@ -35,7 +35,9 @@ async function buy(userId: string, method = 'card') {
 describe('the local stack over HTTP', () => {
   it('serves the demo page, the OpenAPI document and public routes', async () => {
     expect(await (await fetch(`${stack.url}/`)).text()).toContain('Credits demo');
-    expect(((await (await fetch(`${stack.url}/openapi.json`)).json()) as { openapi: string }).openapi).toBe('3.1.0');
+    expect(((await (await fetch(`${stack.url}/openapi.json`)).json()) as { openapi: string }).openapi).toBe(
+      '3.1.0',
+    );
     expect(await (await fetch(`${stack.url}/health`)).json()).toEqual({ status: 'ok' });
   });
 

@@ -102,14 +102,19 @@ describe('the local stack over HTTP', () => {
     expect(await balance(user)).toBe(1000);
     await control('webhooks/resume');
     await waitFor(
-      () => emulator.webhooks.status().pending === 0 && emulator.webhooks.status().inFlight === 0,
-      'the late webhooks',
+      () =>
+        emulator.webhooks.status().pending === 0 &&
+        emulator.webhooks.status().inFlight === 0 &&
+        stack.queue.main.length === 0,
+      'the late webhooks to be delivered and processed',
     );
     expect(await balance(user)).toBe(1000);
   });
 
   it('parks events in the DLQ after 5 failed receives while the database is away, and a redrive credits them', async () => {
     const user = 'e2e-dlq';
+    // Only this test's events may be in flight when the database goes away.
+    await waitFor(() => stack.queue.main.length === 0, 'earlier events to be processed');
     const checkout = await asUser(user, 'POST', '/v1/checkout', { packageId: 'pack_small' });
     const name = new URL(databaseUrl).pathname.slice(1);
     const admins = createDb(inject('postgresServerUrl'), { max: 1 });

@@ -21,20 +21,37 @@ export const PACK = DEFAULT_PACKAGES[0]!; // 1,000 credits for 500 cents
  * event it can produce, shaped from Stripe's fixtures.
  */
 export async function givenCheckout(db: Kysely<Database>, account?: Account) {
-  const owner = account ?? (await givenAccount(db));
-  const ids = stripeIds();
-  const payment: Payment = await db
-    .insertInto('payments')
-    .values({
-      account_id: owner.id,
-      package_id: PACK.id,
-      credits: PACK.credits,
-      amount_total: PACK.amount,
-      currency: PACK.currency,
-      stripe_checkout_session_id: ids.session,
-    })
-    .returningAll()
-    .executeTakeFirstOrThrow();
+  const [checkout] = await givenCheckouts(db, [account ?? (await givenAccount(db))]);
+  return checkout!;
+}
+
+/** One checkout per entry of `owners`, inserted in bulk. */
+export async function givenCheckouts(db: Kysely<Database>, owners: Account[]) {
+  const ids = owners.map(() => stripeIds());
+  const payments: Payment[] = [];
+  for (let i = 0; i < owners.length; i += 1000) {
+    const rows = await db
+      .insertInto('payments')
+      .values(
+        owners.slice(i, i + 1000).map((owner, j) => ({
+          account_id: owner.id,
+          package_id: PACK.id,
+          credits: PACK.credits,
+          amount_total: PACK.amount,
+          currency: PACK.currency,
+          stripe_checkout_session_id: ids[i + j]!.session,
+        })),
+      )
+      .returningAll()
+      .execute();
+    payments.push(...rows);
+  }
+  const bySession = new Map(payments.map((p) => [p.stripe_checkout_session_id, p]));
+  return owners.map((owner, i) => checkoutEvents(owner, bySession.get(ids[i]!.session)!, ids[i]!));
+}
+
+/** Builders for every Stripe event a purchase can produce, shaped from Stripe's fixtures. */
+function checkoutEvents(owner: Account, payment: Payment, ids: ReturnType<typeof stripeIds>) {
   const metadata = { payment_id: payment.id, user_id: owner.external_user_id!, package_id: PACK.id };
   const session = (overrides: Record<string, unknown> = {}) =>
     checkoutSession({
@@ -95,7 +112,7 @@ export async function givenCheckout(db: Kysely<Database>, account?: Account) {
   };
 }
 
-export type Checkout = Awaited<ReturnType<typeof givenCheckout>>;
+export type Checkout = ReturnType<typeof checkoutEvents>;
 
 /** Delivers `events` as one SQS batch to `worker`; returns its batch response. */
 export function deliver(

@@ -247,7 +247,10 @@ describe('faults', () => {
       }
       return spent;
     };
-    const [creditResults, ...perSpender] = await Promise.all([credits, ...Array.from({ length: 8 }, spender)]);
+    const [creditResults, ...perSpender] = await Promise.all([
+      credits,
+      ...Array.from({ length: 8 }, spender),
+    ]);
     expect(creditResults.flatMap((r) => r.batchItemFailures)).toEqual([]);
     const spent = perSpender.reduce((a, b) => a + b, 0);
     const final = await db

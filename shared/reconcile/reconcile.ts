@@ -260,14 +260,22 @@ export async function executeRun(deps: ReconcileDependencies, runId: string): Pr
       counts.paymentsChecked++;
       const sessionId = payment.stripe_checkout_session_id!;
       if (paid.has(sessionId)) continue;
-      const session = await call(() => deps.stripe.checkout.sessions.retrieve(sessionId));
-      if (session.payment_status !== 'paid') {
+      const session = await call(() => deps.stripe.checkout.sessions.retrieve(sessionId)).catch(
+        (failure: unknown) => {
+          // Stripe has no such session (another account or mode, or a hand-made row): a finding, not a failed run.
+          if ((failure as { statusCode?: number }).statusCode === 404) return undefined;
+          throw failure;
+        },
+      );
+      if (session?.payment_status !== 'paid') {
         await record({
           kind: 'credited_not_paid',
           stripeObjectId: sessionId,
           paymentId: payment.id,
           accountId: payment.account_id,
-          details: { stripeStatus: session.status, paymentStatus: session.payment_status },
+          details: session
+            ? { stripeStatus: session.status, paymentStatus: session.payment_status }
+            : { stripeStatus: 'no such checkout session' },
         });
       }
     }

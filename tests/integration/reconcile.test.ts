@@ -15,6 +15,7 @@ import { createStripeClient } from '../../shared/stripe/client.js';
 import { ADMIN_ARN, testApi } from '../support/api.js';
 import { createTestDatabase } from '../support/database.js';
 import { lambdaContext, sqsEvent, webhookRequest } from '../support/events.js';
+import { givenFundedAccount } from '../support/factories.js';
 import { expectInvariantsHold } from '../support/invariants.js';
 import { control, STRIPE_KEY, startEmulatorForTest, WEBHOOK_SECRET, waitFor } from '../support/stripe.js';
 
@@ -154,6 +155,27 @@ describe('reconciliation', () => {
       .execute();
     expect(findings).toEqual([
       expect.objectContaining({ kind: 'unknown_user', stripe_object_id: session.id }),
+    ]);
+    await expectInvariantsHold(db);
+  });
+
+  it('records a credited payment whose session Stripe does not know as a finding, and still succeeds', async () => {
+    const { payment } = await givenFundedAccount(db, 300);
+    const summary = await run();
+    expect(summary.status).toBe('succeeded');
+    const findings = await db
+      .selectFrom('reconciliation_findings')
+      .selectAll()
+      .where('run_id', '=', summary.runId)
+      .where('kind', '=', 'credited_not_paid')
+      .execute();
+    expect(findings).toEqual([
+      expect.objectContaining({
+        kind: 'credited_not_paid',
+        payment_id: payment.id,
+        stripe_object_id: payment.stripe_checkout_session_id,
+        details: { stripeStatus: 'no such checkout session' },
+      }),
     ]);
     await expectInvariantsHold(db);
   });

@@ -8,6 +8,8 @@ import { gzipSync } from 'node:zlib';
  */
 export interface BundleReport {
   readonly name: string;
+  /** The bundle's index.mjs. */
+  readonly file: string;
   readonly bytes: number;
   readonly gzipBytes: number;
   readonly packages: Array<[string, number]>;
@@ -47,6 +49,7 @@ export function bundleReports(outdir = 'cdk.out'): BundleReport[] {
       const content = readFileSync(bundle);
       reports.push({
         name: logicalId.replace(/[0-9A-F]{8}$/, ''),
+        file: bundle,
         bytes: content.length,
         gzipBytes: gzipSync(content).length,
         packages: [...sizes].sort((a, b) => b[1] - a[1]),

@@ -1,63 +1,65 @@
-import * as z from 'zod';
+// zod/mini: the webhook intake parses its configuration here, and the classic API would double its bundle.
+
+import { en } from 'zod/locales';
+import * as z from 'zod/mini';
 import type { DatabaseTarget } from './db/client.js';
 import { type CreditPackage, parsePackages } from './packages.js';
 
-const flag = z
-  .enum(['true', 'false'])
-  .default('false')
-  .transform((v) => v === 'true');
+// zod/mini carries no messages of its own: errors name the variable and say what is wrong in English.
+z.config(en());
+
+const flag = z.pipe(
+  z._default(z.enum(['true', 'false']), 'false'),
+  z.transform((v) => v === 'true'),
+);
+const text = () => z.optional(z.string().check(z.minLength(1)));
+const positiveInt = (fallback: number) =>
+  z._default(z.coerce.number().check(z.int(), z.positive()), fallback);
 
 const intakeSchema = z.object({
   QUEUE_URL: z.url(),
   /** Secrets Manager secret with `{"apiKey": "...", "webhookSecrets": ["whsec_..."]}`; required in AWS. */
-  STRIPE_SECRET_NAME: z.string().min(1).optional(),
+  STRIPE_SECRET_NAME: text(),
   /** Local runs only: comma-separated signing secrets, newest first. */
-  STRIPE_WEBHOOK_SECRET: z.string().min(1).optional(),
+  STRIPE_WEBHOOK_SECRET: text(),
   STRIPE_LIVEMODE: flag,
-  WEBHOOK_MAX_BYTES: z.coerce
-    .number()
-    .int()
-    .positive()
-    .default(256 * 1024),
+  WEBHOOK_MAX_BYTES: positiveInt(256 * 1024),
 });
 
 const workerSchema = z.object({
   /** Local runs and tests: a full connection string. */
-  DATABASE_URL: z.string().min(1).optional(),
+  DATABASE_URL: text(),
   /** AWS: the RDS Proxy endpoint, reached with IAM authentication over TLS. */
-  DB_HOST: z.string().min(1).optional(),
-  DB_PORT: z.coerce.number().int().positive().default(5432),
-  DB_NAME: z.string().min(1).default('credits'),
-  DB_USER: z.string().min(1).default('postgres'),
-  DB_POOL_MAX: z.coerce.number().int().positive().default(5),
-  CREDIT_PACKAGES: z.string().optional(),
+  DB_HOST: text(),
+  DB_PORT: positiveInt(5432),
+  DB_NAME: z._default(z.string().check(z.minLength(1)), 'credits'),
+  DB_USER: z._default(z.string().check(z.minLength(1)), 'postgres'),
+  DB_POOL_MAX: positiveInt(5),
+  CREDIT_PACKAGES: z.optional(z.string()),
 });
 
-const list = z
-  .string()
-  .default('')
-  .transform((v) =>
+const list = z.pipe(
+  z._default(z.string(), ''),
+  z.transform((v) =>
     v
       .split(',')
       .map((s) => s.trim())
       .filter(Boolean),
-  );
+  ),
+);
 
 const apiSchema = z.object({
   /** Secrets Manager secret with the Stripe API key (AWS); or STRIPE_SECRET_KEY for local runs. */
-  STRIPE_SECRET_NAME: z.string().min(1).optional(),
-  STRIPE_SECRET_KEY: z
-    .string()
-    .regex(/^(sk|rk)_(test|live)_\w+$/)
-    .optional(),
+  STRIPE_SECRET_NAME: text(),
+  STRIPE_SECRET_KEY: z.optional(z.string().check(z.regex(/^(sk|rk)_(test|live)_\w+$/))),
   /** Another Stripe API base: the local emulator. */
-  STRIPE_API_BASE: z.url().optional(),
+  STRIPE_API_BASE: z.optional(z.url()),
   CHECKOUT_SUCCESS_URL: z.url(),
   CHECKOUT_CANCEL_URL: z.url(),
   /** Frontend origins allowed to call the user routes from a browser. */
   CORS_ALLOWED_ORIGINS: list,
   /** Checkouts a user may have open (INIT, under an hour old) before POST /v1/checkout answers 429. */
-  MAX_OPEN_CHECKOUTS: z.coerce.number().int().positive().default(5),
+  MAX_OPEN_CHECKOUTS: positiveInt(5),
 });
 
 export type IntakeConfig = z.infer<typeof intakeSchema>;
@@ -77,7 +79,7 @@ export interface WorkerConfig {
 }
 
 /** Parses `schema` from `env`; the error names every missing or invalid variable. */
-function parseEnv<T extends z.ZodType>(schema: T, env: NodeJS.ProcessEnv): z.infer<T> {
+function parseEnv<T extends z.ZodMiniType>(schema: T, env: NodeJS.ProcessEnv): z.infer<T> {
   const result = schema.safeParse(env);
   if (!result.success) {
     const problems = result.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`);

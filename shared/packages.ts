@@ -1,4 +1,4 @@
-import * as z from 'zod';
+import * as z from 'zod/mini';
 
 /** A credit pack on sale: `credits` for `amount` minor units of `currency`. */
 export interface CreditPackage {
@@ -9,15 +9,13 @@ export interface CreditPackage {
   readonly currency: string;
 }
 
-export const packageSchema = z
-  .object({
-    id: z.string().regex(/^[a-z0-9_-]{1,64}$/),
-    name: z.string().min(1).max(100),
-    credits: z.number().int().positive().max(Number.MAX_SAFE_INTEGER),
-    amount: z.number().int().positive().max(99_999_999),
-    currency: z.string().regex(/^[a-z]{3}$/),
-  })
-  .strict();
+export const packageSchema = z.strictObject({
+  id: z.string().check(z.regex(/^[a-z0-9_-]{1,64}$/)),
+  name: z.string().check(z.minLength(1), z.maxLength(100)),
+  credits: z.int().check(z.positive()),
+  amount: z.int().check(z.positive(), z.lte(99_999_999)),
+  currency: z.string().check(z.regex(/^[a-z]{3}$/)),
+});
 
 /** The packs sold when `CREDIT_PACKAGES` does not name others. */
 export const DEFAULT_PACKAGES: readonly CreditPackage[] = [
@@ -29,7 +27,14 @@ export const DEFAULT_PACKAGES: readonly CreditPackage[] = [
 /** Parses the `CREDIT_PACKAGES` JSON array; ids must be unique. */
 export function parsePackages(json: string | undefined): readonly CreditPackage[] {
   if (!json) return DEFAULT_PACKAGES;
-  const packages = z.array(packageSchema).min(1).parse(JSON.parse(json));
+  const parsed = z.array(packageSchema).check(z.minLength(1)).safeParse(JSON.parse(json));
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map(
+      (issue) => `${issue.path.join('.') || 'the list'}: ${issue.message}`,
+    );
+    throw new Error(`CREDIT_PACKAGES is invalid: ${problems.join('; ')}`);
+  }
+  const packages = parsed.data;
   const ids = new Set(packages.map((p) => p.id));
   if (ids.size !== packages.length) throw new Error('CREDIT_PACKAGES has duplicate ids');
   return packages;

@@ -1,5 +1,5 @@
 import { type Kysely, sql } from 'kysely';
-import type { z } from 'zod';
+import type { z } from 'zod/mini';
 import type { Account, Database, Payment, PaymentStatus } from '../db/schema.js';
 import { ServiceError } from '../errors.js';
 import {
@@ -144,7 +144,7 @@ async function movedBy(trx: Trx, eventId: string) {
   return { creditsGranted: row.granted, creditsClawedBack: row.clawed, entriesWritten: row.entries };
 }
 
-function parseObject<T extends z.ZodType>(schema: T, event: StripeEvent): z.infer<T> {
+function parseObject<T extends z.ZodMiniType>(schema: T, event: StripeEvent): z.infer<T> {
   const parsed = schema.safeParse(event.data.object);
   if (!parsed.success) {
     const fields = parsed.error.issues.map((i) => i.path.join('.') || '(object)').join(', ');

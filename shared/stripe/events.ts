@@ -1,4 +1,5 @@
-import * as z from 'zod';
+// zod/mini: the webhook intake carries these schemas, and the classic API would double its bundle.
+import * as z from 'zod/mini';
 
 /** The Stripe event types the service acts on; intake acknowledges every other type without enqueueing it. */
 export const HANDLED_EVENT_TYPES = [
@@ -23,44 +24,48 @@ export function isHandledEventType(type: string): type is HandledEventType {
 }
 
 /** The envelope every Stripe event has; `data.object` is validated per type by the worker. */
-export const stripeEventSchema = z
-  .object({
-    id: z.string().regex(/^evt_\w+$/),
-    object: z.literal('event'),
-    type: z.string().min(1).max(100),
-    livemode: z.boolean(),
-    created: z.number().int().nonnegative(),
-    data: z.object({ object: z.record(z.string(), z.unknown()) }).loose(),
-  })
-  .loose();
+export const stripeEventSchema = z.looseObject({
+  id: z.string().check(z.regex(/^evt_\w+$/)),
+  object: z.literal('event'),
+  type: z.string().check(z.minLength(1), z.maxLength(100)),
+  livemode: z.boolean(),
+  created: z.int().check(z.nonnegative()),
+  data: z.looseObject({ object: z.record(z.string(), z.unknown()) }),
+});
 export type StripeEvent = z.infer<typeof stripeEventSchema>;
 
-const id = (prefix: string) => z.string().regex(new RegExp(`^${prefix}_\\w+$`));
-const amount = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
-const metadata = z.record(z.string(), z.string()).default({});
+const id = (prefix: string) => z.string().check(z.regex(new RegExp(`^${prefix}_\\w+$`)));
+const amount = z.int().check(z.nonnegative());
+const metadata = z._default(z.record(z.string(), z.string()), {});
 /** Webhooks carry ids for related objects; an expanded object is reduced to its id. */
 const ref = (prefix: string) =>
-  z.preprocess(
-    (v) => (v && typeof v === 'object' && 'id' in v ? (v as { id: unknown }).id : v),
-    id(prefix).nullable(),
+  z._default(
+    z.pipe(
+      z.transform((v: unknown) => (v && typeof v === 'object' && 'id' in v ? (v as { id: unknown }).id : v)),
+      z.nullable(id(prefix)),
+    ),
+    null,
   );
 
 export const checkoutSessionSchema = z.object({
   id: id('cs'),
-  amount_total: amount.nullable(),
-  currency: z.string().nullable(),
+  amount_total: z.nullable(amount),
+  currency: z.nullable(z.string()),
   payment_status: z.enum(['paid', 'unpaid', 'no_payment_required']),
-  status: z.enum(['open', 'complete', 'expired']).nullable(),
-  payment_intent: ref('pi').default(null),
-  client_reference_id: z.string().nullable().default(null),
-  metadata: metadata.nullable().transform((m) => m ?? {}),
+  status: z.nullable(z.enum(['open', 'complete', 'expired'])),
+  payment_intent: ref('pi'),
+  client_reference_id: z._default(z.nullable(z.string()), null),
+  metadata: z.pipe(
+    z.nullable(metadata),
+    z.transform((m) => m ?? {}),
+  ),
 });
 export type CheckoutSession = z.infer<typeof checkoutSessionSchema>;
 
 export const paymentIntentSchema = z.object({
   id: id('pi'),
   amount,
-  amount_received: amount.default(0),
+  amount_received: z._default(amount, 0),
   currency: z.string(),
   status: z.string(),
   metadata,
@@ -72,15 +77,15 @@ export const chargeSchema = z.object({
   amount,
   amount_refunded: amount,
   currency: z.string(),
-  payment_intent: ref('pi').default(null),
+  payment_intent: ref('pi'),
 });
 
 export const refundSchema = z.object({
   id: id('re'),
   amount,
   currency: z.string(),
-  status: z.string().nullable(),
-  payment_intent: ref('pi').default(null),
+  status: z.nullable(z.string()),
+  payment_intent: ref('pi'),
 });
 
 export const disputeSchema = z.object({
@@ -88,5 +93,5 @@ export const disputeSchema = z.object({
   amount,
   currency: z.string(),
   status: z.string(),
-  payment_intent: ref('pi').default(null),
+  payment_intent: ref('pi'),
 });

@@ -1,13 +1,13 @@
 import { getSecret } from '@aws-lambda-powertools/parameters/secrets';
-import * as z from 'zod';
+import * as z from 'zod/mini';
 
 /** The JSON stored in the Stripe secret (Secrets Manager). */
-export const stripeSecretSchema = z
-  .object({
-    apiKey: z.string().regex(/^(sk|rk)_(test|live)_\w+$/, 'must be a Stripe secret or restricted key'),
-    webhookSecrets: z.array(z.string().regex(/^whsec_\w+$/, 'must be a whsec_ signing secret')).min(1),
-  })
-  .strict();
+export const stripeSecretSchema = z.strictObject({
+  apiKey: z.string().check(z.regex(/^(sk|rk)_(test|live)_\w+$/, 'must be a Stripe secret or restricted key')),
+  webhookSecrets: z
+    .array(z.string().check(z.regex(/^whsec_\w+$/, 'must be a whsec_ signing secret')))
+    .check(z.minLength(1)),
+});
 export type StripeSecrets = z.infer<typeof stripeSecretSchema>;
 
 /** How long a fetched secret is reused before Secrets Manager is asked again (rotation takes effect). */

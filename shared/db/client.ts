@@ -1,5 +1,5 @@
 import { Signer } from '@aws-sdk/rds-signer';
-import { Kysely, PostgresDialect } from 'kysely';
+import { Kysely, type LogConfig, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import type { Database } from './schema.js';
 
@@ -53,6 +53,8 @@ export interface DbOptions {
   readonly max?: number;
   /** Name shown in pg_stat_activity. @default 'credits' */
   readonly applicationName?: string;
+  /** kysely's query log (tests inspect the SQL a code path runs). @default none */
+  readonly log?: LogConfig;
 }
 
 /** The kysely instance over a pg pool; every query goes to the writer given by `target`. */
@@ -68,5 +70,5 @@ export function createDb(target: string | DatabaseTarget, options: DbOptions = {
   // opens a new one. Without these listeners pg re-emits the error as an uncaught exception.
   pool.on('error', () => {});
   pool.on('connect', (client) => client.on('error', () => {}));
-  return new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  return new Kysely<Database>({ dialect: new PostgresDialect({ pool }), log: options.log });
 }

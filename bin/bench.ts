@@ -1,5 +1,6 @@
-import { execFile, spawnSync } from 'node:child_process';
+import { execFile, spawn, spawnSync } from 'node:child_process';
 import { createHmac, randomUUID, timingSafeEqual } from 'node:crypto';
+import { once } from 'node:events';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import path from 'node:path';
@@ -11,9 +12,8 @@ import type { Kysely } from 'kysely';
 import pg from 'pg';
 import { createCreditWorker } from '../functions/credit-worker.js';
 import { createWebhookIntake } from '../functions/webhook-intake.js';
-import { signRequest } from '../local/auth.js';
-import { startLocalPostgres } from '../local/postgres.js';
-import { startLocalStack } from '../local/stack.js';
+import { LocalAuth, signRequest } from '../local/auth.js';
+import { createDatabase, dropDatabase, startScratchPostgres } from '../local/postgres.js';
 import { startStripeEmulator } from '../local/stripe-emulator/server.js';
 import { signPayload } from '../local/stripe-emulator/webhooks.js';
 import { loadIntakeConfig } from '../shared/config.js';
@@ -138,37 +138,20 @@ const latency = (r: LoadResult) =>
 // --- database -----------------------------------------------------------------------------------------
 
 async function startDatabase() {
-  let serverUrl = process.env.DATABASE_URL;
-  let stopServer = async () => {};
-  const scratch = mkdtempSync(path.join(tmpdir(), 'credits-bench-'));
-  if (!serverUrl) {
-    spawnSync('chmod', ['755', scratch]); // as root, the server runs as `postgres` and must reach its data
-    const server = await startLocalPostgres({ dataDir: path.join(scratch, 'data'), ephemeral: true });
-    serverUrl = server.url;
-    stopServer = () => server.stop();
-  }
+  const server = await startScratchPostgres('credits-bench-');
   const name = `credits_bench_${process.pid}`;
-  const admin = new pg.Client({ connectionString: serverUrl });
-  await admin.connect();
-  await admin.query(`DROP DATABASE IF EXISTS ${name}`);
-  await admin.query(`CREATE DATABASE ${name}`);
-  await admin.end();
-  const url = new URL(serverUrl);
-  url.pathname = `/${name}`;
-  const databaseUrl = url.toString();
+  const databaseUrl = await createDatabase(server.serverUrl, name);
   const db = createDb(databaseUrl, { max: 4, applicationName: 'bench' });
   await migrateToLatest(db);
+  const scratch = mkdtempSync(path.join(tmpdir(), 'credits-bench-stack-'));
   return {
     db,
     databaseUrl,
     scratch,
     async stop() {
       await db.destroy();
-      const cleanup = new pg.Client({ connectionString: serverUrl });
-      await cleanup.connect();
-      await cleanup.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-      await cleanup.end();
-      await stopServer();
+      await dropDatabase(server.serverUrl, name);
+      await server.stop();
       rmSync(scratch, { recursive: true, force: true });
     },
   };
@@ -457,14 +440,44 @@ const SPEND_SQL = {
   entry: `INSERT INTO ledger_entries (account_id, amount, balance_after, kind, reference, request_hash) VALUES ($1, -$2::bigint, $3, 'spend', $4, 'bench') RETURNING id`,
 };
 
-async function benchHttp(db: Kysely<Database>, databaseUrl: string, scratch: string) {
-  console.error('HTTP: spend at 1, 16 and 64 clients; balance reads at 16');
-  const stack = await startLocalStack({
-    dataDir: path.join(scratch, 'stack'),
-    port: 0,
-    databaseUrl,
-    stripeEmulatorPort: 0,
+/** `npm start` (bin/start.ts) in a child process on free ports; resolves once it prints its URL. */
+async function startStackProcess(databaseUrl: string, dataDir: string) {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'bin/start.ts'], {
+    env: {
+      ...process.env,
+      PORT: '0',
+      STRIPE_EMULATOR_PORT: '0',
+      DATA_DIR: dataDir,
+      DATABASE_URL: databaseUrl,
+    },
+    stdio: ['ignore', 'pipe', 'inherit'],
   });
+  const url = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout.on('data', (chunk: Buffer) => {
+      out += chunk.toString();
+      const match = /HTTP API\s+(http:\/\/127\.0\.0\.1:\d+)/.exec(out);
+      if (match) resolve(match[1]!);
+    });
+    child.once('exit', (code) => reject(new Error(`npm start exited with ${code}: ${out}`)));
+  });
+  return {
+    url,
+    auth: await LocalAuth.load(dataDir),
+    async stop() {
+      const exited = once(child, 'exit');
+      child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+async function benchHttp(db: Kysely<Database>, databaseUrl: string, scratch: string) {
+  console.error(
+    'HTTP: spend at 1, 16 and 64 clients, balance reads at 16, against npm start in its own process',
+  );
+  // The stack in its own process, as `npm start` runs it: the load generator must not share its event loop.
+  const stack = await startStackProcess(databaseUrl, path.join(scratch, 'stack'));
   const users = Array.from({ length: 64 }, (_, i) => `bench-user-${i}`);
   for (const user of users) {
     const account = await findOrCreateAccount(db, user);
@@ -703,8 +716,8 @@ async function benchReconciliation(db: Kysely<Database>) {
     report({
       name: `reconciliation, ${fmt(SCALE.sessions)} sessions healed`,
       ours: `${seconds.toFixed(1)} s unpaced (${fmt(SCALE.sessions / seconds)} sessions/s, ${summary.counts.stripeRequests} Stripe requests; ${fmt(paced)} s at the default 10 requests/s)`,
-      baseline: `listing them with the SDK ${listSeconds.toFixed(1)} s (${fmt(listed)} sessions)`,
-      ratio: listSeconds / seconds,
+      baseline: `of which listing them with the SDK ${listSeconds.toFixed(1)} s (${fmt(listed)} sessions)`,
+      ratio: null,
       figures: { seconds, listSeconds, stripeRequests: summary.counts.stripeRequests, pacedSeconds: paced },
     });
   } finally {

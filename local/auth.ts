@@ -31,7 +31,16 @@ interface AuthState {
  * `service` and `admin`, whose SigV4 signatures are verified like the IAM authorizer does.
  */
 export class LocalAuth {
-  private constructor(private readonly state: AuthState) {}
+  // Keys are imported and SigV4 signing keys derived once, not per request.
+  private readonly signingKey: ReturnType<typeof importJWK>;
+  private readonly verifyingKey: ReturnType<typeof importJWK>;
+  private readonly signers = new Map<string, SignatureV4>();
+
+  private constructor(private readonly state: AuthState) {
+    const { d: _private, ...publicJwk } = state.signingKey;
+    this.signingKey = importJWK(state.signingKey, 'ES256');
+    this.verifyingKey = importJWK(publicJwk, 'ES256');
+  }
 
   static async load(dataDir: string): Promise<LocalAuth> {
     const file = path.join(dataDir, 'local-auth.json');
@@ -61,7 +70,7 @@ export class LocalAuth {
 
   /** A user token as the app's identity provider would issue it. */
   async issueToken(sub: string, ttlSeconds = 12 * 3600): Promise<string> {
-    const key = await importJWK(this.state.signingKey, 'ES256');
+    const key = await this.signingKey;
     return new SignJWT({ scope: 'credits' })
       .setProtectedHeader({ alg: 'ES256', kid: 'local' })
       .setSubject(sub)
@@ -77,8 +86,7 @@ export class LocalAuth {
     const token = /^Bearer (\S+)$/i.exec(authorization ?? '')?.[1];
     if (!token) return undefined;
     try {
-      const { d: _private, ...publicJwk } = this.state.signingKey;
-      const { payload } = await jwtVerify(token, await importJWK(publicJwk, 'ES256'), {
+      const { payload } = await jwtVerify(token, await this.verifyingKey, {
         issuer: LOCAL_ISSUER,
         audience: LOCAL_AUDIENCE,
         algorithms: ['ES256'],
@@ -125,12 +133,17 @@ export class LocalAuth {
     const headers = Object.fromEntries(
       signedHeaders!.split(';').map((name) => [name, request.headers[name] ?? '']),
     );
-    const signer = new SignatureV4({
-      credentials: { accessKeyId: principal.accessKeyId, secretAccessKey: principal.secretAccessKey },
-      region: region!,
-      service: 'execute-api',
-      sha256: Sha256,
-    });
+    const signerKey = `${principal.accessKeyId}/${region}`;
+    let signer = this.signers.get(signerKey);
+    if (!signer) {
+      signer = new SignatureV4({
+        credentials: { accessKeyId: principal.accessKeyId, secretAccessKey: principal.secretAccessKey },
+        region: region!,
+        service: 'execute-api',
+        sha256: Sha256,
+      });
+      this.signers.set(signerKey, signer);
+    }
     const [hostname, port] = request.host.split(':');
     const signed = await signer.sign(
       new HttpRequest({

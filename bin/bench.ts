@@ -1,7 +1,7 @@
 import { execFile, spawn, spawnSync } from 'node:child_process';
 import { createHmac, randomUUID, timingSafeEqual } from 'node:crypto';
 import { once } from 'node:events';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import path from 'node:path';
 import { parseArgs, promisify } from 'node:util';
@@ -398,6 +398,7 @@ async function pgbenchThroughput(databaseUrl: string, items: WorkItem[], instanc
     script,
     databaseUrl,
   ]);
+  rmSync(path.dirname(script), { recursive: true });
   await client.query('DROP TABLE bench_work; DROP SEQUENCE bench_seq');
   await client.end();
   const tps = /tps = ([\d.]+) \(without initial connection time\)/.exec(stdout);
@@ -639,11 +640,8 @@ async function benchIntake() {
 }
 
 async function benchBundles() {
-  if (!existsSync('cdk.out')) {
-    console.error('bundles: cdk.out is missing, synthesizing');
-    await promisify(execFile)('npx', ['tsx', 'bin/app.ts']);
-  }
-  console.error('bundles: sizes and cold import times');
+  console.error('bundles: synthesizing, then sizes and cold import times');
+  await promisify(execFile)(process.execPath, ['--import', 'tsx', 'bin/app.ts']); // the bundles of this code
   const importMs = (file: string) => {
     const samples: number[] = [];
     for (let i = 0; i < SCALE.imports; i++) {
@@ -661,9 +659,10 @@ async function benchBundles() {
     }
     return samples.sort((a, b) => a - b)[Math.floor(samples.length / 2)]!;
   };
-  const emptyModule = path.join(mkdtempSync(path.join(tmpdir(), 'credits-empty-')), 'empty.mjs');
-  writeFileSync(emptyModule, 'export {};\n');
-  const baseline = importMs(emptyModule);
+  const emptyDir = mkdtempSync(path.join(tmpdir(), 'credits-empty-'));
+  writeFileSync(path.join(emptyDir, 'empty.mjs'), 'export {};\n');
+  const baseline = importMs(path.join(emptyDir, 'empty.mjs'));
+  rmSync(emptyDir, { recursive: true });
   for (const bundle of bundleReports()) {
     const ms = importMs(path.resolve(bundle.file));
     const intake = bundle.name.startsWith('WebhookIntake');

@@ -1,4 +1,4 @@
-import { chmodSync, mkdtempSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import fc from 'fast-check';
@@ -95,6 +95,7 @@ describe('faults', () => {
     } finally {
       await db.destroy();
       await server.stop();
+      rmSync(dataDir, { recursive: true, force: true });
     }
   });
 

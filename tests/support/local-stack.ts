@@ -1,4 +1,4 @@
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll } from 'vitest';
@@ -19,7 +19,10 @@ export async function startStackForTest() {
     visibilityTimeoutSeconds: 0.2,
     webhookRetryBaseMs: 20,
   });
-  afterAll(() => stack.stop());
+  afterAll(async () => {
+    await stack.stop();
+    rmSync(dataDir, { recursive: true, force: true });
+  });
   return { stack, db, dataDir, databaseUrl, ...clients(stack, dataDir) };
 }
 

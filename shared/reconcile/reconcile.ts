@@ -8,6 +8,12 @@ import { applyStripeEvent } from '../payments/apply-event.js';
 import type { StripeEvent } from '../stripe/events.js';
 
 const DAY_SECONDS = 24 * 60 * 60;
+/**
+ * How far before the window objects are looked at, because their state changes long after they are created:
+ * a delayed payment method settles days after its session (SEPA up to 14), a refund can fail weeks later,
+ * and a dispute closes months after it opened.
+ */
+const LOOKBACK_DAYS = { pendingPayments: 14, refunds: 30, disputes: 120 } as const;
 /** A run still `running` after this long died with its Lambda (15 minutes at most) and is closed as failed. */
 const ABANDONED_AFTER = '1 hour';
 
@@ -83,6 +89,8 @@ export interface RunCounts {
   refunds: number;
   disputes: number;
   paymentsChecked: number;
+  /** Our payments awaiting credit from before the window, looked up in Stripe one by one. */
+  pendingChecked: number;
   stripeRequests: number;
   stripeRetries: number;
 }
@@ -127,6 +135,11 @@ function stripeCaller(deps: ReconcileDependencies, counts: RunCounts) {
       }
     }
   };
+}
+
+/** The window extended `days` back. */
+function before(window: ReconcileWindow, days: number): ReconcileWindow {
+  return { start: new Date(window.start.getTime() - days * DAY_SECONDS * 1000), end: window.end };
 }
 
 /** Every object of a Stripe list created in the window, page by page through `call`. */
@@ -185,6 +198,7 @@ export async function executeRun(deps: ReconcileDependencies, runId: string): Pr
     refunds: 0,
     disputes: 0,
     paymentsChecked: 0,
+    pendingChecked: 0,
     stripeRequests: 0,
     stripeRetries: 0,
   };
@@ -220,6 +234,13 @@ export async function executeRun(deps: ReconcileDependencies, runId: string): Pr
     }
   };
 
+  /** A checkout session, or undefined when Stripe has none by that id (another account or mode, a hand-made row). */
+  const retrieveSession = (sessionId: string) =>
+    call(() => deps.stripe.checkout.sessions.retrieve(sessionId)).catch((failure: unknown) => {
+      if ((failure as { statusCode?: number }).statusCode === 404) return undefined;
+      throw failure;
+    });
+
   let status: RunSummary['status'] = 'succeeded';
   let error: string | null = null;
   try {
@@ -235,11 +256,37 @@ export async function executeRun(deps: ReconcileDependencies, runId: string): Pr
       paid.add(session.id);
       await heal(syntheticEvent('checkout.session.completed', session), session.id);
     }
-    for await (const refund of listAll(call, (p) => deps.stripe.refunds.list(p), window)) {
+    // Our payments still awaiting credit whose sessions were created before the window: a delayed method
+    // may have settled since, and its webhook may be the one that was lost.
+    const awaiting = await db
+      .selectFrom('payments')
+      .select('stripe_checkout_session_id')
+      .where('status', 'in', ['INIT', 'PAID'])
+      .where('stripe_checkout_session_id', 'is not', null)
+      .where('created_at', '>=', before(window, LOOKBACK_DAYS.pendingPayments).start)
+      .where('created_at', '<', window.start)
+      .execute();
+    for (const { stripe_checkout_session_id: sessionId } of awaiting) {
+      counts.pendingChecked++;
+      const session = await retrieveSession(sessionId!);
+      if (session?.payment_status !== 'paid' || paid.has(session.id)) continue;
+      counts.paidSessions++;
+      paid.add(session.id);
+      await heal(syntheticEvent('checkout.session.completed', session), session.id);
+    }
+    for await (const refund of listAll(
+      call,
+      (p) => deps.stripe.refunds.list(p),
+      before(window, LOOKBACK_DAYS.refunds),
+    )) {
       counts.refunds++;
       await heal(syntheticEvent('refund.updated', refund, refund.status ?? ''), refund.id);
     }
-    for await (const dispute of listAll(call, (p) => deps.stripe.disputes.list(p), window)) {
+    for await (const dispute of listAll(
+      call,
+      (p) => deps.stripe.disputes.list(p),
+      before(window, LOOKBACK_DAYS.disputes),
+    )) {
       counts.disputes++;
       const type =
         dispute.status === 'won' || dispute.status === 'lost'
@@ -260,13 +307,7 @@ export async function executeRun(deps: ReconcileDependencies, runId: string): Pr
       counts.paymentsChecked++;
       const sessionId = payment.stripe_checkout_session_id!;
       if (paid.has(sessionId)) continue;
-      const session = await call(() => deps.stripe.checkout.sessions.retrieve(sessionId)).catch(
-        (failure: unknown) => {
-          // Stripe has no such session (another account or mode, or a hand-made row): a finding, not a failed run.
-          if ((failure as { statusCode?: number }).statusCode === 404) return undefined;
-          throw failure;
-        },
-      );
+      const session = await retrieveSession(sessionId);
       if (session?.payment_status !== 'paid') {
         await record({
           kind: 'credited_not_paid',

@@ -15,7 +15,7 @@ import { createStripeClient } from '../../shared/stripe/client.js';
 import { ADMIN_ARN, testApi } from '../support/api.js';
 import { createTestDatabase } from '../support/database.js';
 import { lambdaContext, sqsEvent, webhookRequest } from '../support/events.js';
-import { givenFundedAccount } from '../support/factories.js';
+import { givenAccount, givenFundedAccount, givenPayment } from '../support/factories.js';
 import { expectInvariantsHold } from '../support/invariants.js';
 import { control, STRIPE_KEY, startEmulatorForTest, WEBHOOK_SECRET, waitFor } from '../support/stripe.js';
 
@@ -176,6 +176,68 @@ describe('reconciliation', () => {
         details: { stripeStatus: 'no such checkout session' },
       }),
     ]);
+    await expectInvariantsHold(db);
+  });
+
+  it('credits a delayed-method payment of ours created before the window and settled inside it', async () => {
+    const account = await givenAccount(db);
+    const payment = await givenPayment(db, account, {
+      credits: PACK.credits,
+      amountTotal: PACK.amount,
+      packageId: PACK.id,
+    });
+    const session = await stripe.checkout.sessions.create({
+      mode: 'payment',
+      line_items: [
+        {
+          quantity: 1,
+          price_data: {
+            currency: PACK.currency,
+            unit_amount: PACK.amount,
+            product_data: { name: PACK.name },
+          },
+        },
+      ],
+      success_url: 'http://127.0.0.1/success',
+      metadata: { payment_id: payment.id, user_id: account.external_user_id!, package_id: PACK.id },
+    });
+    await db
+      .updateTable('payments')
+      .set({ stripe_checkout_session_id: session.id })
+      .where('id', '=', payment.id)
+      .execute();
+    await control(emulator, `checkout/sessions/${session.id}/complete`, { outcome: 'async_pending' });
+    await new Promise((resolve) => setTimeout(resolve, 1100)); // Stripe's `created` has whole seconds
+    const start = new Date();
+    await control(emulator, `checkout/sessions/${session.id}/complete`, { outcome: 'async_succeeded' });
+
+    const summary = await executeRun(
+      fastDeps(),
+      await createRun(db, 'admin', { start, end: new Date(Date.now() + 60_000) }),
+    );
+    expect(summary).toMatchObject({ status: 'succeeded', healed: 1 });
+    expect(summary.counts.pendingChecked).toBeGreaterThanOrEqual(1);
+    expect(await balanceOf(account.external_user_id!)).toBe(PACK.credits);
+    await expectInvariantsHold(db);
+  });
+
+  it('reinstates a dispute opened before the window and won inside it', async () => {
+    const user = `recon-dispute-${Date.now()}`;
+    const session = await paidSession(user);
+    const charge = (session.payment_intent as Stripe.PaymentIntent).latest_charge as string;
+    const dispute = await control<{ id: string }>(emulator, `charges/${charge}/dispute`);
+    expect((await run()).status).toBe('succeeded');
+    expect(await balanceOf(user)).toBe(0);
+    await new Promise((resolve) => setTimeout(resolve, 1100));
+    const start = new Date();
+    await control(emulator, `disputes/${dispute.id}/close`, { outcome: 'won' });
+
+    const summary = await executeRun(
+      fastDeps(),
+      await createRun(db, 'admin', { start, end: new Date(Date.now() + 60_000) }),
+    );
+    expect(summary).toMatchObject({ status: 'succeeded', healed: 1 });
+    expect(await balanceOf(user)).toBe(PACK.credits);
     await expectInvariantsHold(db);
   });
 

@@ -269,6 +269,11 @@ export async function executeRun(deps: ReconcileDependencies, runId: string): Pr
     for (const { stripe_checkout_session_id: sessionId } of awaiting) {
       counts.pendingChecked++;
       const session = await retrieveSession(sessionId!);
+      if (session?.status === 'expired') {
+        // Its expiry webhook was lost too: mark it EXPIRED, so it is not looked up again.
+        await heal(syntheticEvent('checkout.session.expired', session, 'expired'), session.id);
+        continue;
+      }
       if (session?.payment_status !== 'paid' || paid.has(session.id)) continue;
       counts.paidSessions++;
       paid.add(session.id);

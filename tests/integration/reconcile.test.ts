@@ -179,45 +179,59 @@ describe('reconciliation', () => {
     await expectInvariantsHold(db);
   });
 
-  it('credits a delayed-method payment of ours created before the window and settled inside it', async () => {
-    const account = await givenAccount(db);
-    const payment = await givenPayment(db, account, {
-      credits: PACK.credits,
-      amountTotal: PACK.amount,
-      packageId: PACK.id,
-    });
-    const session = await stripe.checkout.sessions.create({
-      mode: 'payment',
-      line_items: [
-        {
-          quantity: 1,
-          price_data: {
-            currency: PACK.currency,
-            unit_amount: PACK.amount,
-            product_data: { name: PACK.name },
+  it('settles payments of ours created before the window: a delayed method paid since, a session expired since', async () => {
+    /** A payment row of ours and its Stripe session, as POST /v1/checkout makes them. */
+    const ourCheckout = async () => {
+      const account = await givenAccount(db);
+      const payment = await givenPayment(db, account, {
+        credits: PACK.credits,
+        amountTotal: PACK.amount,
+        packageId: PACK.id,
+      });
+      const session = await stripe.checkout.sessions.create({
+        mode: 'payment',
+        line_items: [
+          {
+            quantity: 1,
+            price_data: {
+              currency: PACK.currency,
+              unit_amount: PACK.amount,
+              product_data: { name: PACK.name },
+            },
           },
-        },
-      ],
-      success_url: 'http://127.0.0.1/success',
-      metadata: { payment_id: payment.id, user_id: account.external_user_id!, package_id: PACK.id },
-    });
-    await db
-      .updateTable('payments')
-      .set({ stripe_checkout_session_id: session.id })
-      .where('id', '=', payment.id)
-      .execute();
-    await control(emulator, `checkout/sessions/${session.id}/complete`, { outcome: 'async_pending' });
+        ],
+        success_url: 'http://127.0.0.1/success',
+        metadata: { payment_id: payment.id, user_id: account.external_user_id!, package_id: PACK.id },
+      });
+      await db
+        .updateTable('payments')
+        .set({ stripe_checkout_session_id: session.id })
+        .where('id', '=', payment.id)
+        .execute();
+      return { account, payment, session };
+    };
+    const delayed = await ourCheckout();
+    const abandoned = await ourCheckout();
+    await control(emulator, `checkout/sessions/${delayed.session.id}/complete`, { outcome: 'async_pending' });
     await new Promise((resolve) => setTimeout(resolve, 1100)); // Stripe's `created` has whole seconds
     const start = new Date();
-    await control(emulator, `checkout/sessions/${session.id}/complete`, { outcome: 'async_succeeded' });
+    await control(emulator, `checkout/sessions/${delayed.session.id}/complete`, {
+      outcome: 'async_succeeded',
+    });
+    await stripe.checkout.sessions.expire(abandoned.session.id);
 
     const summary = await executeRun(
       fastDeps(),
       await createRun(db, 'admin', { start, end: new Date(Date.now() + 60_000) }),
     );
     expect(summary).toMatchObject({ status: 'succeeded', healed: 1 });
-    expect(summary.counts.pendingChecked).toBeGreaterThanOrEqual(1);
-    expect(await balanceOf(account.external_user_id!)).toBe(PACK.credits);
+    expect(summary.counts.pendingChecked).toBeGreaterThanOrEqual(2);
+    expect(await balanceOf(delayed.account.external_user_id!)).toBe(PACK.credits);
+    const statusOf = async (id: string) =>
+      (await db.selectFrom('payments').select('status').where('id', '=', id).executeTakeFirstOrThrow())
+        .status;
+    expect(await statusOf(delayed.payment.id)).toBe('CREDITED');
+    expect(await statusOf(abandoned.payment.id)).toBe('EXPIRED');
     await expectInvariantsHold(db);
   });
 

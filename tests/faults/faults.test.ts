@@ -13,27 +13,18 @@ import { InsufficientCreditsError } from '../../shared/errors.js';
 import { inAccountTransaction, spendCredits } from '../../shared/ledger/ledger.js';
 import { DEFAULT_PACKAGES } from '../../shared/packages.js';
 import { createTestDatabase } from '../support/database.js';
-import { lambdaContext, sqsEvent } from '../support/events.js';
 import { givenAccount } from '../support/factories.js';
 import { expectInvariantsHold } from '../support/invariants.js';
 import {
   type Checkout,
   deliver,
+  expectOnlyUncommittedFailed,
   givenCheckout,
   givenCheckouts,
   PACK,
+  processBatch,
   purchaseState,
 } from '../support/purchase.js';
-
-type Worker = ReturnType<typeof createCreditWorker>;
-type BatchResult = { batchItemFailures: Array<{ itemIdentifier: string }> };
-
-/** Starts processing `events` as one batch; resolves with the message ids and the batch response. */
-function processBatch(worker: Worker, events: object[]) {
-  const batch = sqsEvent(events.map((e) => JSON.stringify(e)));
-  const ids = batch.Records.map((r) => r.messageId);
-  return { ids, response: worker(batch, lambdaContext()) as Promise<BatchResult> };
-}
 
 async function slowDown(db: Kysely<Database>, table: 'processed_events' | 'ledger_entries', seconds: number) {
   await sql`CREATE OR REPLACE FUNCTION fault_slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(${sql.lit(seconds)}); RETURN NEW; END $$`.execute(
@@ -66,27 +57,11 @@ describe('faults', () => {
       while ((await count(observer, 'processed_events')) < 3) await new Promise((r) => setTimeout(r, 5));
       await observer.destroy();
       await server.stop();
-      const failed = new Set((await response).batchItemFailures.map((f) => f.itemIdentifier));
+      const cutOff = await response;
 
       server = await startLocalPostgres({ dataDir: path.join(dataDir, 'data'), port, ephemeral: true });
-      const committed = new Set(
-        (await db.selectFrom('processed_events').select('event_id').execute()).map((r) => r.event_id),
-      );
-      expect(committed.size).toBeGreaterThanOrEqual(3);
-      expect(committed.size).toBeLessThan(events.length);
-      const uncommitted = events
-        .map((e, i) => [e, ids[i]!] as const)
-        .filter(([e]) => !committed.has(String(e.id)));
-      expect([...failed].sort()).toEqual(uncommitted.map(([, id]) => id).sort());
-
-      expect(
-        (
-          await deliver(
-            worker,
-            uncommitted.map(([e]) => e),
-          )
-        ).batchItemFailures,
-      ).toEqual([]);
+      const uncommitted = await expectOnlyUncommittedFailed(db, { events, ids, response: cutOff });
+      expect((await deliver(worker, uncommitted)).batchItemFailures).toEqual([]);
       expect((await deliver(worker, events)).batchItemFailures).toEqual([]); // and every message once more
       for (const checkout of checkouts)
         expect((await purchaseState(db, checkout)).balance).toBe(PACK.credits);

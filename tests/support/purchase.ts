@@ -1,4 +1,5 @@
 import type { Kysely } from 'kysely';
+import { expect } from 'vitest';
 import type { Account, Database, Payment } from '../../shared/db/schema.js';
 import { DEFAULT_PACKAGES } from '../../shared/packages.js';
 import {
@@ -114,14 +115,43 @@ function checkoutEvents(owner: Account, payment: Payment, ids: ReturnType<typeof
 
 export type Checkout = ReturnType<typeof checkoutEvents>;
 
+type Worker = (
+  event: ReturnType<typeof sqsEvent>,
+  context: ReturnType<typeof lambdaContext>,
+) => Promise<unknown>;
+type BatchResponse = { batchItemFailures: Array<{ itemIdentifier: string }> };
+
+/** Starts `worker` on `events` as one SQS batch; the message ids, and the batch response to await. */
+export function processBatch(worker: Worker, events: object[]) {
+  const batch = sqsEvent(events.map((e) => JSON.stringify(e)));
+  const ids = batch.Records.map((r) => r.messageId);
+  return { ids, response: worker(batch, lambdaContext('credit-worker')) as Promise<BatchResponse> };
+}
+
+/**
+ * For a batch cut off by an outage: some records committed and some did not, and exactly the uncommitted
+ * ones were reported as failures (nothing uncommitted was acknowledged). Returns the uncommitted events.
+ */
+export async function expectOnlyUncommittedFailed(
+  db: Kysely<Database>,
+  batch: { events: object[]; ids: string[]; response: BatchResponse },
+): Promise<object[]> {
+  const committed = new Set(
+    (await db.selectFrom('processed_events').select('event_id').execute()).map((r) => r.event_id),
+  );
+  expect(committed.size).toBeGreaterThanOrEqual(3);
+  expect(committed.size).toBeLessThan(batch.events.length);
+  const uncommitted = batch.events
+    .map((event, i) => [event, batch.ids[i]!] as const)
+    .filter(([event]) => !committed.has(String((event as { id: unknown }).id)));
+  const failed = batch.response.batchItemFailures.map((f) => f.itemIdentifier);
+  expect(failed.sort()).toEqual(uncommitted.map(([, id]) => id).sort());
+  return uncommitted.map(([event]) => event);
+}
+
 /** Delivers `events` as one SQS batch to `worker`; returns its batch response. */
-export function deliver(
-  worker: (event: ReturnType<typeof sqsEvent>, context: ReturnType<typeof lambdaContext>) => Promise<unknown>,
-  events: object[],
-) {
-  return worker(sqsEvent(events.map((e) => JSON.stringify(e))), lambdaContext('credit-worker')) as Promise<{
-    batchItemFailures: Array<{ itemIdentifier: string }>;
-  }>;
+export function deliver(worker: Worker, events: object[]): Promise<BatchResponse> {
+  return processBatch(worker, events).response;
 }
 
 /** What a purchase looks like from outside: the balance, the payment, and the net credits taken back. */

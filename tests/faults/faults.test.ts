@@ -1,4 +1,4 @@
-import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import fc from 'fast-check';
@@ -41,7 +41,6 @@ const count = async (db: Kysely<Database>, table: 'processed_events' | 'ledger_e
 describe('faults', () => {
   it('Postgres stopped mid-batch then restarted: nothing uncommitted is acknowledged, a redelivery finishes exactly', async () => {
     const dataDir = mkdtempSync(path.join(tmpdir(), 'credits-fault-pg-'));
-    chmodSync(dataDir, 0o755);
     const port = await freePort();
     let server = await startLocalPostgres({ dataDir: path.join(dataDir, 'data'), port, ephemeral: true });
     const db = createDb(server.url, { max: 1 });

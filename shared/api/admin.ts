@@ -5,6 +5,7 @@ import {
   adjustCredits,
   anonymizeAccount,
   findAccountByUserId,
+  findOrCreateAccount,
   inAccountTransaction,
   requireAccountByUserId,
   setAccountStatus,
@@ -96,7 +97,14 @@ export const adjustAccount = defineEndpoint({
   route: 'POST /v1/admin/accounts/{userId}/adjustments',
   summary: 'Grants (positive) or removes (negative) credits, with the reason and the caller audited',
   params: userIdParams,
-  body: z.object({ amount: signedCredits, reason: storableText(2000) }).strict(),
+  body: z
+    .object({
+      amount: signedCredits,
+      reason: storableText(2000),
+      /** Shown to the user in their history; the reason stays internal (audit only). */
+      description: storableText(500).optional(),
+    })
+    .strict(),
   responses: {
     201: {
       description: 'the adjustment entry and its audit row id',
@@ -107,12 +115,17 @@ export const adjustAccount = defineEndpoint({
     ...adminErrors,
     400: 'invalid body',
     402: 'would take the balance below zero',
-    404: 'no account',
   },
   async handle({ params, body, caller }, { db }) {
-    const account = await requireAccountByUserId(db, params.userId);
+    // An operator may grant before the user's first sign-in (a welcome bonus): the account is created.
+    const account = await findOrCreateAccount(db, params.userId);
     const entry = await inAccountTransaction(db, account.id, (trx, locked) =>
-      adjustCredits(trx, locked, { amount: body.amount, reason: body.reason, actorArn: arnOf(caller) }),
+      adjustCredits(trx, locked, {
+        amount: body.amount,
+        reason: body.reason,
+        description: body.description ?? null,
+        actorArn: arnOf(caller),
+      }),
     );
     return ok({ entry: entryView(entry), adminActionId: entry.admin_action_id }, 201);
   },

@@ -353,6 +353,8 @@ export async function spendCredits(trx: Trx, account: Account, request: SpendReq
 export interface Adjustment extends AdminActor {
   /** Signed: positive grants credits, negative removes them (never below zero). */
   readonly amount: number;
+  /** What the user sees in their history; null shows the kind alone. The reason is never shown to them. */
+  readonly description?: string | null;
 }
 
 /** An admin's correction: one entry plus its audit row, in the caller's transaction. */
@@ -366,7 +368,7 @@ export async function adjustCredits(trx: Trx, account: Account, input: Adjustmen
     kind: 'admin_adjustment',
     reference: actionId,
     adminActionId: actionId,
-    description: input.reason,
+    description: input.description == null ? null : requireText(input.description, 'description', 500),
   });
 }
 

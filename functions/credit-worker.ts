@@ -1,17 +1,13 @@
 import { BatchProcessor, EventType, processPartialResponse } from '@aws-lambda-powertools/batch';
-import { injectLambdaContext } from '@aws-lambda-powertools/logger/middleware';
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
-import { logMetrics } from '@aws-lambda-powertools/metrics/middleware';
-import { captureLambdaHandler } from '@aws-lambda-powertools/tracer/middleware';
-import middy from '@middy/core';
 import type { Context, SQSBatchResponse, SQSEvent, SQSRecord } from 'aws-lambda';
 import type { Kysely } from 'kysely';
 import { loadWorkerConfig } from '../shared/config.js';
 import { createDb } from '../shared/db/client.js';
 import type { Database } from '../shared/db/schema.js';
-import { createObservability } from '../shared/observability.js';
+import { applyStripeEvent, type EventOutcome } from '../shared/events/apply-event.js';
+import { coldStart, createObservability, wrapHandler } from '../shared/observability.js';
 import type { CreditPackage } from '../shared/packages.js';
-import { applyStripeEvent } from '../shared/payments/apply-event.js';
 import { type StripeEvent, stripeEventSchema } from '../shared/stripe/events.js';
 
 /** A queue message that is not a Stripe event: it fails its own record and reaches the DLQ after 5 receives. */
@@ -34,35 +30,42 @@ export interface WorkerDependencies {
   readonly packages: readonly CreditPackage[];
 }
 
+const OUTCOME_METRIC: Record<EventOutcome, string> = {
+  applied: 'EventApplied',
+  duplicate: 'EventDuplicate',
+  ignored: 'EventIgnored',
+  parked: 'EventParked',
+};
+
 /**
  * The crediting worker: each SQS record in its own transaction (applyStripeEvent). Records that fail for a
- * retryable reason are reported as batch item failures, so SQS redelivers only them.
+ * retryable reason are reported as batch item failures, so SQS redelivers only them. Every log line of a
+ * record carries its message id (and event id and type once known).
  */
 export function createCreditWorker(deps: WorkerDependencies) {
-  const { logger, metrics, tracer } = createObservability('credit-worker');
+  const obs = createObservability('credit-worker');
+  const { logger, metrics } = obs;
   const processor = new BatchProcessor(EventType.SQS);
 
   async function processRecord(record: SQSRecord): Promise<void> {
-    const event = parseQueuedEvent(record);
-    const result = await applyStripeEvent(deps.db, event, { packages: deps.packages });
-    const metric = {
-      applied: 'EventApplied',
-      duplicate: 'EventDuplicate',
-      ignored: 'EventIgnored',
-      parked: 'EventParked',
-    };
-    metrics.addMetric(metric[result.outcome], MetricUnit.Count, 1);
-    if (result.creditsGranted) metrics.addMetric('CreditsGranted', MetricUnit.Count, result.creditsGranted);
-    if (result.creditsClawedBack)
-      metrics.addMetric('CreditsClawedBack', MetricUnit.Count, result.creditsClawedBack);
-    const log = result.outcome === 'parked' ? logger.warn.bind(logger) : logger.info.bind(logger);
-    log('event processed', {
-      eventId: event.id,
-      eventType: event.type,
-      outcome: result.outcome,
-      reason: result.reason,
+    const keys: Record<string, unknown> = {
+      messageId: record.messageId,
       receiveCount: record.attributes.ApproximateReceiveCount,
-    });
+    };
+    try {
+      const event = parseQueuedEvent(record);
+      Object.assign(keys, { eventId: event.id, eventType: event.type });
+      const result = await applyStripeEvent(deps.db, event, { packages: deps.packages });
+      metrics.addMetric(OUTCOME_METRIC[result.outcome], MetricUnit.Count, 1);
+      if (result.creditsGranted) metrics.addMetric('CreditsGranted', MetricUnit.Count, result.creditsGranted);
+      if (result.creditsClawedBack)
+        metrics.addMetric('CreditsClawedBack', MetricUnit.Count, result.creditsClawedBack);
+      const level = result.outcome === 'parked' ? 'warn' : 'info';
+      logger[level]('event processed', { ...keys, outcome: result.outcome, reason: result.reason });
+    } catch (error: unknown) {
+      logger.error('record failed; SQS will redeliver it', { ...keys, error: error as Error });
+      throw error;
+    }
   }
 
   async function handleBatch(event: SQSEvent, context: Context): Promise<SQSBatchResponse> {
@@ -73,27 +76,18 @@ export function createCreditWorker(deps: WorkerDependencies) {
     });
     if (response.batchItemFailures.length > 0) {
       metrics.addMetric('EventRetried', MetricUnit.Count, response.batchItemFailures.length);
-      for (const error of processor.errors) logger.error('record failed; SQS will redeliver it', { error });
     }
     return response;
   }
 
-  return middy(handleBatch)
-    .use(captureLambdaHandler(tracer))
-    .use(injectLambdaContext(logger, { resetKeys: true }))
-    .use(logMetrics(metrics));
+  return wrapHandler(obs, handleBatch);
 }
 
-let cached: ReturnType<typeof createCreditWorker> | undefined;
-
-/** The Lambda entry point: configuration parsed and the pool built once per cold start. */
-export const handler = (event: SQSEvent, context: Context) => {
-  if (!cached) {
-    const config = loadWorkerConfig();
-    cached = createCreditWorker({
-      db: createDb(config.database, { max: config.poolMax, applicationName: 'credit-worker' }),
-      packages: config.packages,
-    });
-  }
-  return cached(event, context);
-};
+/** The Lambda entry point. */
+export const handler = coldStart(() => {
+  const config = loadWorkerConfig();
+  return createCreditWorker({
+    db: createDb(config.database, { max: config.poolMax, applicationName: 'credit-worker' }),
+    packages: config.packages,
+  });
+});

@@ -1,18 +1,13 @@
-import { injectLambdaContext } from '@aws-lambda-powertools/logger/middleware';
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
-import { logMetrics } from '@aws-lambda-powertools/metrics/middleware';
-import { captureLambdaHandler } from '@aws-lambda-powertools/tracer/middleware';
-import middy from '@middy/core';
-import type { Context } from 'aws-lambda';
-import { loadApiConfig } from '../shared/config.js';
+import { loadReconcileConfig } from '../shared/config.js';
 import { createDb } from '../shared/db/client.js';
-import { createObservability } from '../shared/observability.js';
+import { coldStart, createObservability, wrapHandler } from '../shared/observability.js';
 import {
   createRun,
-  defaultWindow,
   executeRun,
   type ReconcileDependencies,
   type RunSummary,
+  resolveWindow,
 } from '../shared/reconcile/reconcile.js';
 import { lazyStripe } from '../shared/stripe/api-client.js';
 
@@ -24,18 +19,18 @@ export interface ReconcileInvocation {
 
 /** The reconciliation function: nightly from EventBridge Scheduler, or on demand with a run id. */
 export function createReconcileHandler(deps: () => Promise<ReconcileDependencies>) {
-  const { logger, metrics, tracer } = createObservability('reconcile');
+  const obs = createObservability('reconcile');
+  const { logger, metrics } = obs;
 
   async function handleRun(event: ReconcileInvocation | undefined): Promise<RunSummary> {
     const resolved = await deps();
-    let runId = event?.runId;
-    if (!runId) {
-      const now = new Date();
-      const window = event?.windowHours
-        ? { start: new Date(now.getTime() - event.windowHours * 3_600_000), end: now }
-        : await defaultWindow(resolved.db, now);
-      runId = await createRun(resolved.db, 'schedule', window);
-    }
+    const runId =
+      event?.runId ??
+      (await createRun(
+        resolved.db,
+        'schedule',
+        await resolveWindow(resolved.db, new Date(), event?.windowHours),
+      ));
     const summary = await executeRun(resolved, runId);
     metrics.addMetric('ReconciliationHealed', MetricUnit.Count, summary.healed);
     metrics.addMetric('ReconciliationFindings', MetricUnit.Count, summary.findings);
@@ -60,25 +55,18 @@ export function createReconcileHandler(deps: () => Promise<ReconcileDependencies
     return summary;
   }
 
-  return middy(handleRun)
-    .use(captureLambdaHandler(tracer))
-    .use(injectLambdaContext(logger, { resetKeys: true }))
-    .use(logMetrics(metrics));
+  return wrapHandler(obs, handleRun);
 }
 
-let cached: ReturnType<typeof createReconcileHandler> | undefined;
-
-export const handler = (event: ReconcileInvocation, context: Context) => {
-  if (!cached) {
-    const config = loadApiConfig();
-    const db = createDb(config.database, { max: 3, applicationName: 'reconcile' });
-    const stripe = lazyStripe({
-      secretName: config.stripeSecretName,
-      secretKey: config.stripeSecretKey,
-      apiBase: config.stripeApiBase,
-      maxNetworkRetries: 0, // the run paces and retries Stripe requests itself
-    });
-    cached = createReconcileHandler(async () => ({ db, stripe: await stripe(), packages: config.packages }));
-  }
-  return cached(event, context);
-};
+/** The Lambda entry point. */
+export const handler = coldStart(() => {
+  const config = loadReconcileConfig();
+  const db = createDb(config.database, { max: 3, applicationName: 'reconcile' });
+  const stripe = lazyStripe({
+    secretName: config.stripeSecretName,
+    secretKey: config.stripeSecretKey,
+    apiBase: config.stripeApiBase,
+    maxNetworkRetries: 0, // the run paces and retries Stripe requests itself
+  });
+  return createReconcileHandler(async () => ({ db, stripe: await stripe(), packages: config.packages }));
+});

@@ -159,6 +159,8 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
       checkoutCancelUrl: `${baseUrl}/?checkout=cancelled`,
       corsAllowedOrigins: [baseUrl],
       maxOpenCheckouts: 5,
+      // The local admin principals, as ADMIN_PRINCIPALS names the admins' ARNs in AWS.
+      adminPrincipals: [auth.principal('admin').arn],
     };
     const stripe = lazyStripe({
       secretKey: config.stripeSecretKey,

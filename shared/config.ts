@@ -25,7 +25,7 @@ const intakeSchema = z.object({
   WEBHOOK_MAX_BYTES: positiveInt(256 * 1024),
 });
 
-const workerSchema = z.object({
+const databaseSchema = z.object({
   /** Local runs and tests: a full connection string. */
   DATABASE_URL: text(),
   /** AWS: the RDS Proxy endpoint, reached with IAM authentication over TLS. */
@@ -34,8 +34,9 @@ const workerSchema = z.object({
   DB_NAME: z._default(z.string().check(z.minLength(1)), 'credits'),
   DB_USER: z._default(z.string().check(z.minLength(1)), 'postgres'),
   DB_POOL_MAX: positiveInt(5),
-  CREDIT_PACKAGES: z.optional(z.string()),
 });
+
+const packagesSchema = z.object({ CREDIT_PACKAGES: z.optional(z.string()) });
 
 const list = z.pipe(
   z._default(z.string(), ''),
@@ -47,34 +48,45 @@ const list = z.pipe(
   ),
 );
 
-const apiSchema = z.object({
+const stripeSchema = z.object({
   /** Secrets Manager secret with the Stripe API key (AWS); or STRIPE_SECRET_KEY for local runs. */
   STRIPE_SECRET_NAME: text(),
   STRIPE_SECRET_KEY: z.optional(z.string().check(z.regex(/^(sk|rk)_(test|live)_\w+$/))),
   /** Another Stripe API base: the local emulator. */
   STRIPE_API_BASE: z.optional(z.url()),
+});
+
+const apiSchema = z.object({
+  ...stripeSchema.shape,
   CHECKOUT_SUCCESS_URL: z.url(),
   CHECKOUT_CANCEL_URL: z.url(),
   /** Frontend origins allowed to call the user routes from a browser. */
   CORS_ALLOWED_ORIGINS: list,
   /** Checkouts a user may have open (INIT, under an hour old) before POST /v1/checkout answers 429. */
   MAX_OPEN_CHECKOUTS: positiveInt(5),
+  /** IAM principal ARN patterns (`*` wildcards) allowed on admin routes; none: no admin route answers. */
+  ADMIN_PRINCIPALS: list,
 });
 
 export type IntakeConfig = z.infer<typeof intakeSchema>;
-export type ApiConfig = WorkerConfig & {
+export interface DatabaseConfig {
+  readonly database: DatabaseTarget;
+  readonly poolMax: number;
+}
+export interface WorkerConfig extends DatabaseConfig {
+  readonly packages: readonly CreditPackage[];
+}
+export interface ReconcileConfig extends WorkerConfig {
   readonly stripeSecretName?: string;
   readonly stripeSecretKey?: string;
   readonly stripeApiBase?: string;
+}
+export interface ApiConfig extends ReconcileConfig {
   readonly checkoutSuccessUrl: string;
   readonly checkoutCancelUrl: string;
   readonly corsAllowedOrigins: readonly string[];
   readonly maxOpenCheckouts: number;
-};
-export interface WorkerConfig {
-  readonly database: DatabaseTarget;
-  readonly poolMax: number;
-  readonly packages: readonly CreditPackage[];
+  readonly adminPrincipals: readonly string[];
 }
 
 /** Parses `schema` from `env`; the error names every missing or invalid variable. */
@@ -98,9 +110,9 @@ export function loadIntakeConfig(env: NodeJS.ProcessEnv = process.env): IntakeCo
   return config;
 }
 
-/** The database-facing functions' configuration, parsed once at cold start. */
-export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env): WorkerConfig {
-  const config = parseEnv(workerSchema, env);
+/** Where the database is and how many connections to open: every database-facing function's part. */
+export function loadDatabaseConfig(env: NodeJS.ProcessEnv = process.env): DatabaseConfig {
+  const config = parseEnv(databaseSchema, env);
   const database: DatabaseTarget | undefined = config.DATABASE_URL
     ? { url: config.DATABASE_URL }
     : config.DB_HOST
@@ -113,16 +125,20 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env): WorkerCo
         }
       : undefined;
   if (!database) throw new Error('invalid configuration: DATABASE_URL (local) or DB_HOST (AWS) must be set');
+  return { database, poolMax: config.DB_POOL_MAX };
+}
+
+/** The crediting worker's configuration (the database and the packs), parsed once at cold start. */
+export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env): WorkerConfig {
   return {
-    database,
-    poolMax: config.DB_POOL_MAX,
-    packages: parsePackages(config.CREDIT_PACKAGES),
+    ...loadDatabaseConfig(env),
+    packages: parsePackages(parseEnv(packagesSchema, env).CREDIT_PACKAGES),
   };
 }
 
-/** The api function's configuration (the database plus Stripe checkout and CORS), parsed once at cold start. */
-export function loadApiConfig(env: NodeJS.ProcessEnv = process.env): ApiConfig {
-  const config = parseEnv(apiSchema, env);
+/** The reconciliation function's configuration: the worker's plus the Stripe API key. */
+export function loadReconcileConfig(env: NodeJS.ProcessEnv = process.env): ReconcileConfig {
+  const config = parseEnv(stripeSchema, env);
   if (!config.STRIPE_SECRET_NAME && !config.STRIPE_SECRET_KEY) {
     throw new Error(
       'invalid configuration: STRIPE_SECRET_NAME (AWS) or STRIPE_SECRET_KEY (local) must be set',
@@ -133,9 +149,18 @@ export function loadApiConfig(env: NodeJS.ProcessEnv = process.env): ApiConfig {
     stripeSecretName: config.STRIPE_SECRET_NAME,
     stripeSecretKey: config.STRIPE_SECRET_KEY,
     stripeApiBase: config.STRIPE_API_BASE,
+  };
+}
+
+/** The api function's configuration (reconciliation's plus checkout, CORS and admins), parsed once at cold start. */
+export function loadApiConfig(env: NodeJS.ProcessEnv = process.env): ApiConfig {
+  const config = parseEnv(apiSchema, env);
+  return {
+    ...loadReconcileConfig(env),
     checkoutSuccessUrl: config.CHECKOUT_SUCCESS_URL,
     checkoutCancelUrl: config.CHECKOUT_CANCEL_URL,
     corsAllowedOrigins: config.CORS_ALLOWED_ORIGINS,
     maxOpenCheckouts: config.MAX_OPEN_CHECKOUTS,
+    adminPrincipals: config.ADMIN_PRINCIPALS,
   };
 }

@@ -16,15 +16,18 @@ export function requireNonZeroCredits(value: unknown, field = 'amount'): number 
   return value;
 }
 
-/** NUL cannot be stored in Postgres text, and a lone surrogate cannot be stored exactly in UTF-8. */
+/** NUL cannot be stored in Postgres text or jsonb, and a lone surrogate cannot be stored exactly in UTF-8. */
 const UNSTORABLE = /[\0\p{Cs}]/u;
+
+/** true when Postgres stores `value` and returns it exactly. */
+export const isStorableText = (value: string) => !UNSTORABLE.test(value);
 
 /** Returns `value` when it is storable text of 1..max characters; otherwise throws a ValidationError. */
 export function requireText(value: unknown, field: string, max: number): string {
   if (typeof value !== 'string' || value.length === 0 || value.length > max) {
     throw new ValidationError(field, `must be a string of 1 to ${max} characters`);
   }
-  if (UNSTORABLE.test(value)) {
+  if (!isStorableText(value)) {
     throw new ValidationError(field, 'must not contain NUL or unpaired surrogate characters');
   }
   return value;

@@ -1,13 +1,51 @@
-/** Every error the service means to raise: a literal `code`, an HTTP status, and a message safe to show. */
+/**
+ * The error catalog: every code the service answers, with its one HTTP status. A condition has one code, so it
+ * answers the same status wherever it is found (the router, the intake, a domain).
+ */
+export const ERROR_STATUS = {
+  validation_error: 400,
+  malformed_json: 400,
+  invalid_encoding: 400,
+  unknown_package: 400,
+  empty_body: 400,
+  malformed_event: 400,
+  invalid_signature: 400,
+  livemode_mismatch: 400,
+  unauthorized: 401,
+  insufficient_credits: 402,
+  forbidden: 403,
+  account_frozen: 403,
+  cors_origin_refused: 403,
+  not_found: 404,
+  account_not_found: 404,
+  idempotency_conflict: 409,
+  reconciliation_running: 409,
+  payload_too_large: 413,
+  unsupported_media_type: 415,
+  ledger_rule: 422,
+  limit_exceeded: 422,
+  event_parked: 422,
+  too_many_open_checkouts: 429,
+  internal_error: 500,
+  stripe_unavailable: 502,
+  database_unavailable: 503,
+  queue_unavailable: 503,
+} as const satisfies Record<string, number>;
+
+export type ErrorCode = keyof typeof ERROR_STATUS;
+
+/** Every error the service means to raise: a catalog `code`, its HTTP status, and a message safe to show. */
 export class ServiceError extends Error {
+  readonly status: number;
+
   constructor(
-    readonly code: string,
-    readonly status: number,
+    readonly code: ErrorCode,
     message: string,
     readonly details: Record<string, unknown> = {},
   ) {
     super(message);
     this.name = 'ServiceError';
+    this.status = ERROR_STATUS[code];
   }
 }
 
@@ -17,13 +55,13 @@ export class ValidationError extends ServiceError {
     readonly field: string,
     message: string,
   ) {
-    super('validation_error', 400, `${field}: ${message}`, { field });
+    super('validation_error', `${field}: ${message}`, { field });
   }
 }
 
 export class AccountNotFoundError extends ServiceError {
   constructor(what: string) {
-    super('account_not_found', 404, `no account for ${what}`);
+    super('account_not_found', `no account for ${what}`);
   }
 }
 
@@ -33,7 +71,7 @@ export class InsufficientCreditsError extends ServiceError {
     readonly balance: number,
     readonly requested: number,
   ) {
-    super('insufficient_credits', 402, `balance ${balance} cannot cover ${requested} credits`, {
+    super('insufficient_credits', `balance ${balance} cannot cover ${requested} credits`, {
       balance,
       requested,
     });
@@ -43,23 +81,29 @@ export class InsufficientCreditsError extends ServiceError {
 /** The idempotency key was used before with a different request. */
 export class IdempotencyConflictError extends ServiceError {
   constructor(key: string) {
-    super(
-      'idempotency_conflict',
-      409,
-      `idempotency key ${JSON.stringify(key)} was used with a different request`,
-    );
+    super('idempotency_conflict', `idempotency key ${JSON.stringify(key)} was used with a different request`);
   }
 }
 
 export class AccountFrozenError extends ServiceError {
   constructor() {
-    super('account_frozen', 403, 'account is frozen');
+    super('account_frozen', 'account is frozen');
   }
 }
 
 /** A money movement that would break a ledger invariant (e.g. clawing back more than was credited). */
 export class LedgerRuleError extends ServiceError {
   constructor(message: string) {
-    super('ledger_rule', 422, message);
+    super('ledger_rule', message);
+  }
+}
+
+/** An event that can never be applied as it stands: parked with `reason` for an operator, never dropped. */
+export class ParkEventError extends ServiceError {
+  constructor(
+    readonly reason: string,
+    message: string,
+  ) {
+    super('event_parked', message, { reason });
   }
 }

@@ -1,16 +1,19 @@
 import * as z from 'zod';
-import { ServiceError } from '../errors.js';
-import { checkInvariants } from '../ledger/invariants.js';
 import {
-  adjustCredits,
-  anonymizeAccount,
   findAccountByUserId,
   findOrCreateAccount,
   inAccountTransaction,
   requireAccountByUserId,
   setAccountStatus,
-} from '../ledger/ledger.js';
-import { applyStripeEvent } from '../payments/apply-event.js';
+} from '../accounts/accounts.js';
+import { anonymizeAccount } from '../accounts/erasure.js';
+import { listAdminActions, recordAdminAction } from '../audit/audit.js';
+import { ServiceError } from '../errors.js';
+import { applyStripeEvent } from '../events/apply-event.js';
+import { findParkedEvent, listParkedEvents as parkedEvents } from '../events/processed-events.js';
+import { checkInvariants } from '../ledger/invariants.js';
+import { adjustCredits, listEntries } from '../ledger/ledger.js';
+import { listPayments } from '../payments/payments.js';
 import { stripeEventSchema } from '../stripe/events.js';
 import { type Caller, defineEndpoint, ok } from './endpoint.js';
 import {
@@ -55,27 +58,9 @@ export const getAccount = defineEndpoint({
   async handle({ params }, { db }) {
     const account = await requireAccountByUserId(db, params.userId);
     const [entries, payments, actions] = await Promise.all([
-      db
-        .selectFrom('ledger_entries')
-        .selectAll()
-        .where('account_id', '=', account.id)
-        .orderBy('id', 'desc')
-        .limit(50)
-        .execute(),
-      db
-        .selectFrom('payments')
-        .selectAll()
-        .where('account_id', '=', account.id)
-        .orderBy('created_at', 'desc')
-        .limit(50)
-        .execute(),
-      db
-        .selectFrom('admin_actions')
-        .selectAll()
-        .where('account_id', '=', account.id)
-        .orderBy('created_at', 'desc')
-        .limit(50)
-        .execute(),
+      listEntries(db, account.id, { limit: 50 }),
+      listPayments(db, account.id, { limit: 50 }),
+      listAdminActions(db, account.id, 50),
     ]);
     return ok({
       account: accountView(account),
@@ -194,21 +179,8 @@ export const listParkedEvents = defineEndpoint({
   responses: { 200: { description: 'parked events', schema: z.object({ data: z.array(parkedSchema) }) } },
   errors: { ...adminErrors, 400: 'bad limit' },
   async handle({ query }, { db }) {
-    const rows = await db
-      .selectFrom('processed_events')
-      .select(['event_id', 'event_type', 'reason', 'updated_at'])
-      .where('outcome', '=', 'parked')
-      .orderBy('created_at')
-      .limit(query.limit)
-      .execute();
-    return ok({
-      data: rows.map((r) => ({
-        eventId: r.event_id,
-        eventType: r.event_type,
-        reason: r.reason ?? '',
-        parkedAt: r.updated_at.toISOString(),
-      })),
-    });
+    const parked = await parkedEvents(db, query.limit);
+    return ok({ data: parked.map((p) => ({ ...p, parkedAt: p.parkedAt.toISOString() })) });
   },
 });
 
@@ -229,36 +201,18 @@ export const replayParkedEvent = defineEndpoint({
   },
   errors: { ...adminErrors, 400: 'invalid body', 404: 'no parked event with this id' },
   async handle({ params, body, caller }, { db, config }) {
-    const row = await db
-      .selectFrom('processed_events')
-      .select(['payload', 'outcome'])
-      .where('event_id', '=', params.eventId)
-      .executeTakeFirst();
-    if (row?.outcome !== 'parked') {
-      throw new ServiceError('not_found', 404, `no parked event ${params.eventId}`);
-    }
-    const event = stripeEventSchema.parse(row.payload);
+    const parked = await findParkedEvent(db, params.eventId);
+    if (!parked) throw new ServiceError('not_found', `no parked event ${params.eventId}`);
+    const event = stripeEventSchema.parse(parked.payload);
     const result = await applyStripeEvent(db, event, { packages: config.packages, replay: true });
     const reason =
-      result.outcome === 'parked'
-        ? ((
-            await db
-              .selectFrom('processed_events')
-              .select('reason')
-              .where('event_id', '=', event.id)
-              .executeTakeFirst()
-          )?.reason ?? null)
-        : null;
-    await db
-      .insertInto('admin_actions')
-      .values({
-        actor_arn: arnOf(caller),
-        action: 'replay_event',
-        reason: body.reason,
-        account_id: null,
-        payload: JSON.stringify({ eventId: event.id, outcome: result.outcome }),
-      })
-      .execute();
+      result.outcome === 'parked' ? ((await findParkedEvent(db, event.id))?.reason ?? null) : null;
+    await recordAdminAction(
+      db,
+      'replay_event',
+      { actorArn: arnOf(caller), reason: body.reason },
+      { payload: { eventId: event.id, outcome: result.outcome } },
+    );
     return ok({ eventId: event.id, outcome: result.outcome, reason });
   },
 });

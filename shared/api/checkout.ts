@@ -1,7 +1,12 @@
-import { sql } from 'kysely';
 import * as z from 'zod';
+import { findOrCreateAccount, inAccountTransaction } from '../accounts/accounts.js';
 import { AccountFrozenError, ServiceError } from '../errors.js';
-import { findOrCreateAccount, inAccountTransaction } from '../ledger/ledger.js';
+import {
+  attachCheckoutSession,
+  countOpenCheckouts,
+  createPayment,
+  failUnstartedPayment,
+} from '../payments/payments.js';
 import { defineEndpoint, ok } from './endpoint.js';
 import { storableText } from './schemas.js';
 
@@ -29,35 +34,18 @@ export const createCheckout = defineEndpoint({
     const userId = caller.kind === 'user' ? caller.userId : '';
     const pack = config.packages.find((p) => p.id === body.packageId);
     if (!pack)
-      throw new ServiceError('unknown_package', 400, `no package ${body.packageId}`, { field: 'packageId' });
+      throw new ServiceError('unknown_package', `no package ${body.packageId}`, { field: 'packageId' });
     const account = await findOrCreateAccount(db, userId);
     const payment = await inAccountTransaction(db, account.id, async (trx, locked) => {
       if (locked.status === 'frozen') throw new AccountFrozenError();
-      const open = await trx
-        .selectFrom('payments')
-        .select((eb) => eb.fn.countAll<string>().as('n'))
-        .where('account_id', '=', locked.id)
-        .where('status', '=', 'INIT')
-        .where('created_at', '>', sql<Date>`now() - interval '1 hour'`)
-        .executeTakeFirstOrThrow();
-      if (Number(open.n) >= config.maxOpenCheckouts) {
+      const open = await countOpenCheckouts(trx, locked.id);
+      if (open >= config.maxOpenCheckouts) {
         throw new ServiceError(
           'too_many_open_checkouts',
-          429,
-          `${open.n} checkouts are already open; finish or abandon one (they expire after 30 minutes)`,
+          `${open} checkouts are already open; finish or abandon one (they expire after 30 minutes)`,
         );
       }
-      return trx
-        .insertInto('payments')
-        .values({
-          account_id: locked.id,
-          package_id: pack.id,
-          credits: pack.credits,
-          amount_total: pack.amount,
-          currency: pack.currency,
-        })
-        .returningAll()
-        .executeTakeFirstOrThrow();
+      return createPayment(trx, locked, pack);
     });
     const metadata = { payment_id: payment.id, user_id: userId, package_id: pack.id };
     let session: { id: string; url: string | null; expires_at: number };
@@ -85,16 +73,12 @@ export const createCheckout = defineEndpoint({
         { idempotencyKey: `checkout-${payment.id}` },
       );
     } catch (error: unknown) {
-      await db.updateTable('payments').set({ status: 'FAILED' }).where('id', '=', payment.id).execute();
-      throw new ServiceError('stripe_unavailable', 502, 'Stripe did not create the checkout; try again', {
+      await failUnstartedPayment(db, payment.id);
+      throw new ServiceError('stripe_unavailable', 'Stripe did not create the checkout; try again', {
         cause: error instanceof Error ? error.name : 'unknown',
       });
     }
-    await db
-      .updateTable('payments')
-      .set({ stripe_checkout_session_id: session.id, updated_at: sql`now()` })
-      .where('id', '=', payment.id)
-      .execute();
+    await attachCheckoutSession(db, payment.id, session.id);
     return ok(
       {
         paymentId: payment.id,

@@ -1,11 +1,13 @@
 import * as z from 'zod';
+import { findOrCreateAccount } from '../accounts/accounts.js';
 import { ValidationError } from '../errors.js';
-import { findOrCreateAccount } from '../ledger/ledger.js';
-import { defineEndpoint, ok } from './endpoint.js';
+import { listEntries } from '../ledger/ledger.js';
+import { listPayments } from '../payments/payments.js';
+import { type Caller, defineEndpoint, ok } from './endpoint.js';
 import { accountSchema, entrySchema, paymentSchema } from './schemas.js';
 import { accountView, entryView, paymentView } from './views.js';
 
-const userId = (caller: { kind: string; userId?: string }) => caller.userId!;
+const userId = (caller: Caller) => (caller.kind === 'user' ? caller.userId : '');
 
 export const getMyCredits = defineEndpoint({
   route: 'GET /v1/me/credits',
@@ -17,26 +19,44 @@ export const getMyCredits = defineEndpoint({
   },
 });
 
-const CURSOR_PREFIX = 'e1.';
-const encodeCursor = (id: number) => CURSOR_PREFIX + Buffer.from(String(id)).toString('base64url');
-function decodeCursor(cursor: string): number {
-  const id = cursor.startsWith(CURSOR_PREFIX)
-    ? Number(Buffer.from(cursor.slice(CURSOR_PREFIX.length), 'base64url').toString())
-    : Number.NaN;
-  if (!Number.isSafeInteger(id) || id <= 0)
-    throw new ValidationError('cursor', 'is not a cursor this API returned');
-  return id;
+/** Opaque keyset cursors: a version prefix and base64url JSON, so a cursor can change shape safely. */
+function encodeCursor(prefix: string, position: unknown): string {
+  return prefix + Buffer.from(JSON.stringify(position)).toString('base64url');
 }
+function decodeCursor<T>(prefix: string, cursor: string, valid: (position: unknown) => position is T): T {
+  let position: unknown;
+  try {
+    position = cursor.startsWith(prefix)
+      ? JSON.parse(Buffer.from(cursor.slice(prefix.length), 'base64url').toString())
+      : undefined;
+  } catch {
+    position = undefined;
+  }
+  if (!valid(position)) throw new ValidationError('cursor', 'is not a cursor this API returned');
+  return position;
+}
+
+const pageQuery = z
+  .object({
+    limit: z.coerce.number().int().min(1).max(100).default(20),
+    cursor: z.string().max(200).optional(),
+  })
+  .strict();
+
+/** One page of `rows` fetched with limit + 1: the page, and the cursor after its last row (null at the end). */
+function pageOf<R>(rows: R[], limit: number, cursorAfter: (row: R) => string) {
+  const page = rows.slice(0, limit);
+  const last = page.at(-1);
+  return { page, nextCursor: rows.length > limit && last ? cursorAfter(last) : null };
+}
+
+const ENTRY_CURSOR = 'e1.';
+const isEntryId = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) > 0;
 
 export const listMyTransactions = defineEndpoint({
   route: 'GET /v1/me/transactions',
   summary: "The caller's ledger, newest first, keyset-paginated (stable while new entries arrive)",
-  query: z
-    .object({
-      limit: z.coerce.number().int().min(1).max(100).default(20),
-      cursor: z.string().max(100).optional(),
-    })
-    .strict(),
+  query: pageQuery,
   responses: {
     200: {
       description: 'one page; pass nextCursor back as cursor for the next (older) page',
@@ -46,38 +66,33 @@ export const listMyTransactions = defineEndpoint({
   errors: { 400: 'bad limit or cursor', 401: 'no user token' },
   async handle({ caller, query }, { db }) {
     const account = await findOrCreateAccount(db, userId(caller));
-    const before = query.cursor ? decodeCursor(query.cursor) : undefined;
-    let q = db
-      .selectFrom('ledger_entries')
-      .selectAll()
-      .where('account_id', '=', account.id)
-      .orderBy('id', 'desc')
-      .limit(query.limit + 1);
-    if (before !== undefined) q = q.where('id', '<', before);
-    const rows = await q.execute();
-    const page = rows.slice(0, query.limit);
-    const last = page.at(-1);
-    return ok({
-      data: page.map(entryView),
-      nextCursor: rows.length > query.limit && last ? encodeCursor(last.id) : null,
-    });
+    const beforeId = query.cursor ? decodeCursor(ENTRY_CURSOR, query.cursor, isEntryId) : undefined;
+    const rows = await listEntries(db, account.id, { limit: query.limit + 1, beforeId });
+    const { page, nextCursor } = pageOf(rows, query.limit, (e) => encodeCursor(ENTRY_CURSOR, e.id));
+    return ok({ data: page.map(entryView), nextCursor });
   },
 });
 
+const PAYMENT_CURSOR = 'p1.';
+const isPaymentId = (v: unknown): v is string =>
+  typeof v === 'string' && /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(v);
+
 export const listMyPayments = defineEndpoint({
   route: 'GET /v1/me/payments',
-  summary: "The caller's purchases and their states, newest first (last 100)",
-  responses: { 200: { description: 'purchases', schema: z.object({ data: z.array(paymentSchema) }) } },
-  errors: { 401: 'no user token' },
-  async handle({ caller }, { db }) {
+  summary: "The caller's purchases and their states, newest first, keyset-paginated",
+  query: pageQuery,
+  responses: {
+    200: {
+      description: 'one page; pass nextCursor back as cursor for the next (older) page',
+      schema: z.object({ data: z.array(paymentSchema), nextCursor: z.string().nullable() }),
+    },
+  },
+  errors: { 400: 'bad limit or cursor', 401: 'no user token' },
+  async handle({ caller, query }, { db }) {
     const account = await findOrCreateAccount(db, userId(caller));
-    const payments = await db
-      .selectFrom('payments')
-      .selectAll()
-      .where('account_id', '=', account.id)
-      .orderBy('created_at', 'desc')
-      .limit(100)
-      .execute();
-    return ok({ data: payments.map(paymentView) });
+    const afterId = query.cursor ? decodeCursor(PAYMENT_CURSOR, query.cursor, isPaymentId) : undefined;
+    const rows = await listPayments(db, account.id, { limit: query.limit + 1, afterId });
+    const { page, nextCursor } = pageOf(rows, query.limit, (p) => encodeCursor(PAYMENT_CURSOR, p.id));
+    return ok({ data: page.map(paymentView), nextCursor });
   },
 });

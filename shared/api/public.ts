@@ -1,5 +1,5 @@
-import { sql } from 'kysely';
 import * as z from 'zod';
+import { pingDatabase } from '../db/client.js';
 import { ServiceError } from '../errors.js';
 import { packageSchema } from '../packages.js';
 import { defineEndpoint, ok } from './endpoint.js';
@@ -10,11 +10,8 @@ export const health = defineEndpoint({
   responses: { 200: { description: 'healthy', schema: z.object({ status: z.literal('ok') }) } },
   errors: { 503: 'the database did not answer' },
   async handle(_request, { db }) {
-    try {
-      await sql`SELECT 1`.execute(db);
-    } catch {
-      throw new ServiceError('database_unavailable', 503, 'the database did not answer');
-    }
+    if (!(await pingDatabase(db)))
+      throw new ServiceError('database_unavailable', 'the database did not answer');
     return ok({ status: 'ok' });
   },
 });

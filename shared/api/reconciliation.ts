@@ -1,8 +1,14 @@
-import type { Kysely } from 'kysely';
 import * as z from 'zod';
-import type { Database } from '../db/schema.js';
+import { recordAdminAction } from '../audit/audit.js';
+import type { ReconciliationRun } from '../db/schema.js';
 import { ServiceError } from '../errors.js';
-import { createRun, defaultWindow } from '../reconcile/reconcile.js';
+import {
+  createRun,
+  findRun,
+  listRuns as latestRuns,
+  listFindings,
+  resolveWindow,
+} from '../reconcile/runs.js';
 import { defineEndpoint, ok } from './endpoint.js';
 
 const runSchema = z.object({
@@ -29,13 +35,7 @@ const findingSchema = z.object({
   details: z.unknown(),
 });
 
-async function loadRun(db: Kysely<Database>, runId: string) {
-  const run = await db
-    .selectFrom('reconciliation_runs')
-    .selectAll()
-    .where('id', '=', runId)
-    .executeTakeFirst();
-  if (!run) throw new ServiceError('not_found', 404, `no reconciliation run ${runId}`);
+function runView(run: ReconciliationRun) {
   return {
     id: run.id,
     status: run.status,
@@ -52,19 +52,19 @@ async function loadRun(db: Kysely<Database>, runId: string) {
   };
 }
 
+async function requireRun(db: Parameters<typeof findRun>[0], runId: string) {
+  const run = await findRun(db, runId);
+  if (!run) throw new ServiceError('not_found', `no reconciliation run ${runId}`);
+  return run;
+}
+
 export const listRuns = defineEndpoint({
   route: 'GET /v1/admin/reconciliation/runs',
   summary: 'Reconciliation runs, newest first (last 50)',
   responses: { 200: { description: 'runs', schema: z.object({ data: z.array(runSchema) }) } },
   errors: { 401: 'no IAM identity', 403: 'not an IAM caller' },
   async handle(_request, { db }) {
-    const ids = await db
-      .selectFrom('reconciliation_runs')
-      .select('id')
-      .orderBy('started_at', 'desc')
-      .limit(50)
-      .execute();
-    return ok({ data: await Promise.all(ids.map((r) => loadRun(db, r.id))) });
+    return ok({ data: (await latestRuns(db, 50)).map(runView) });
   },
 });
 
@@ -90,23 +90,16 @@ export const startRun = defineEndpoint({
     409: 'a run is already in progress',
   },
   async handle({ body, caller }, { db, dispatchReconciliation }) {
-    const now = new Date();
-    const window = body.windowHours
-      ? { start: new Date(now.getTime() - body.windowHours * 3600 * 1000), end: now }
-      : await defaultWindow(db, now);
+    const window = await resolveWindow(db, new Date(), body.windowHours);
     const runId = await createRun(db, 'admin', window);
-    await db
-      .insertInto('admin_actions')
-      .values({
-        actor_arn: caller.kind === 'iam' ? caller.arn : '',
-        action: 'start_reconciliation',
-        account_id: null,
-        reason: 'manual reconciliation run',
-        payload: JSON.stringify({ runId, windowStart: window.start, windowEnd: window.end }),
-      })
-      .execute();
+    await recordAdminAction(
+      db,
+      'start_reconciliation',
+      { actorArn: caller.kind === 'iam' ? caller.arn : '', reason: 'manual reconciliation run' },
+      { payload: { runId, windowStart: window.start, windowEnd: window.end } },
+    );
     await dispatchReconciliation(runId);
-    return ok(await loadRun(db, runId), 202);
+    return ok(runView(await requireRun(db, runId)), 202);
   },
 });
 
@@ -119,16 +112,10 @@ export const getRun = defineEndpoint({
   },
   errors: { 400: 'not a run id', 401: 'no IAM identity', 403: 'not an IAM caller', 404: 'no such run' },
   async handle({ params }, { db }) {
-    const run = await loadRun(db, params.runId);
-    const findings = await db
-      .selectFrom('reconciliation_findings')
-      .selectAll()
-      .where('run_id', '=', params.runId)
-      .orderBy('id')
-      .limit(1000)
-      .execute();
+    const run = await requireRun(db, params.runId);
+    const findings = await listFindings(db, params.runId, 1000);
     return ok({
-      ...run,
+      ...runView(run),
       findingsList: findings.map((f) => ({
         id: f.id,
         kind: f.kind,

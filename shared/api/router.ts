@@ -1,7 +1,8 @@
 import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
 import type { z } from 'zod';
+import { isStorableText } from '../credits.js';
 import { ServiceError } from '../errors.js';
-import { json, problem } from '../http/responses.js';
+import { decodeUtf8, json, problem } from '../http/responses.js';
 import { ROUTES, type RouteKey } from '../http/routes.js';
 import type { ApiDependencies, Caller, Endpoint } from './endpoint.js';
 import { ENDPOINTS } from './index.js';
@@ -26,7 +27,7 @@ function validationError(error: z.ZodError): ServiceError {
     message: issue.code === 'unrecognized_keys' ? 'is not a recognised field' : issue.message,
   }));
   const first = errors[0]!;
-  return new ServiceError('validation_error', 400, `${first.field}: ${first.message}`, {
+  return new ServiceError('validation_error', `${first.field}: ${first.message}`, {
     field: first.field,
     errors,
   });
@@ -43,21 +44,40 @@ function readBody(endpoint: Endpoint, event: APIGatewayProxyEventV2): unknown {
   if (!endpoint.body) return undefined;
   const contentType = event.headers?.['content-type'] ?? '';
   if (!/^application\/json\b/i.test(contentType)) {
-    throw new ServiceError('unsupported_media_type', 415, 'the body must be application/json');
+    throw new ServiceError('unsupported_media_type', 'the body must be application/json');
   }
   const raw = Buffer.from(event.body ?? '', event.isBase64Encoded ? 'base64' : 'utf8');
   if (raw.length > MAX_BODY_BYTES) {
-    throw new ServiceError('payload_too_large', 413, `the body exceeds ${MAX_BODY_BYTES} bytes`);
+    throw new ServiceError('payload_too_large', `the body exceeds ${MAX_BODY_BYTES} bytes`);
   }
+  const text = decodeUtf8(raw);
   try {
-    return JSON.parse(raw.toString('utf8'));
+    return JSON.parse(text);
   } catch {
-    throw new ServiceError('malformed_json', 400, 'the body is not valid JSON');
+    throw new ServiceError('malformed_json', 'the body is not valid JSON');
   }
 }
 
+/** A matcher for IAM principal ARN patterns (`*` matches any run of characters). */
+export function principalMatcher(patterns: readonly string[]): (arn: string) => boolean {
+  const regexes = patterns.map(
+    (p) =>
+      new RegExp(
+        `^${p
+          .split('*')
+          .map((part) => part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'))
+          .join('.*')}$`,
+      ),
+  );
+  return (arn) => regexes.some((r) => r.test(arn));
+}
+
 /** The caller, from API Gateway's authorizer context only. */
-function authenticate(event: APIGatewayProxyEventV2, routeKey: RouteKey): Caller {
+function authenticate(
+  event: APIGatewayProxyEventV2,
+  routeKey: RouteKey,
+  isAdmin: (arn: string) => boolean,
+): Caller {
   const auth = ROUTES[routeKey].auth;
   if (auth === 'none') return { kind: 'anonymous' };
   const authorizer = (event.requestContext as { authorizer?: Record<string, unknown> }).authorizer ?? {};
@@ -65,21 +85,25 @@ function authenticate(event: APIGatewayProxyEventV2, routeKey: RouteKey): Caller
   const iam = authorizer.iam as { userArn?: unknown } | undefined;
   if (auth === 'user') {
     const sub = jwt?.claims?.sub;
-    if (typeof sub === 'string' && sub.length > 0 && sub.length <= 255 && !/[\0\p{Cs}]/u.test(sub)) {
+    if (typeof sub === 'string' && sub.length > 0 && sub.length <= 255 && isStorableText(sub)) {
       return { kind: 'user', userId: sub };
     }
-    if (iam) throw new ServiceError('forbidden', 403, 'this route takes a user token, not IAM credentials');
-    throw new ServiceError('unauthorized', 401, 'a user token with a subject (sub) is required');
+    if (iam) throw new ServiceError('forbidden', 'this route takes a user token, not IAM credentials');
+    throw new ServiceError('unauthorized', 'a user token with a subject (sub) is required');
   }
-  if (typeof iam?.userArn === 'string' && iam.userArn.startsWith('arn:'))
+  if (typeof iam?.userArn === 'string' && iam.userArn.startsWith('arn:')) {
+    // IAM policies decide who may invoke each route kind; the function checks admin routes a second time.
+    if (auth === 'admin' && !isAdmin(iam.userArn)) {
+      throw new ServiceError('forbidden', 'this route is for admin principals; this caller is not one');
+    }
     return { kind: 'iam', arn: iam.userArn };
+  }
   if (jwt)
     throw new ServiceError(
       'forbidden',
-      403,
       'this route requires IAM (SigV4) authorization; user tokens are refused',
     );
-  throw new ServiceError('unauthorized', 401, 'IAM (SigV4) authorization is required');
+  throw new ServiceError('unauthorized', 'IAM (SigV4) authorization is required');
 }
 
 /**
@@ -91,10 +115,12 @@ export function createApiRouter(deps: ApiDependencies, hooks: RouterHooks = {}) 
   const openApi = buildOpenApi(ENDPOINTS);
   const byRoute = new Map<string, Endpoint>(ENDPOINTS.map((e) => [e.route, e]));
   const allowed = new Set(deps.config.corsAllowedOrigins);
+  const isAdmin = principalMatcher(deps.config.adminPrincipals);
 
   return async function route(event: APIGatewayProxyEventV2): Promise<APIGatewayProxyStructuredResultV2> {
     const routeKey = event.routeKey as RouteKey;
     const origin = event.headers?.origin;
+    const requestId = event.requestContext?.requestId;
     const cors: Record<string, string> =
       origin && allowed.has(origin)
         ? {
@@ -105,11 +131,7 @@ export function createApiRouter(deps: ApiDependencies, hooks: RouterHooks = {}) 
         : {};
     try {
       if (origin && !allowed.has(origin)) {
-        throw new ServiceError(
-          'cors_origin_refused',
-          403,
-          `origin ${origin} is not allowed to call this API`,
-        );
+        throw new ServiceError('cors_origin_refused', `origin ${origin} is not allowed to call this API`);
       }
       if (routeKey === PREFLIGHT_ROUTE) {
         return {
@@ -124,8 +146,8 @@ export function createApiRouter(deps: ApiDependencies, hooks: RouterHooks = {}) 
       }
       if (routeKey === 'GET /openapi.json') return json(200, openApi, cors);
       const endpoint = byRoute.get(routeKey);
-      if (!endpoint) throw new ServiceError('not_found', 404, `no route ${event.routeKey}`);
-      const caller = authenticate(event, routeKey);
+      if (!endpoint) throw new ServiceError('not_found', `no route ${event.routeKey}`);
+      const caller = authenticate(event, routeKey, isAdmin);
       const request = {
         params: parse(endpoint.params, event.pathParameters ?? {}),
         query: parse(endpoint.query, event.queryStringParameters ?? {}),
@@ -137,7 +159,7 @@ export function createApiRouter(deps: ApiDependencies, hooks: RouterHooks = {}) 
       return json(response.status, response.body, { ...cors, ...response.headers });
     } catch (error: unknown) {
       if (!(error instanceof ServiceError)) hooks.onUnexpectedError?.(error, event.routeKey);
-      return problem(error, cors);
+      return problem(error, { headers: cors, requestId });
     }
   };
 }

@@ -1,15 +1,9 @@
 import * as z from 'zod';
-
-/** NUL cannot be stored in Postgres text or jsonb, and a lone surrogate cannot be stored exactly in UTF-8. */
-const UNSTORABLE = /[\0\p{Cs}]/u;
+import { isStorableText } from '../credits.js';
 
 /** A string of 1..max characters that Postgres stores and returns exactly. */
 export const storableText = (max: number) =>
-  z
-    .string()
-    .min(1)
-    .max(max)
-    .refine((s) => !UNSTORABLE.test(s), 'must not contain NUL or unpaired surrogate characters');
+  z.string().min(1).max(max).refine(isStorableText, 'must not contain NUL or unpaired surrogate characters');
 
 export const credits = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
 export const signedCredits = z

@@ -1,6 +1,7 @@
 import * as z from 'zod';
+import { inAccountTransaction, requireAccountByUserId } from '../accounts/accounts.js';
 import { ValidationError } from '../errors.js';
-import { inAccountTransaction, requireAccountByUserId, spendCredits } from '../ledger/ledger.js';
+import { spendCredits } from '../ledger/ledger.js';
 import { defineEndpoint, ok } from './endpoint.js';
 import { credits, metadata, storableText, userIdParams } from './schemas.js';
 

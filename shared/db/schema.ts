@@ -149,3 +149,4 @@ export type Payment = Selectable<PaymentsTable>;
 export type NewPayment = Insertable<PaymentsTable>;
 export type LedgerEntry = Selectable<LedgerEntriesTable>;
 export type AdminAction = Selectable<AdminActionsTable>;
+export type ReconciliationRun = Selectable<ReconciliationRunsTable>;

@@ -16,25 +16,41 @@ export function json(
 
 /**
  * An `application/problem+json` (RFC 9457) response for a ServiceError; anything else becomes a generic 500
- * that says nothing about the cause.
+ * that says nothing about the cause. `requestId` (API Gateway's) lets a caller quote the failed request.
  */
 export function problem(
   error: unknown,
-  headers: Record<string, string> = {},
+  options: { readonly headers?: Record<string, string>; readonly requestId?: string } = {},
 ): APIGatewayProxyStructuredResultV2 {
-  const known = error instanceof ServiceError ? error : undefined;
-  const status = known?.status ?? 500;
-  const code = known?.code ?? 'internal_error';
+  const known =
+    error instanceof ServiceError
+      ? error
+      : new ServiceError('internal_error', 'An internal error occurred. It has been logged.');
   return {
-    statusCode: status,
-    headers: { 'content-type': 'application/problem+json', ...headers },
+    statusCode: known.status,
+    headers: { 'content-type': 'application/problem+json', ...options.headers },
     body: JSON.stringify({
-      type: `https://credits.dev/problems/${code.replaceAll('_', '-')}`,
-      title: code.replaceAll('_', ' '),
-      status,
-      code,
-      detail: known?.message ?? 'An internal error occurred. It has been logged.',
-      ...known?.details,
+      type: `https://credits.dev/problems/${known.code.replaceAll('_', '-')}`,
+      title: known.code.replaceAll('_', ' '),
+      status: known.status,
+      code: known.code,
+      detail: known.message,
+      ...(options.requestId && { requestId: options.requestId }),
+      ...known.details,
     }),
   };
+}
+
+const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/**
+ * A request body as text, refusing bytes that are not valid UTF-8 (a lone 0xff, an overlong form, an encoded
+ * surrogate): decoding them lossily would let two different bodies read, hash and replay as the same one.
+ */
+export function decodeUtf8(bytes: Uint8Array): string {
+  try {
+    return UTF8.decode(bytes);
+  } catch {
+    throw new ServiceError('invalid_encoding', 'the body is not valid UTF-8');
+  }
 }

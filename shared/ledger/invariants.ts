@@ -1,5 +1,6 @@
 import { type Kysely, sql } from 'kysely';
 import type { Database } from '../db/schema.js';
+import { CREDITED_STATUSES } from '../payments/payments.js';
 
 export interface InvariantViolation {
   /** The invariant's number in DESIGN.md. */
@@ -25,7 +26,7 @@ interface Check {
   readonly query: ReturnType<typeof sql>;
 }
 
-const CREDITED_STATES = sql`('CREDITED', 'PARTIALLY_REFUNDED', 'REFUNDED', 'CHARGEBACK')`;
+const CREDITED_STATES = sql`(${sql.join(CREDITED_STATUSES)})`;
 
 const CHECKS: Check[] = [
   {

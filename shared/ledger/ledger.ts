@@ -1,82 +1,20 @@
 import { createHash } from 'node:crypto';
-import { type Kysely, sql, type Transaction } from 'kysely';
+import type { Kysely } from 'kysely';
+import { moveBalance } from '../accounts/accounts.js';
+import { type AdminActor, recordAdminAction } from '../audit/audit.js';
 import { requireNonZeroCredits, requirePositiveCredits, requireText } from '../credits.js';
-import type {
-  Account,
-  AccountStatus,
-  AdminActionKind,
-  Database,
-  EntryKind,
-  LedgerEntry,
-} from '../db/schema.js';
+import type { Trx } from '../db/locks.js';
+import type { Account, Database, EntryKind, LedgerEntry } from '../db/schema.js';
 import {
   AccountFrozenError,
-  AccountNotFoundError,
   IdempotencyConflictError,
   InsufficientCreditsError,
   LedgerRuleError,
 } from '../errors.js';
 
-export type Trx = Transaction<Database>;
+/** The only writer of `ledger_entries` (append-only) and, through `moveBalance`, of the cached balance. */
 
-/** Advisory lock namespaces: the first key of `pg_advisory_xact_lock(int4, int4)`. */
-const LOCK_SCOPES = { account: 1, payment: 2 } as const;
-
-/**
- * Takes a transaction-level advisory lock (released at commit or rollback; never a session lock, which
- * would pin RDS Proxy connections). Unrelated keys that hash alike only serialize, never corrupt.
- */
-export async function lockKey(trx: Trx, scope: keyof typeof LOCK_SCOPES, key: string): Promise<void> {
-  await sql`SELECT pg_advisory_xact_lock(${LOCK_SCOPES[scope]}::int4, hashtext(${key}))`.execute(trx);
-}
-
-/**
- * Locks the account for the rest of `trx` and returns its row read after the lock. The returned object is
- * the live view of the row inside the transaction: every entry appended through it updates it.
- */
-export async function lockAccount(trx: Trx, accountId: string): Promise<Account> {
-  await lockKey(trx, 'account', accountId);
-  const account = await trx.selectFrom('accounts').selectAll().where('id', '=', accountId).executeTakeFirst();
-  if (!account) throw new AccountNotFoundError(`id ${accountId}`);
-  return account;
-}
-
-/** Runs `work` in one transaction holding the account's lock: the unit of every ledger operation. */
-export function inAccountTransaction<T>(
-  db: Kysely<Database>,
-  accountId: string,
-  work: (trx: Trx, account: Account) => Promise<T>,
-): Promise<T> {
-  return db.transaction().execute(async (trx) => work(trx, await lockAccount(trx, accountId)));
-}
-
-/** The account of an external user id (the JWT `sub`), created on first sight. Idempotent under races. */
-export async function findOrCreateAccount(db: Kysely<Database>, userId: string): Promise<Account> {
-  requireText(userId, 'userId', 255);
-  const existing = await findAccountByUserId(db, userId);
-  if (existing) return existing;
-  const created = await db
-    .insertInto('accounts')
-    .values({ external_user_id: userId })
-    .onConflict((oc) => oc.column('external_user_id').doNothing())
-    .returningAll()
-    .executeTakeFirst();
-  return created ?? (await requireAccountByUserId(db, userId));
-}
-
-/** The account of an external user id, or undefined. */
-export function findAccountByUserId(db: Kysely<Database>, userId: string): Promise<Account | undefined> {
-  return db.selectFrom('accounts').selectAll().where('external_user_id', '=', userId).executeTakeFirst();
-}
-
-/** The account of an external user id; throws AccountNotFoundError when there is none. */
-export async function requireAccountByUserId(db: Kysely<Database>, userId: string): Promise<Account> {
-  const account = await findAccountByUserId(db, userId);
-  if (!account) throw new AccountNotFoundError('this user');
-  return account;
-}
-
-interface NewEntry {
+export interface NewEntry {
   readonly amount: number;
   readonly kind: EntryKind;
   readonly reference: string;
@@ -89,23 +27,14 @@ interface NewEntry {
 }
 
 /** Appends one entry and moves the cached balance and version with it. Caller holds the account lock. */
-async function appendEntry(trx: Trx, account: Account, entry: NewEntry): Promise<LedgerEntry> {
-  const moved = await trx
-    .updateTable('accounts')
-    .set({
-      balance: sql`balance + ${entry.amount}::bigint`,
-      version: sql`version + 1`,
-      updated_at: sql`now()`,
-    })
-    .where('id', '=', account.id)
-    .returning(['balance', 'version'])
-    .executeTakeFirstOrThrow();
-  const row = await trx
+export async function appendEntry(trx: Trx, account: Account, entry: NewEntry): Promise<LedgerEntry> {
+  const balanceAfter = await moveBalance(trx, account, entry.amount);
+  return trx
     .insertInto('ledger_entries')
     .values({
       account_id: account.id,
       amount: entry.amount,
-      balance_after: moved.balance,
+      balance_after: balanceAfter,
       kind: entry.kind,
       reference: entry.reference,
       payment_id: entry.paymentId ?? null,
@@ -117,9 +46,6 @@ async function appendEntry(trx: Trx, account: Account, entry: NewEntry): Promise
     })
     .returningAll()
     .executeTakeFirstOrThrow();
-  account.balance = moved.balance;
-  account.version = moved.version;
-  return row;
 }
 
 function findEntry(trx: Trx, accountId: string, kind: EntryKind, reference: string) {
@@ -132,82 +58,20 @@ function findEntry(trx: Trx, accountId: string, kind: EntryKind, reference: stri
     .executeTakeFirst();
 }
 
-async function recordAdminAction(
-  trx: Trx,
-  account: Account,
-  action: AdminActionKind,
-  actor: AdminActor,
-  payload: Record<string, unknown> = {},
-): Promise<string> {
-  const row = await trx
-    .insertInto('admin_actions')
-    .values({
-      actor_arn: requireText(actor.actorArn, 'actorArn', 2048),
-      action,
-      account_id: account.id,
-      reason: requireText(actor.reason, 'reason', 2000),
-      payload: JSON.stringify(payload),
-    })
-    .returning('id')
-    .executeTakeFirstOrThrow();
-  return row.id;
-}
-
-/** Who did an admin operation and why; recorded in `admin_actions` in the same transaction. */
-export interface AdminActor {
-  readonly actorArn: string;
-  readonly reason: string;
+/** The purchase entry of a payment, if it was credited. */
+export function findPurchaseEntry(trx: Trx, paymentId: string): Promise<LedgerEntry | undefined> {
+  return trx
+    .selectFrom('ledger_entries')
+    .selectAll()
+    .where('payment_id', '=', paymentId)
+    .where('kind', '=', 'purchase')
+    .executeTakeFirst();
 }
 
 /** The outcome of an idempotent write: the entry, and whether it already existed. */
 export interface EntryResult {
   readonly entry: LedgerEntry;
   readonly duplicate: boolean;
-}
-
-export interface PurchaseCredit {
-  readonly paymentId: string;
-  readonly credits: number;
-  /** Provenance: the Stripe object or event that proved the payment. */
-  readonly reference: string;
-  readonly stripeEventId?: string | null;
-}
-
-/**
- * Credits a paid purchase and moves its payment (INIT or PAID) to CREDITED. Idempotent: a payment is
- * credited at most once, whatever the reference.
- */
-export async function creditPurchase(
-  trx: Trx,
-  account: Account,
-  input: PurchaseCredit,
-): Promise<EntryResult> {
-  const credits = requirePositiveCredits(input.credits, 'credits');
-  const existing = await trx
-    .selectFrom('ledger_entries')
-    .selectAll()
-    .where('payment_id', '=', input.paymentId)
-    .where('kind', '=', 'purchase')
-    .executeTakeFirst();
-  if (existing) return { entry: existing, duplicate: true };
-  const moved = await trx
-    .updateTable('payments')
-    .set({ status: 'CREDITED', updated_at: sql`now()` })
-    .where('id', '=', input.paymentId)
-    .where('account_id', '=', account.id)
-    .where('status', 'in', ['INIT', 'PAID'])
-    .executeTakeFirst();
-  if (moved.numUpdatedRows !== 1n) {
-    throw new LedgerRuleError(`payment ${input.paymentId} of this account is not awaiting credit`);
-  }
-  const entry = await appendEntry(trx, account, {
-    amount: credits,
-    kind: 'purchase',
-    reference: requireText(input.reference, 'reference', 255),
-    paymentId: input.paymentId,
-    stripeEventId: input.stripeEventId ?? null,
-  });
-  return { entry, duplicate: false };
 }
 
 /** Net credits taken back from a payment, per direction (clawback minus its reversal). */
@@ -252,14 +116,10 @@ export async function movePaymentCredits(
   const reference = requireText(input.reference, 'reference', 255);
   const existing = await findEntry(trx, account.id, input.kind, reference);
   if (existing) return { entry: existing, duplicate: true };
-  const purchase = await trx
-    .selectFrom('ledger_entries')
-    .select('amount')
-    .where('payment_id', '=', input.paymentId)
-    .where('kind', '=', 'purchase')
-    .where('account_id', '=', account.id)
-    .executeTakeFirst();
-  if (!purchase) throw new LedgerRuleError(`payment ${input.paymentId} was never credited to this account`);
+  const purchase = await findPurchaseEntry(trx, input.paymentId);
+  if (purchase?.account_id !== account.id) {
+    throw new LedgerRuleError(`payment ${input.paymentId} was never credited to this account`);
+  }
   const taken = await paymentClawbacks(trx, input.paymentId);
   const direction = input.kind === 'refund_clawback' || input.kind === 'dispute_clawback' ? -1 : 1;
   const side = input.kind.startsWith('refund') ? 'refund' : 'dispute';
@@ -362,58 +222,42 @@ export async function adjustCredits(trx: Trx, account: Account, input: Adjustmen
   const amount = requireNonZeroCredits(input.amount, 'amount');
   if (amount < 0 && account.balance + amount < 0)
     throw new InsufficientCreditsError(account.balance, -amount);
-  const actionId = await recordAdminAction(trx, account, 'adjust', input, { amount });
+  const description = input.description == null ? null : requireText(input.description, 'description', 500);
+  const actionId = await recordAdminAction(trx, 'adjust', input, {
+    accountId: account.id,
+    payload: { amount },
+  });
   return appendEntry(trx, account, {
     amount,
     kind: 'admin_adjustment',
     reference: actionId,
     adminActionId: actionId,
-    description: input.description == null ? null : requireText(input.description, 'description', 500),
+    description,
   });
 }
 
-/** Freezes or unfreezes an account, audited. Idempotent: no audit row when nothing changes. */
-export async function setAccountStatus(
-  trx: Trx,
-  account: Account,
-  status: AccountStatus,
-  actor: AdminActor,
-): Promise<Account> {
-  if (account.status === status) return account;
-  await recordAdminAction(trx, account, status === 'frozen' ? 'freeze' : 'unfreeze', actor);
-  const updated = await trx
-    .updateTable('accounts')
-    .set({ status, version: sql`version + 1`, updated_at: sql`now()` })
-    .where('id', '=', account.id)
-    .returningAll()
-    .executeTakeFirstOrThrow();
-  return Object.assign(account, updated);
-}
-
-/**
- * GDPR erasure: drops the external user id, the Stripe customer id and every free-text field of the
- * account's entries; amounts, balances and the chain stay. Idempotent: a second call changes nothing.
- */
-export async function anonymizeAccount(trx: Trx, account: Account, actor: AdminActor): Promise<Account> {
-  if (account.anonymized_at) return account;
-  await recordAdminAction(trx, account, 'anonymize', actor);
+/** GDPR: erases the free text (description, metadata) of an account's entries; amounts and the chain stay. */
+export async function eraseEntryText(trx: Trx, accountId: string): Promise<void> {
   await trx
     .updateTable('ledger_entries')
     .set({ description: null, metadata: null })
-    .where('account_id', '=', account.id)
+    .where('account_id', '=', accountId)
     .where((eb) => eb.or([eb('description', 'is not', null), eb('metadata', 'is not', null)]))
     .execute();
-  const updated = await trx
-    .updateTable('accounts')
-    .set({
-      external_user_id: null,
-      stripe_customer_id: null,
-      anonymized_at: sql`now()`,
-      version: sql`version + 1`,
-      updated_at: sql`now()`,
-    })
-    .where('id', '=', account.id)
-    .returningAll()
-    .executeTakeFirstOrThrow();
-  return Object.assign(account, updated);
+}
+
+/** An account's entries, newest first, one keyset page: ids below `beforeId`, optionally. */
+export function listEntries(
+  db: Kysely<Database>,
+  accountId: string,
+  page: { readonly limit: number; readonly beforeId?: number },
+): Promise<LedgerEntry[]> {
+  let query = db
+    .selectFrom('ledger_entries')
+    .selectAll()
+    .where('account_id', '=', accountId)
+    .orderBy('id', 'desc')
+    .limit(page.limit);
+  if (page.beforeId !== undefined) query = query.where('id', '<', page.beforeId);
+  return query.execute();
 }

@@ -1,3 +1,6 @@
+import { sql } from 'kysely';
+import type { Trx } from '../db/locks.js';
+
 /**
  * What Stripe has told us about one payment intent's refunds and disputes. Merging is commutative,
  * associative and idempotent, so any order and any repetition of events yields the same facts.
@@ -18,6 +21,11 @@ const REFUND_RANK: Record<RefundState, number> = { pending: 0, succeeded: 1, fai
 const DISPUTE_RANK: Record<DisputeState, number> = { open: 0, withdrawn: 1, reinstated: 2 };
 
 export const EMPTY_FACTS: ChargeFacts = { chargeAmountRefunded: 0, refunds: {}, disputes: {} };
+
+export const isEmptyFacts = (facts: ChargeFacts) =>
+  facts.chargeAmountRefunded === 0 &&
+  Object.keys(facts.refunds).length === 0 &&
+  Object.keys(facts.disputes).length === 0;
 
 export function refundState(stripeStatus: string | null): RefundState {
   if (stripeStatus === 'failed' || stripeStatus === 'canceled') return 'failed';
@@ -62,4 +70,39 @@ export function effectiveRefunded(facts: ChargeFacts, amountTotal: number): numb
 
 export function disputeActive(facts: ChargeFacts): boolean {
   return Object.values(facts.disputes).some((d) => d.state === 'withdrawn');
+}
+
+/**
+ * The only writer of `stripe_charge_facts`: merges `update` into the facts of a payment intent and returns
+ * the result. Caller holds the intent's payment lock.
+ */
+export async function recordChargeFacts(
+  trx: Trx,
+  intentId: string,
+  update: Partial<ChargeFacts>,
+): Promise<ChargeFacts> {
+  const row = await trx
+    .selectFrom('stripe_charge_facts')
+    .selectAll()
+    .where('payment_intent_id', '=', intentId)
+    .executeTakeFirst();
+  const known: ChargeFacts = row
+    ? {
+        chargeAmountRefunded: row.charge_amount_refunded,
+        refunds: row.refunds as ChargeFacts['refunds'],
+        disputes: row.disputes as ChargeFacts['disputes'],
+      }
+    : EMPTY_FACTS;
+  const facts = mergeFacts(known, update);
+  const stored = {
+    charge_amount_refunded: facts.chargeAmountRefunded,
+    refunds: JSON.stringify(facts.refunds),
+    disputes: JSON.stringify(facts.disputes),
+  };
+  await trx
+    .insertInto('stripe_charge_facts')
+    .values({ payment_intent_id: intentId, ...stored })
+    .onConflict((oc) => oc.column('payment_intent_id').doUpdateSet({ ...stored, updated_at: sql`now()` }))
+    .execute();
+  return facts;
 }

@@ -1,11 +1,14 @@
-import { type Kysely, sql } from 'kysely';
+import type { Kysely } from 'kysely';
 import type Stripe from 'stripe';
 import type { Database } from '../db/schema.js';
-import { ServiceError } from '../errors.js';
+import { applyStripeEvent } from '../events/apply-event.js';
 import { checkInvariants } from '../ledger/invariants.js';
 import type { CreditPackage } from '../packages.js';
-import { applyStripeEvent } from '../payments/apply-event.js';
+import { listAwaitingSessions, listCreditedInWindow } from '../payments/payments.js';
 import type { StripeEvent } from '../stripe/events.js';
+import { type Finding, findRun, finishRun, type ReconcileWindow, recordFinding } from './runs.js';
+
+export { createRun, type ReconcileWindow, resolveWindow } from './runs.js';
 
 const DAY_SECONDS = 24 * 60 * 60;
 /**
@@ -14,61 +17,6 @@ const DAY_SECONDS = 24 * 60 * 60;
  * and a dispute closes months after it opened.
  */
 const LOOKBACK_DAYS = { pendingPayments: 14, refunds: 30, disputes: 120 } as const;
-/** A run still `running` after this long died with its Lambda (15 minutes at most) and is closed as failed. */
-const ABANDONED_AFTER = '1 hour';
-
-export interface ReconcileWindow {
-  readonly start: Date;
-  readonly end: Date;
-}
-
-/** The default window: the last `hours` (48), or 30 days when no run has succeeded yet. */
-export async function defaultWindow(
-  db: Kysely<Database>,
-  now = new Date(),
-  hours = 48,
-): Promise<ReconcileWindow> {
-  const previous = await db
-    .selectFrom('reconciliation_runs')
-    .select('id')
-    .where('status', '=', 'succeeded')
-    .limit(1)
-    .executeTakeFirst();
-  const seconds = previous ? hours * 3600 : 30 * DAY_SECONDS;
-  return { start: new Date(now.getTime() - seconds * 1000), end: now };
-}
-
-/**
- * Opens a run (status running). Only one run at a time: a unique index refuses a second, answered 409.
- * A run left running by a dead invocation is closed as failed first.
- */
-export async function createRun(
-  db: Kysely<Database>,
-  trigger: 'schedule' | 'admin',
-  window: ReconcileWindow,
-): Promise<string> {
-  if (!(window.start < window.end))
-    throw new ServiceError('validation_error', 400, 'window start must precede its end');
-  await db
-    .updateTable('reconciliation_runs')
-    .set({ status: 'failed', error: 'abandoned: the invocation running it ended', finished_at: sql`now()` })
-    .where('status', '=', 'running')
-    .where('started_at', '<', sql<Date>`now() - ${ABANDONED_AFTER}::interval`)
-    .execute();
-  try {
-    const run = await db
-      .insertInto('reconciliation_runs')
-      .values({ trigger, window_start: window.start, window_end: window.end, counts: '{}' })
-      .returning('id')
-      .executeTakeFirstOrThrow();
-    return run.id;
-  } catch (error: unknown) {
-    if ((error as { code?: string }).code === '23505') {
-      throw new ServiceError('reconciliation_running', 409, 'a reconciliation run is already in progress');
-    }
-    throw error;
-  }
-}
 
 export interface ReconcileDependencies {
   readonly db: Kysely<Database>;
@@ -103,14 +51,6 @@ export interface RunSummary {
   readonly counts: RunCounts;
   readonly durationMs: number;
   readonly error: string | null;
-}
-
-interface Finding {
-  kind: string;
-  stripeObjectId?: string | null;
-  paymentId?: string | null;
-  accountId?: string | null;
-  details?: Record<string, unknown>;
 }
 
 /** Paces and retries Stripe requests: at most `rps` a second; 429 and 5xx retried with jittered backoff. */
@@ -186,11 +126,8 @@ function syntheticEvent(type: string, object: { id: string }, state = ''): Strip
 export async function executeRun(deps: ReconcileDependencies, runId: string): Promise<RunSummary> {
   const { db } = deps;
   const started = Date.now();
-  const run = await db
-    .selectFrom('reconciliation_runs')
-    .selectAll()
-    .where('id', '=', runId)
-    .executeTakeFirstOrThrow();
+  const run = await findRun(db, runId);
+  if (!run) throw new Error(`no reconciliation run ${runId}`);
   const window = { start: run.window_start, end: run.window_end };
   const counts: RunCounts = {
     sessions: 0,
@@ -208,17 +145,7 @@ export async function executeRun(deps: ReconcileDependencies, runId: string): Pr
   let processed = 0;
   const record = async (finding: Finding) => {
     findings++;
-    await db
-      .insertInto('reconciliation_findings')
-      .values({
-        run_id: runId,
-        kind: finding.kind,
-        stripe_object_id: finding.stripeObjectId ?? null,
-        payment_id: finding.paymentId ?? null,
-        account_id: finding.accountId ?? null,
-        details: JSON.stringify(finding.details ?? {}),
-      })
-      .execute();
+    await recordFinding(db, runId, finding);
   };
   const heal = async (event: StripeEvent, objectId: string) => {
     processed++;
@@ -261,17 +188,14 @@ export async function executeRun(deps: ReconcileDependencies, runId: string): Pr
     }
     // Our payments still awaiting credit whose sessions were created before the window: a delayed method
     // may have settled since, and its webhook may be the one that was lost.
-    const awaiting = await db
-      .selectFrom('payments')
-      .select('stripe_checkout_session_id')
-      .where('status', 'in', ['INIT', 'PAID'])
-      .where('stripe_checkout_session_id', 'is not', null)
-      .where('created_at', '>=', before(window, LOOKBACK_DAYS.pendingPayments).start)
-      .where('created_at', '<', window.start)
-      .execute();
-    for (const { stripe_checkout_session_id: sessionId } of awaiting) {
+    const awaiting = await listAwaitingSessions(
+      db,
+      before(window, LOOKBACK_DAYS.pendingPayments).start,
+      window.start,
+    );
+    for (const sessionId of awaiting) {
       counts.pendingChecked++;
-      const session = await retrieveSession(sessionId!);
+      const session = await retrieveSession(sessionId);
       if (session?.status === 'expired') {
         // Its expiry webhook was lost too: mark it EXPIRED, so it is not looked up again.
         await heal(syntheticEvent('checkout.session.expired', session, 'expired'), session.id);
@@ -300,14 +224,7 @@ export async function executeRun(deps: ReconcileDependencies, runId: string): Pr
       await heal(syntheticEvent(type, dispute, dispute.status), dispute.id);
     }
     // Credited here but not paid in Stripe.
-    const credited = await db
-      .selectFrom('payments')
-      .select(['id', 'account_id', 'stripe_checkout_session_id'])
-      .where('status', 'in', ['CREDITED', 'PARTIALLY_REFUNDED', 'REFUNDED', 'CHARGEBACK'])
-      .where('stripe_checkout_session_id', 'is not', null)
-      .where('created_at', '>=', window.start)
-      .where('created_at', '<=', window.end)
-      .execute();
+    const credited = await listCreditedInWindow(db, window.start, window.end);
     for (const payment of credited) {
       counts.paymentsChecked++;
       const sessionId = payment.stripe_checkout_session_id!;
@@ -339,10 +256,6 @@ export async function executeRun(deps: ReconcileDependencies, runId: string): Pr
     const kind = (failure as { type?: string }).type ?? (failure instanceof Error ? failure.name : 'Error');
     error = `${kind}: ${failure instanceof Error ? failure.message : String(failure)}`.slice(0, 1000);
   }
-  await db
-    .updateTable('reconciliation_runs')
-    .set({ status, counts: JSON.stringify(counts), healed, findings, error, finished_at: sql`now()` })
-    .where('id', '=', runId)
-    .execute();
+  await finishRun(db, runId, { status, counts, healed, findings, error });
   return { runId, status, healed, findings, counts, durationMs: Date.now() - started, error };
 }

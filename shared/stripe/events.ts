@@ -27,7 +27,8 @@ export function isHandledEventType(type: string): type is HandledEventType {
 export const stripeEventSchema = z.looseObject({
   id: z.string().check(z.regex(/^evt_\w+$/)),
   object: z.literal('event'),
-  type: z.string().check(z.minLength(1), z.maxLength(100)),
+  // Stripe's types are dotted lowercase words; anything else is not an event of Stripe's (and may not be storable).
+  type: z.string().check(z.regex(/^[a-z0-9_.]{1,100}$/)),
   livemode: z.boolean(),
   created: z.int().check(z.nonnegative()),
   data: z.looseObject({ object: z.record(z.string(), z.unknown()) }),

@@ -6,7 +6,7 @@ export const SIGNATURE_TOLERANCE_SECONDS = 300;
 /** A webhook whose Stripe-Signature does not prove it came from Stripe, recently, unaltered. */
 export class SignatureError extends ServiceError {
   constructor(message: string) {
-    super('invalid_signature', 400, message);
+    super('invalid_signature', message);
   }
 }
 

@@ -228,21 +228,31 @@ describe('admin: security', () => {
     expect((await reloadAccount(db, b.id)).balance).toBe(20);
   });
 
-  it('service credentials reach spend; admin routes record whichever ARN called', async () => {
+  it('refuses admin routes to IAM callers that are not configured admins, writing nothing', async () => {
     const { account } = await givenFundedAccount(db, 10);
     const response = await call('POST /v1/admin/accounts/{userId}/freeze', {
       auth: { iam: SERVICE_ARN },
       params: { userId: account.external_user_id! },
       body: { reason: 'x' },
     });
-    // Which IAM principals may invoke admin routes is decided by IAM policy at API Gateway; the handler
-    // requires an IAM identity and records it.
-    expect(response.status).toBe(200);
+    // IAM policies decide who may invoke admin routes at API Gateway; the function checks a second time
+    // against ADMIN_PRINCIPALS, so a service principal given too broad a policy still cannot act as an admin.
+    expect(response).toMatchObject({ status: 403, body: { code: 'forbidden' } });
+    expect(
+      await db.selectFrom('admin_actions').select('id').where('account_id', '=', account.id).execute(),
+    ).toEqual([]);
+    const allowed = await call('POST /v1/admin/accounts/{userId}/freeze', {
+      auth: admin,
+      params: { userId: account.external_user_id! },
+      body: { reason: 'x' },
+    });
+    expect(allowed.status).toBe(200);
     const audit = await db
       .selectFrom('admin_actions')
       .select('actor_arn')
       .where('account_id', '=', account.id)
       .executeTakeFirstOrThrow();
-    expect(audit.actor_arn).toBe(SERVICE_ARN);
+    expect(audit.actor_arn).toBe(ADMIN_ARN);
+    await expectInvariantsHold(db);
   });
 });

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { adjustCredits, inAccountTransaction, spendCredits } from '../../shared/ledger/ledger.js';
+import { inAccountTransaction } from '../../shared/accounts/accounts.js';
+import { adjustCredits, spendCredits } from '../../shared/ledger/ledger.js';
 import { ADMIN_ARN, FRONTEND, SERVICE_ARN, testApi } from '../support/api.js';
 import { createTestDatabase } from '../support/database.js';
 import { givenAccount, givenFundedAccount } from '../support/factories.js';

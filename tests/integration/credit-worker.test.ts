@@ -1,9 +1,10 @@
 import { sql } from 'kysely';
 import { describe, expect, inject, it } from 'vitest';
 import { createCreditWorker } from '../../functions/credit-worker.js';
+import { inAccountTransaction } from '../../shared/accounts/accounts.js';
 import { createDb } from '../../shared/db/client.js';
 import { InsufficientCreditsError } from '../../shared/errors.js';
-import { inAccountTransaction, spendCredits } from '../../shared/ledger/ledger.js';
+import { spendCredits } from '../../shared/ledger/ledger.js';
 import { DEFAULT_PACKAGES } from '../../shared/packages.js';
 import { createTestDatabase } from '../support/database.js';
 import { checkoutSession, lambdaContext, sqsEvent, stripeEvent, stripeIds } from '../support/events.js';

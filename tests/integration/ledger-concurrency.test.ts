@@ -1,11 +1,8 @@
 import { describe, expect, it } from 'vitest';
+import { inAccountTransaction } from '../../shared/accounts/accounts.js';
 import { InsufficientCreditsError } from '../../shared/errors.js';
-import {
-  adjustCredits,
-  creditPurchase,
-  inAccountTransaction,
-  spendCredits,
-} from '../../shared/ledger/ledger.js';
+import { adjustCredits, spendCredits } from '../../shared/ledger/ledger.js';
+import { creditPurchase } from '../../shared/payments/payments.js';
 import { createTestDatabase } from '../support/database.js';
 import {
   ADMIN_ARN,

@@ -1,13 +1,10 @@
 import fc from 'fast-check';
 import type { Kysely } from 'kysely';
 import { describe, expect, it } from 'vitest';
+import { inAccountTransaction } from '../../shared/accounts/accounts.js';
 import type { Database } from '../../shared/db/schema.js';
-import {
-  creditPurchase,
-  inAccountTransaction,
-  movePaymentCredits,
-  spendCredits,
-} from '../../shared/ledger/ledger.js';
+import { movePaymentCredits, spendCredits } from '../../shared/ledger/ledger.js';
+import { creditPurchase } from '../../shared/payments/payments.js';
 import { createTestDatabase } from '../support/database.js';
 import { givenFundedAccount, givenPayment } from '../support/factories.js';
 import { expectInvariantsHold } from '../support/invariants.js';

@@ -1,6 +1,12 @@
 import { sql } from 'kysely';
 import { describe, expect, it } from 'vitest';
 import {
+  findOrCreateAccount,
+  inAccountTransaction,
+  setAccountStatus,
+} from '../../shared/accounts/accounts.js';
+import { anonymizeAccount } from '../../shared/accounts/erasure.js';
+import {
   AccountFrozenError,
   AccountNotFoundError,
   IdempotencyConflictError,
@@ -9,16 +15,8 @@ import {
   ValidationError,
 } from '../../shared/errors.js';
 import { checkInvariants } from '../../shared/ledger/invariants.js';
-import {
-  adjustCredits,
-  anonymizeAccount,
-  creditPurchase,
-  findOrCreateAccount,
-  inAccountTransaction,
-  movePaymentCredits,
-  setAccountStatus,
-  spendCredits,
-} from '../../shared/ledger/ledger.js';
+import { adjustCredits, movePaymentCredits, spendCredits } from '../../shared/ledger/ledger.js';
+import { creditPurchase } from '../../shared/payments/payments.js';
 import { createTestDatabase } from '../support/database.js';
 import {
   ADMIN_ARN,

@@ -2,8 +2,8 @@ import type { CompiledQuery } from 'kysely';
 import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { createDb } from '../../shared/db/client.js';
+import { applyStripeEvent } from '../../shared/events/apply-event.js';
 import { DEFAULT_PACKAGES } from '../../shared/packages.js';
-import { applyStripeEvent } from '../../shared/payments/apply-event.js';
 import { type StripeEvent, stripeEventSchema } from '../../shared/stripe/events.js';
 import { createTestDatabase } from '../support/database.js';
 import { expectInvariantsHold } from '../support/invariants.js';
@@ -11,7 +11,46 @@ import { givenCheckout } from '../support/purchase.js';
 
 const { db, url } = await createTestDatabase({ max: 2 });
 
+const balanceOf = async (accountId: string) =>
+  (await db.selectFrom('accounts').select('balance').where('id', '=', accountId).executeTakeFirstOrThrow())
+    .balance;
+
+/** Every statement `run` sends to Postgres through kysely, in order. */
+async function statementsOf(run: (db: ReturnType<typeof createDb>) => Promise<unknown>): Promise<string[]> {
+  const statements: string[] = [];
+  const logged = createDb(url, {
+    max: 1,
+    log: (event) => {
+      if (event.level === 'query') statements.push(event.query.sql);
+    },
+  });
+  await run(logged);
+  await logged.destroy();
+  return statements;
+}
+
 describe('query plans', () => {
+  it('credits a purchase in 11 statements (17 before the domain layout), reading back nothing it wrote', async () => {
+    const checkout = await givenCheckout(db);
+    const statements = await statementsOf((logged) =>
+      applyStripeEvent(logged, stripeEventSchema.parse(checkout.completed()) as StripeEvent, {
+        packages: DEFAULT_PACKAGES,
+      }),
+    );
+    expect(statements.length).toBeLessThanOrEqual(11);
+    const written = new Set<string>();
+    const readBack: string[] = [];
+    for (const statement of statements) {
+      const write = /^(?:insert into|update)\s+"(\w+)"/i.exec(statement)?.[1];
+      if (write) written.add(write);
+      const read = /^select\b[\s\S]*?\bfrom\s+"(\w+)"/i.exec(statement)?.[1];
+      if (read && written.has(read)) readBack.push(statement);
+    }
+    expect(readBack).toEqual([]);
+    expect(await balanceOf(checkout.account.id)).toBe(checkout.payment.credits);
+    await expectInvariantsHold(db);
+  });
+
   it('serves every query the worker runs for a purchase, refund and dispute from an index', async () => {
     const checkout = await givenCheckout(db);
     const queries: CompiledQuery[] = [];

@@ -55,9 +55,9 @@ const paidEvent = () => {
 const bodyOf = (event: object) => JSON.stringify(event);
 const sent = () => sqsMock.commandCalls(SendMessageCommand).map((c) => c.args[0].input);
 
-async function expectRejected(request: APIGatewayProxyEventV2, detail: RegExp) {
+async function expectRejected(request: APIGatewayProxyEventV2, detail: RegExp, status = 400) {
   const response = await invoke(request);
-  expect(response.statusCode).toBe(400);
+  expect(response.statusCode).toBe(status);
   expect(response.headers?.['content-type']).toBe('application/problem+json');
   expect(JSON.parse(response.body ?? '{}').detail).toMatch(detail);
   expect(sent()).toEqual([]);
@@ -153,13 +153,14 @@ describe('webhook intake: error', () => {
     );
   });
 
-  it('rejects a body over the cap before verifying it', async () => {
+  it('rejects a body over the cap before verifying it, 413 as everywhere else', async () => {
     const event = paidEvent();
     (event as { padding?: string }).padding = 'x'.repeat(20_001);
-    await expectRejected(signedWebhookRequest(event, SECRET), /exceeds the 20000-byte limit/);
+    await expectRejected(signedWebhookRequest(event, SECRET), /exceeds the 20000-byte limit/, 413);
     await expectRejected(
       signedWebhookRequest(event, SECRET, { base64: true }),
       /exceeds the 20000-byte limit/,
+      413,
     );
   });
 

@@ -129,6 +129,7 @@ export function testApi(
     checkoutCancelUrl: `${FRONTEND}/?checkout=cancelled`,
     corsAllowedOrigins: [FRONTEND],
     maxOpenCheckouts: 3,
+    adminPrincipals: ['arn:aws:sts::123456789012:assumed-role/credits-admin/*'],
     ...options.config,
   };
   const runs: Promise<unknown>[] = [];

@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import type { Kysely } from 'kysely';
+import { findOrCreateAccount, inAccountTransaction } from '../../shared/accounts/accounts.js';
 import type { Account, Database, Payment } from '../../shared/db/schema.js';
-import { creditPurchase, findOrCreateAccount, inAccountTransaction } from '../../shared/ledger/ledger.js';
+import { creditPurchase } from '../../shared/payments/payments.js';
 
 export const ADMIN_ARN = 'arn:aws:iam::123456789012:role/credits-admin';
 

@@ -1,0 +1,16 @@
+import { type AdminActor, recordAdminAction } from '../audit/audit.js';
+import type { Trx } from '../db/locks.js';
+import type { Account } from '../db/schema.js';
+import { eraseEntryText } from '../ledger/ledger.js';
+import { markAnonymized } from './accounts.js';
+
+/**
+ * GDPR erasure: drops the external user id, the Stripe customer id and every free-text field of the
+ * account's entries; amounts, balances and the chain stay. Idempotent: a second call changes nothing.
+ */
+export async function anonymizeAccount(trx: Trx, account: Account, actor: AdminActor): Promise<Account> {
+  if (account.anonymized_at) return account;
+  await recordAdminAction(trx, 'anonymize', actor, { accountId: account.id });
+  await eraseEntryText(trx, account.id);
+  return markAnonymized(trx, account);
+}

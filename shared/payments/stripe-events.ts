@@ -1,0 +1,202 @@
+import type { z } from 'zod/mini';
+import { findOrCreateAccount, lockAccount } from '../accounts/accounts.js';
+import { lockKey, type Trx } from '../db/locks.js';
+import type { LedgerEntry } from '../db/schema.js';
+import { ParkEventError } from '../errors.js';
+import type { CreditPackage } from '../packages.js';
+import {
+  type CheckoutSession,
+  chargeSchema,
+  checkoutSessionSchema,
+  disputeSchema,
+  type HandledEventType,
+  paymentIntentSchema,
+  refundSchema,
+  type StripeEvent,
+} from '../stripe/events.js';
+import { type ChargeFacts, disputeState, recordChargeFacts, refundState } from './facts.js';
+import {
+  closeUncredited,
+  createExternalPayment,
+  creditPaidPayment,
+  findPayment,
+  isCredited,
+  linkPaymentIntent,
+  type PaymentWithFacts,
+  settlePayment,
+} from './payments.js';
+
+/** A handled Stripe event applied to the payments: the entries it wrote, or null when it concerns nothing of ours. */
+export type PaymentEffects = readonly LedgerEntry[] | null;
+
+/**
+ * Applies one handled Stripe event inside the caller's transaction, from the cumulative state it carries, so
+ * any order and repetition of a history ends in the same state. Locks the payment, then the account.
+ * Throws ParkEventError for an event that can never apply as it stands.
+ */
+export async function applyToPayments(
+  trx: Trx,
+  event: StripeEvent & { readonly type: HandledEventType },
+  packages: readonly CreditPackage[],
+): Promise<PaymentEffects> {
+  switch (event.type) {
+    case 'checkout.session.completed':
+    case 'checkout.session.async_payment_succeeded':
+    case 'checkout.session.async_payment_failed':
+    case 'checkout.session.expired':
+      return applySessionEvent(
+        trx,
+        event.type,
+        event.id,
+        parseObject(checkoutSessionSchema, event),
+        packages,
+      );
+    case 'payment_intent.succeeded': {
+      const intent = parseObject(paymentIntentSchema, event);
+      await lockKey(trx, 'payment', intent.id);
+      const found =
+        (await findPayment(trx, 'stripe_payment_intent_id', intent.id)) ??
+        (await ourPayment(trx, intent.metadata.payment_id, intent.id));
+      if (!found) return null; // not a purchase of ours, or its session event will create it
+      const payment = await linkPaymentIntent(trx, found, intent.id);
+      const account = await lockAccount(trx, payment.account_id);
+      const paid = { amount: intent.amount_received, currency: intent.currency };
+      return creditPaidPayment(trx, account, payment, paid, event.id);
+    }
+    case 'charge.refunded': {
+      const charge = parseObject(chargeSchema, event);
+      return applyFacts(trx, event.id, charge.payment_intent, {
+        chargeAmountRefunded: charge.amount_refunded,
+      });
+    }
+    case 'refund.created':
+    case 'refund.updated':
+    case 'refund.failed': {
+      const refund = parseObject(refundSchema, event);
+      return applyFacts(trx, event.id, refund.payment_intent, {
+        refunds: { [refund.id]: { amount: refund.amount, status: refundState(refund.status) } },
+      });
+    }
+    case 'charge.dispute.created':
+    case 'charge.dispute.funds_withdrawn':
+    case 'charge.dispute.funds_reinstated':
+    case 'charge.dispute.closed': {
+      const dispute = parseObject(disputeSchema, event);
+      return applyFacts(trx, event.id, dispute.payment_intent, {
+        disputes: {
+          [dispute.id]: { amount: dispute.amount, state: disputeState(event.type, dispute.status) },
+        },
+      });
+    }
+    default: {
+      const unhandled: never = event.type;
+      throw new Error(`no handler for Stripe event type ${String(unhandled)}`);
+    }
+  }
+}
+
+function parseObject<T extends z.ZodMiniType>(schema: T, event: StripeEvent): z.infer<T> {
+  const parsed = schema.safeParse(event.data.object);
+  if (!parsed.success) {
+    const fields = parsed.error.issues.map((i) => i.path.join('.') || '(object)').join(', ');
+    throw new ParkEventError('malformed_object', `${event.type} object is malformed at ${fields}`);
+  }
+  return parsed.data;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** A payment our checkout created (its id in Stripe metadata), with the facts known for `intentId`. */
+function ourPayment(trx: Trx, paymentId: string | undefined, intentId: string | null) {
+  if (!paymentId || !UUID.test(paymentId)) return undefined;
+  return findPayment(trx, 'id', paymentId, intentId);
+}
+
+async function applySessionEvent(
+  trx: Trx,
+  type: Extract<HandledEventType, `checkout.session.${string}`>,
+  eventId: string,
+  session: CheckoutSession,
+  packages: readonly CreditPackage[],
+): Promise<PaymentEffects> {
+  await lockKey(trx, 'payment', session.payment_intent ?? session.id);
+  const resolved = await resolveSessionPayment(trx, session, packages, type !== 'checkout.session.expired');
+  if (!resolved) return null;
+  const payment = await linkPaymentIntent(trx, resolved, session.payment_intent);
+  const account = await lockAccount(trx, payment.account_id);
+  const paid = { amount: session.amount_total, currency: session.currency };
+  switch (type) {
+    case 'checkout.session.completed':
+      // A delayed method (SEPA, ACH): credited on async_payment_succeeded.
+      if (session.payment_status === 'unpaid') return [];
+      return creditPaidPayment(trx, account, payment, paid, eventId);
+    case 'checkout.session.async_payment_succeeded':
+      return creditPaidPayment(trx, account, payment, paid, eventId);
+    case 'checkout.session.async_payment_failed':
+      await closeUncredited(trx, payment, 'FAILED');
+      return [];
+    case 'checkout.session.expired':
+      await closeUncredited(trx, payment, 'EXPIRED');
+      return [];
+  }
+}
+
+/**
+ * The payment a session pays: ours (its id in metadata, or its session id), or, for a session created
+ * outside our checkout, a new payment when the metadata names a user and a pack whose price matches.
+ */
+async function resolveSessionPayment(
+  trx: Trx,
+  session: CheckoutSession,
+  packages: readonly CreditPackage[],
+  mustResolve: boolean,
+): Promise<PaymentWithFacts | undefined> {
+  const ours = await ourPayment(trx, session.metadata.payment_id, session.payment_intent);
+  if (ours) {
+    if (ours.stripe_checkout_session_id !== session.id) {
+      throw new ParkEventError('payment_mismatch', `payment ${ours.id} belongs to another checkout session`);
+    }
+    return ours;
+  }
+  const known = await findPayment(trx, 'stripe_checkout_session_id', session.id, session.payment_intent);
+  if (known) return known;
+  const userId = session.metadata.user_id ?? session.client_reference_id;
+  if (!userId) {
+    if (!mustResolve) return undefined;
+    throw new ParkEventError(
+      'unknown_user',
+      `checkout session ${session.id} names no user (metadata.user_id)`,
+    );
+  }
+  const pack = packages.find((p) => p.id === session.metadata.package_id);
+  if (!pack) {
+    if (!mustResolve) return undefined;
+    throw new ParkEventError('unknown_package', `checkout session ${session.id} names no known package`);
+  }
+  if (session.amount_total !== pack.amount || session.currency !== pack.currency) {
+    throw new ParkEventError(
+      'amount_mismatch',
+      `checkout session ${session.id} charged ${session.amount_total} ${session.currency}; ${pack.id} costs ${pack.amount} ${pack.currency}`,
+    );
+  }
+  const account = await findOrCreateAccount(trx, userId);
+  return createExternalPayment(trx, account, pack, {
+    sessionId: session.id,
+    paymentIntentId: session.payment_intent,
+  });
+}
+
+/** Merges what a refund or dispute event says into the facts, then settles the payment if it is credited. */
+async function applyFacts(
+  trx: Trx,
+  eventId: string,
+  intentId: string | null,
+  update: Partial<ChargeFacts>,
+): Promise<PaymentEffects> {
+  if (!intentId) return null; // a charge without a payment intent was never one of our checkouts
+  await lockKey(trx, 'payment', intentId);
+  const facts = await recordChargeFacts(trx, intentId, update);
+  const payment = await findPayment(trx, 'stripe_payment_intent_id', intentId);
+  if (!payment || !isCredited(payment.status)) return [];
+  return settlePayment(trx, await lockAccount(trx, payment.account_id), payment, facts, eventId);
+}

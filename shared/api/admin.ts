@@ -100,6 +100,7 @@ export const adjustAccount = defineEndpoint({
     ...adminErrors,
     400: 'invalid body',
     402: 'would take the balance below zero',
+    422: 'would take the balance past 2^53 - 1 credits (limit_exceeded)',
   },
   async handle({ params, body, caller }, { db }) {
     // An operator may grant before the user's first sign-in (a welcome bonus): the account is created.

@@ -130,6 +130,51 @@ describe('admin accounts: error', () => {
     ).toBe(404);
   });
 
+  it('refuses a grant that would take a balance past 2^53 - 1 with 422 naming the limit, writing nothing', async () => {
+    const { account } = await givenFundedAccount(db, 10);
+    const response = await call('POST /v1/admin/accounts/{userId}/adjustments', {
+      auth: admin,
+      params: { userId: account.external_user_id! },
+      body: { amount: Number.MAX_SAFE_INTEGER, reason: 'overflow attempt' },
+    });
+    expect(response).toMatchObject({
+      status: 422,
+      body: { code: 'limit_exceeded', limit: Number.MAX_SAFE_INTEGER },
+    });
+    expect(String(response.body.detail)).toContain('9007199254740991');
+    expect(
+      await db.selectFrom('admin_actions').select('id').where('account_id', '=', account.id).execute(),
+    ).toEqual([]);
+    await expectInvariantsHold(db);
+  });
+
+  it('grants to a user not seen yet (creating the account), showing the user the description, never the reason', async () => {
+    const userId = 'welcome-before-sign-in';
+    const granted = await call('POST /v1/admin/accounts/{userId}/adjustments', {
+      auth: admin,
+      params: { userId },
+      body: { amount: 500, reason: 'internal: campaign 7, ticket 91', description: 'Welcome bonus' },
+    });
+    expect(granted).toMatchObject({
+      status: 201,
+      body: { entry: { amount: 500, description: 'Welcome bonus' } },
+    });
+    const history = await call('GET /v1/me/transactions', { auth: { user: userId } });
+    expect(history.body.data).toEqual([
+      expect.objectContaining({ amount: 500, description: 'Welcome bonus' }),
+    ]);
+    const silent = await call('POST /v1/admin/accounts/{userId}/adjustments', {
+      auth: admin,
+      params: { userId },
+      body: { amount: -100, reason: 'internal: duplicate of ticket 91' },
+    });
+    expect(silent).toMatchObject({ status: 201, body: { entry: { amount: -100, description: null } } });
+    expect(
+      JSON.stringify((await call('GET /v1/me/transactions', { auth: { user: userId } })).body),
+    ).not.toContain('internal');
+    await expectInvariantsHold(db);
+  });
+
   it('stores SQL-looking reasons exactly', async () => {
     const account = await givenAccount(db);
     const reason = "Robert'); DROP TABLE admin_actions;-- 🧾";

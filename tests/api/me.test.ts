@@ -3,7 +3,7 @@ import { inAccountTransaction } from '../../shared/accounts/accounts.js';
 import { adjustCredits, spendCredits } from '../../shared/ledger/ledger.js';
 import { ADMIN_ARN, FRONTEND, SERVICE_ARN, testApi } from '../support/api.js';
 import { createTestDatabase } from '../support/database.js';
-import { givenAccount, givenFundedAccount } from '../support/factories.js';
+import { givenAccount, givenFundedAccount, givenPayment } from '../support/factories.js';
 import { expectInvariantsHold } from '../support/invariants.js';
 
 const { db } = await createTestDatabase();
@@ -137,6 +137,45 @@ describe('GET /v1/me/payments', () => {
     await givenFundedAccount(db, 6);
     const response = await call('GET /v1/me/payments', { auth: { user: account.external_user_id! } });
     expect(response.body.data).toMatchObject([{ credits: 5, status: 'CREDITED' }]);
+  });
+});
+
+describe('GET /v1/me/payments: pages', () => {
+  it('happy: pages every purchase exactly once, newest first, past 100', async () => {
+    const account = await givenAccount(db);
+    const created = await Promise.all(Array.from({ length: 105 }, () => givenPayment(db, account)));
+    const seen: string[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await call('GET /v1/me/payments', {
+        auth: { user: account.external_user_id! },
+        query: { limit: '40', ...(cursor && { cursor }) },
+      });
+      expect(page.status).toBe(200);
+      seen.push(...(page.body.data as Array<{ id: string }>).map((p) => p.id));
+      cursor = (page.body.nextCursor as string | null) ?? undefined;
+    } while (cursor);
+    expect(seen).toHaveLength(105);
+    expect(new Set(seen)).toEqual(new Set(created.map((p) => p.id)));
+    await expectInvariantsHold(db);
+  });
+
+  it('error: refuses unknown query fields, a forged cursor and an out-of-range limit', async () => {
+    const auth = { user: 'payments-pager' };
+    const queries: Record<string, string>[] = [
+      { status: 'PAID' },
+      { cursor: 'p1.bm9wZQ' },
+      { limit: '101' },
+      { limit: '0' },
+    ];
+    for (const query of queries) {
+      const response = await call('GET /v1/me/payments', { auth, query });
+      expect({ query, status: response.status, code: response.body.code }).toEqual({
+        query,
+        status: 400,
+        code: 'validation_error',
+      });
+    }
   });
 });
 

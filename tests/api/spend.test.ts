@@ -17,7 +17,12 @@ async function entryCount(accountId: string) {
   return Number(row.n);
 }
 
-const spend = (userId: string, body: unknown, key = 'job-1', extra: { rawBody?: string } = {}) =>
+const spend = (
+  userId: string,
+  body: unknown,
+  key = 'job-1',
+  extra: { rawBody?: string; bytes?: Buffer } = {},
+) =>
   call('POST /v1/accounts/{userId}/spend', {
     auth: service,
     params: { userId },
@@ -161,6 +166,32 @@ describe('POST /v1/accounts/{userId}/spend: error', () => {
         })
       ).status,
     ).toBe(413);
+  });
+});
+
+describe('POST /v1/accounts/{userId}/spend: text edges', () => {
+  // Bodies that are not UTF-8 were decoded lossily (to U+FFFD), so two different bodies could replay as one
+  // idempotent request. Each is refused before it is hashed or parsed, and nothing is written.
+  it.each([
+    ['a lone 0xff', Buffer.from([0xff])],
+    ['an overlong slash', Buffer.from([0xc0, 0xaf])],
+    ['a surrogate encoded as WTF-8', Buffer.from([0xed, 0xa0, 0x80])],
+    ['a truncated sequence', Buffer.from([0xe0, 0xa4])],
+  ])('refuses a body with %s (400 invalid_encoding)', async (_case, bad) => {
+    const { account } = await givenFundedAccount(db, 100);
+    const bytes = Buffer.concat([Buffer.from('{"amount": 1, "description": "a'), bad, Buffer.from('"}')]);
+    const response = await spend(account.external_user_id!, undefined, 'utf8-key', { bytes });
+    expect(response).toMatchObject({ status: 400, body: { code: 'invalid_encoding' } });
+    const valid = await spend(account.external_user_id!, { amount: 1, description: 'a\ufffd' }, 'utf8-key');
+    expect(valid).toMatchObject({ status: 200, body: { replayed: false, balance: 99 } });
+    await expectInvariantsHold(db);
+  });
+
+  it('carries the request id in every problem', async () => {
+    const response = await spend('nobody-at-all', { amount: 1 });
+    expect(response.status).toBe(404);
+    expect(response.body.requestId).toEqual(expect.any(String));
+    expect(response.body.detail).toContain('nobody-at-all');
   });
 });
 

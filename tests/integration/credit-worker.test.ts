@@ -134,6 +134,66 @@ describe('parking', () => {
     await expectInvariantsHold(db);
   });
 
+  // A deterministic failure of one event fails it the same way on every receive: parked with a reason,
+  // never retried into the DLQ, and the ledger untouched. Each of these was retried forever before.
+  it.each([
+    ['a NUL in the user id', { user_id: 'u\u0000nul', package_id: PACK.id }],
+    ['a lone surrogate in the user id', { user_id: 'u\ud800x', package_id: PACK.id }],
+    ['a NUL in a metadata value it stores nowhere', { user_id: 'u-ok', package_id: 'pack\u0000x' }],
+    ['a 300-character user id', { user_id: 'u'.repeat(300), package_id: PACK.id }],
+  ])('parks an event carrying %s instead of retrying it, and replays it exactly', async (_case, metadata) => {
+    const event = external(metadata);
+    const before = await db.selectFrom('ledger_entries').select('id').execute();
+    for (let receive = 1; receive <= 2; receive++) {
+      const response = await deliver(worker, [event]);
+      expect(response.batchItemFailures).toEqual([]);
+    }
+    const parked = await db
+      .selectFrom('processed_events')
+      .select(['outcome', 'reason', 'payload'])
+      .where('event_id', '=', String(event.id))
+      .executeTakeFirstOrThrow();
+    expect(parked).toMatchObject({ outcome: 'parked', reason: expect.any(String) });
+    expect(await db.selectFrom('ledger_entries').select('id').execute()).toEqual(before);
+    // The stored event is the event exactly, even where jsonb cannot hold its strings.
+    const stored = typeof parked.payload === 'string' ? JSON.parse(parked.payload) : parked.payload;
+    expect(stored).toEqual(JSON.parse(JSON.stringify(event)));
+    await expectInvariantsHold(db);
+  });
+
+  it('parks a purchase that would take a balance past 2^53 - 1, naming the limit', async () => {
+    const huge = {
+      id: 'pack_huge',
+      name: 'Huge',
+      credits: Number.MAX_SAFE_INTEGER,
+      amount: 500,
+      currency: 'usd',
+    };
+    const hugeWorker = createCreditWorker({ db, packages: [...DEFAULT_PACKAGES, huge] });
+    const userId = `u-huge-${stripeIds().session}`;
+    const first = external({ user_id: userId, package_id: huge.id });
+    expect((await deliver(hugeWorker, [first])).batchItemFailures).toEqual([]);
+    const second = external({ user_id: userId, package_id: huge.id });
+    expect((await deliver(hugeWorker, [second])).batchItemFailures).toEqual([]);
+    const rows = await db
+      .selectFrom('processed_events')
+      .select(['event_id', 'outcome', 'reason'])
+      .where('event_id', 'in', [String(first.id), String(second.id)])
+      .execute();
+    expect(Object.fromEntries(rows.map((r) => [r.event_id, r.outcome]))).toEqual({
+      [String(first.id)]: 'applied',
+      [String(second.id)]: 'parked',
+    });
+    expect(rows.find((r) => r.outcome === 'parked')?.reason).toMatch(/9007199254740991/);
+    const account = await db
+      .selectFrom('accounts')
+      .select('balance')
+      .where('external_user_id', '=', userId)
+      .executeTakeFirstOrThrow();
+    expect(account.balance).toBe(Number.MAX_SAFE_INTEGER);
+    await expectInvariantsHold(db);
+  });
+
   it('parks a checkout paid for a different amount than its payment expects', async () => {
     const checkout = await givenCheckout(db);
     const event = stripeEvent('checkout.session.completed', {

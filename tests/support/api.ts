@@ -25,6 +25,8 @@ export interface CallOptions {
   query?: Record<string, string>;
   body?: unknown;
   rawBody?: string;
+  /** Body bytes sent base64-encoded (isBase64Encoded), as API Gateway passes bodies it does not take as text. */
+  bytes?: Buffer;
   headers?: Record<string, string>;
   auth?: Auth;
 }
@@ -62,7 +64,10 @@ export function apiEvent(routeKey: RouteKey, options: CallOptions = {}): APIGate
             },
           }
         : { iam: { ...(sample.requestContext.authorizer?.iam as object), userArn: auth.iam } };
-  const body = options.rawBody ?? (options.body === undefined ? undefined : JSON.stringify(options.body));
+  const body =
+    options.bytes?.toString('base64') ??
+    options.rawBody ??
+    (options.body === undefined ? undefined : JSON.stringify(options.body));
   return {
     ...sample,
     routeKey,
@@ -76,7 +81,7 @@ export function apiEvent(routeKey: RouteKey, options: CallOptions = {}): APIGate
     queryStringParameters: options.query,
     pathParameters: options.params,
     body,
-    isBase64Encoded: false,
+    isBase64Encoded: options.bytes !== undefined,
     cookies: undefined,
     stageVariables: undefined,
     requestContext: {

@@ -26,17 +26,20 @@ export const CREDITED_STATUSES = [
 export const isCredited = (status: PaymentStatus) =>
   (CREDITED_STATUSES as readonly string[]).includes(status);
 
+/** The columns a payment for `pack` starts with: the pack's price and credits, fixed at purchase. */
+const packColumns = (account: Account, pack: CreditPackage) => ({
+  account_id: account.id,
+  package_id: pack.id,
+  credits: pack.credits,
+  amount_total: pack.amount,
+  currency: pack.currency,
+});
+
 /** A payment our checkout starts: INIT, before its Stripe session exists. */
 export function createPayment(trx: Trx, account: Account, pack: CreditPackage): Promise<Payment> {
   return trx
     .insertInto('payments')
-    .values({
-      account_id: account.id,
-      package_id: pack.id,
-      credits: pack.credits,
-      amount_total: pack.amount,
-      currency: pack.currency,
-    })
+    .values(packColumns(account, pack))
     .returningAll()
     .executeTakeFirstOrThrow();
 }
@@ -82,11 +85,7 @@ export async function createExternalPayment(
   await trx
     .insertInto('payments')
     .values({
-      account_id: account.id,
-      package_id: pack.id,
-      credits: pack.credits,
-      amount_total: pack.amount,
-      currency: pack.currency,
+      ...packColumns(account, pack),
       stripe_checkout_session_id: stripe.sessionId,
       stripe_payment_intent_id: stripe.paymentIntentId,
     })

@@ -214,8 +214,7 @@ export class LocalAuth {
     if (declared !== undefined && declared !== bodyHash) return fail('mismatch', SIGNATURE_MISMATCH);
     // Only the signed headers enter the canonical request; the payload hash is always the received body's.
     const headers = Object.fromEntries(signedHeaders.map((name) => [name, request.headers[name]!]));
-    const query: Record<string, string[]> = {};
-    for (const [key, value] of request.query) (query[key] ??= []).push(value);
+    const query = queryBag(request.query);
     const signerKey = `${principal.accessKeyId}/${service}`;
     let signer = this.signers.get(signerKey);
     if (!signer) {
@@ -275,8 +274,8 @@ export async function signRequest(
 }
 
 /** Every query pair, repeated keys included (a plain object would keep only the last value). */
-function queryBag(params: URLSearchParams): Record<string, string[]> {
+function queryBag(pairs: Iterable<readonly [string, string]>): Record<string, string[]> {
   const bag: Record<string, string[]> = {};
-  for (const [key, value] of params) (bag[key] ??= []).push(value);
+  for (const [key, value] of pairs) bag[key] = [...(bag[key] ?? []), value];
   return bag;
 }

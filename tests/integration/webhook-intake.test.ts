@@ -211,6 +211,49 @@ describe('webhook intake: security', () => {
     await expectRejected(webhookRequest(body, headers()), detail);
   });
 
+  // Stripe's libraries accept a header in which any one v1 matches, whatever else it carries.
+  const withValid: Array<[string, (t: number) => string]> = [
+    ['a malformed v1 before it', (t) => `t=${t},v1=not-hex,v1=${sig(t)}`],
+    ['a malformed v1 after it', (t) => `t=${t},v1=${sig(t)},v1=zz${'0'.repeat(62)}`],
+    ['an empty v1', (t) => `t=${t},v1=,v1=${sig(t)}`],
+    ['a v1 of the wrong length', (t) => `t=${t},v1=${sig(t).slice(0, 62)},v1=${sig(t)}`],
+    ['an upper-case copy of it', (t) => `t=${t},v1=${sig(t).toUpperCase()},v1=${sig(t)}`],
+    [
+      'a v0, an unknown scheme and a part without "="',
+      (t) => `t=${t},v0=${sig(t)},v9=x,junk,v1=x,v1=${sig(t)}`,
+    ],
+    ['a malformed v1 and a v1 by the previous secret', (t) => `t=${t},v1=%%,v1=${sig(t, OLD_SECRET)}`],
+  ];
+
+  it.each(withValid)('accepts a valid v1 next to %s, and enqueues the event once', async (_name, header) => {
+    const response = await invoke(webhookRequest(body, { 'stripe-signature': header(now()) }));
+    expect(response.statusCode).toBe(200);
+    expect(sent().map((m) => m.MessageBody)).toEqual([body]);
+  });
+
+  const withoutValid: Array<[string, (t: number) => string, RegExp]> = [
+    [
+      'only malformed v1 values',
+      (t) => `t=${t},v1=,v1=not-hex,v1=${sig(t).slice(1)}`,
+      /not a 64-character hex/,
+    ],
+    [
+      'a malformed v1 and a v1 by another secret',
+      (t) => `t=${t},v1=not-hex,v1=${sig(t, 'whsec_attacker')}`,
+      /no v1 signature matches/,
+    ],
+    ['a malformed v1 and a stale valid v1', (t) => `t=${t - 301},v1=x,v1=${sig(t - 301)}`, /301 s old/],
+    [
+      'a valid v1 given as v0 only, next to a malformed v1',
+      (t) => `t=${t},v0=${sig(t)},v1=x`,
+      /not a 64-character hex/,
+    ],
+  ];
+
+  it.each(withoutValid)('still rejects %s', async (_name, header, detail) => {
+    await expectRejected(webhookRequest(body, { 'stripe-signature': header(now()) }), detail);
+  });
+
   it('rejects a body re-serialised after signing', async () => {
     const original = JSON.stringify(JSON.parse(body), null, 2);
     const t = now();

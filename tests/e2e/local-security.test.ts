@@ -437,9 +437,9 @@ describe('the local gateway: its own errors have API Gateway’s shape', () => {
 
   it.each([['%ZZ'], ['%E0%A4%A'], ['%']])(
     'answers 400 Bad Request, never 500, for the malformed escape %s in a path, and writes nothing',
-    async (escape) => {
+    async (malformed) => {
       const user = unique('escape');
-      const target = `/v1/admin/accounts/${user}${escape}/adjustments`;
+      const target = `/v1/admin/accounts/${user}${malformed}/adjustments`;
       const body = grant(9);
       const headers = await signRequest(
         new URL(target, stack.url),
@@ -447,8 +447,8 @@ describe('the local gateway: its own errors have API Gateway’s shape', () => {
         admin,
       );
       expectGatewayError(await call(target, { method: 'POST', headers, body }), 400, 'Bad Request');
-      expectGatewayError(await call(`/v1/admin/accounts/${escape}`, {}), 400, 'Bad Request');
-      expectGatewayError(await call(`/v1/me/credits${escape}`, {}), 400, 'Bad Request');
+      expectGatewayError(await call(`/v1/admin/accounts/${malformed}`, {}), 400, 'Bad Request');
+      expectGatewayError(await call(`/v1/me/credits${malformed}`, {}), 400, 'Bad Request');
       expect(await traces(user)).toEqual({ account: null, adminActions: 0 });
     },
   );

@@ -3,7 +3,7 @@ import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-sec
 import { SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
 import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
 import { mockClient } from 'aws-sdk-client-mock';
-import { beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createCreditWorker } from '../../functions/credit-worker.js';
 import { createWebhookIntake } from '../../functions/webhook-intake.js';
 import { loadIntakeConfig } from '../../shared/config.js';
@@ -62,6 +62,10 @@ async function expectRejected(request: APIGatewayProxyEventV2, detail: RegExp) {
   expect(JSON.parse(response.body ?? '{}').detail).toMatch(detail);
   expect(sent()).toEqual([]);
 }
+
+afterEach(async () => {
+  await expectInvariantsHold(db);
+});
 
 beforeEach(() => {
   sqsMock.reset();

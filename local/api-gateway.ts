@@ -65,7 +65,7 @@ export function createLocalGateway(auth: LocalAuth, functions: Record<'api' | 'w
   return async function invoke(
     req: IncomingMessage,
     body: Buffer,
-  ): Promise<APIGatewayProxyStructuredResultV2 | undefined> {
+  ): Promise<APIGatewayProxyStructuredResultV2> {
     const url = new URL(req.url ?? '/', 'http://local');
     const method = req.method ?? 'GET';
     if (!decodablePath(url.pathname)) return gatewayError(400, 'Bad Request');

@@ -1,6 +1,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { SQSBatchResponse, SQSEvent, SQSRecord } from 'aws-lambda';
+import type { LocalAuth, SigV4Failure } from './auth.js';
 
 export interface LocalMessage {
   readonly messageId: string;
@@ -24,7 +25,29 @@ export interface LocalQueueOptions {
   readonly batchSize?: number;
   readonly accountId?: string;
   readonly region?: string;
+  /**
+   * The local IAM principals whose SigV4 signatures (service `sqs`) the API accepts. Without it every API
+   * call is refused: the queue is never reachable unsigned.
+   */
+  readonly auth?: LocalAuth;
 }
+
+/** SQS refuses a request signed more than 15 minutes from its clock (RequestExpired). */
+const SIGV4_MAX_SKEW_SECONDS = 15 * 60;
+
+/**
+ * How SQS (AWS JSON 1.0, query-compatible) refuses a request it cannot authenticate: the JSON error type
+ * in the body, the query-protocol code in `x-amzn-query-error` (the SDK reports that code as the error's
+ * name), and the status of AWS's common errors.
+ */
+const AUTH_ERRORS: Record<SigV4Failure['reason'], { status: number; type: string; code: string }> = {
+  missing: { status: 403, type: 'MissingAuthenticationTokenException', code: 'MissingAuthenticationToken' },
+  incomplete: { status: 400, type: 'IncompleteSignatureException', code: 'IncompleteSignature' },
+  unknown_key: { status: 403, type: 'UnrecognizedClientException', code: 'InvalidClientTokenId' },
+  scope: { status: 403, type: 'InvalidSignatureException', code: 'SignatureDoesNotMatch' },
+  expired: { status: 400, type: 'InvalidSignatureException', code: 'RequestExpired' },
+  mismatch: { status: 403, type: 'InvalidSignatureException', code: 'SignatureDoesNotMatch' },
+};
 
 type BatchHandler = (event: SQSEvent) => Promise<SQSBatchResponse | undefined>;
 
@@ -173,6 +196,30 @@ export class LocalQueue {
     };
   }
 
+  /** Why this request is not authenticated, or undefined when a local principal signed it (service sqs). */
+  private async authenticate(req: IncomingMessage, body: Buffer): Promise<SigV4Failure | undefined> {
+    if (!this.options.auth)
+      return { ok: false, reason: 'missing', message: 'Request is missing Authentication Token' };
+    const url = new URL(req.url ?? '/', 'http://local');
+    const headers: Record<string, string> = {};
+    for (const [name, value] of Object.entries(req.headers)) {
+      if (value !== undefined) headers[name.toLowerCase()] = Array.isArray(value) ? value.join(',') : value;
+    }
+    const verified = await this.options.auth.verifySigV4(
+      {
+        method: req.method ?? 'POST',
+        host: headers.host ?? '',
+        path: url.pathname,
+        query: [...url.searchParams],
+        headers,
+        body,
+      },
+      'sqs',
+      SIGV4_MAX_SKEW_SECONDS,
+    );
+    return verified.ok ? undefined : verified;
+  }
+
   private queueOf(url: unknown): LocalMessage[] {
     if (typeof url === 'string' && url.endsWith('/credits-events-dlq')) return this.dlq;
     if (typeof url === 'string' && url.endsWith('/credits-events')) return this.main;
@@ -181,18 +228,33 @@ export class LocalQueue {
     });
   }
 
-  /** The AWS JSON 1.0 protocol (X-Amz-Target: AmazonSQS.*) for the calls the service and the admin CLI make. */
-  async handleSqsApi(req: IncomingMessage, res: ServerResponse, body: string): Promise<void> {
-    const action = String(req.headers['x-amz-target'] ?? '').replace('AmazonSQS.', '');
-    const input = body ? JSON.parse(body) : {};
-    const reply = (status: number, payload: unknown) => {
+  /**
+   * The AWS JSON 1.0 protocol (X-Amz-Target: AmazonSQS.*) for the calls the service and the admin CLI
+   * make. Like SQS, it first authenticates the caller: a SigV4 signature (service `sqs`) by a local
+   * principal over the request as received; anything else is refused with SQS's error and nothing changes.
+   */
+  async handleSqsApi(req: IncomingMessage, res: ServerResponse, rawBody: Buffer): Promise<void> {
+    const reply = (status: number, payload: unknown, headers: Record<string, string> = {}) => {
       res.writeHead(status, {
         'content-type': 'application/x-amz-json-1.0',
         'x-amzn-requestid': randomUUID(),
+        ...headers,
       });
       res.end(JSON.stringify(payload));
     };
+    const refusal = await this.authenticate(req, rawBody);
+    if (refusal) {
+      const error = AUTH_ERRORS[refusal.reason];
+      return reply(
+        error.status,
+        { __type: `com.amazon.coral.service#${error.type}`, message: refusal.message },
+        { 'x-amzn-query-error': `${error.code};Sender` },
+      );
+    }
+    const action = String(req.headers['x-amz-target'] ?? '').replace('AmazonSQS.', '');
+    const body = rawBody.toString('utf8');
     try {
+      const input = body ? JSON.parse(body) : {};
       switch (action) {
         case 'SendMessage': {
           const message = this.send(

@@ -111,6 +111,7 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
     let baseUrl = '';
     const queue = new LocalQueue(() => baseUrl, {
       visibilityTimeoutSeconds: options.visibilityTimeoutSeconds ?? 30,
+      auth,
     });
     stops.push(() => queue.stop());
     const packages = parsePackages(options.creditPackages);
@@ -204,7 +205,7 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
       const url = new URL(req.url ?? '/', baseUrl);
       const body = await readBody(req);
       if (String(req.headers['x-amz-target'] ?? '').startsWith('AmazonSQS.')) {
-        return queue.handleSqsApi(req, res, body.toString('utf8'));
+        return queue.handleSqsApi(req, res, body);
       }
       if (req.method === 'GET' && url.pathname === '/') {
         res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });

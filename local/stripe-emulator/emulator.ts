@@ -236,7 +236,21 @@ export class Emulator {
     }
     if (session.status === 'open') {
       const intent = this.createPaymentIntent(session, outcome === 'paid' ? 'succeeded' : 'processing');
-      Object.assign(session, { status: 'complete', url: null, payment_intent: intent.id });
+      Object.assign(session, {
+        status: 'complete',
+        url: null,
+        payment_intent: intent.id,
+        customer_details: {
+          address: { city: null, country: null, line1: null, line2: null, postal_code: null, state: null },
+          business_name: null,
+          email: session.customer_email ?? null,
+          individual_name: null,
+          name: null,
+          phone: null,
+          tax_exempt: 'none',
+          tax_ids: [],
+        },
+      });
       if (outcome === 'paid') {
         const charge = this.createCharge(intent, 'succeeded');
         this.emit('charge.succeeded', charge);
@@ -288,6 +302,8 @@ export class Emulator {
       latest_charge: null,
       livemode: false,
       metadata: { ...(session._payment_intent_metadata as Record<string, string>) },
+      // The card the buyer entered on the hosted page.
+      payment_method: newId('pm'),
       payment_method_types: ['card'],
       status,
     });
@@ -311,6 +327,7 @@ export class Emulator {
       metadata: { ...(intent.metadata as Record<string, string>) },
       paid: true,
       payment_intent: intent.id,
+      payment_method: intent.payment_method,
       refunded: false,
       status,
     });
@@ -373,9 +390,11 @@ export class Emulator {
       charge: charge.id,
       created: nowSeconds(),
       currency: charge.currency,
+      customer: charge.customer,
       failure_reason: null,
       metadata: metadataOf(params),
       payment_intent: charge.payment_intent,
+      payment_method: charge.payment_method,
       reason: str(params, 'reason') ?? null,
       status: 'succeeded',
     });
@@ -399,8 +418,18 @@ export class Emulator {
     return refund;
   }
 
+  /** The charge's refunded total and its `refunds` list (newest first), as Stripe keeps them. */
   private setRefunded(charge: StripeObject, total: number) {
-    Object.assign(charge, { amount_refunded: total, refunded: total === charge.amount });
+    const refunds = this.store
+      .all('refund')
+      .filter((r) => r.charge === charge.id)
+      .reverse()
+      .map(publicView);
+    Object.assign(charge, {
+      amount_refunded: total,
+      refunded: total === charge.amount,
+      refunds: { object: 'list', data: refunds, has_more: false, url: `/v1/charges/${charge.id}/refunds` },
+    });
   }
 
   refund(id: string): StripeObject {

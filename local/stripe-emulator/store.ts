@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { invalid } from './errors.js';
 import { type Params, str } from './params.js';
+import { withStripeShape } from './shapes.js';
 
 /** Every object the emulator keeps carries these Stripe fields. */
 export interface StripeObject {
@@ -28,13 +29,15 @@ export function newId(prefix: string): string {
 
 export const nowSeconds = () => Math.floor(Date.now() / 1000);
 
-/** Objects of every kind in creation order; lists come newest first, like Stripe's. */
+/** Objects of every kind in creation order (a saved state is brought to the current shape on load); lists come newest first, like Stripe's. */
 export class Store {
   private readonly kinds = new Map<string, Map<string, StripeObject>>();
 
+  /** Stores `item` with every field of Stripe's shape for its kind (see shapes.ts); returns what is stored. */
   add<T extends StripeObject>(item: T): T {
-    this.kind(item.object).set(item.id, item);
-    return item;
+    const stored = withStripeShape(item);
+    this.kind(stored.object).set(stored.id, stored);
+    return stored;
   }
 
   get<T extends StripeObject = StripeObject>(object: string, id: string): T | undefined {

@@ -36,7 +36,18 @@ export const ROUTES = {
 export type RouteKey = keyof typeof ROUTES;
 export type RouteAuth = (typeof ROUTES)[RouteKey]['auth'];
 
-/** Matches a concrete method and path to its route key and path parameters, as API Gateway does. */
+/** A path parameter whose percent-encoding does not decode (`%ZZ`, a lone `%`, a cut UTF-8 sequence). */
+export class PathEncodingError extends Error {
+  constructor(readonly segment: string) {
+    super(`path segment ${JSON.stringify(segment)} is not valid percent-encoded UTF-8`);
+  }
+}
+
+/**
+ * Matches a concrete method and path to its route key and path parameters (percent-decoded), as API
+ * Gateway does. Throws a PathEncodingError when a matched parameter does not decode; API Gateway answers
+ * that with a 400, never a 500.
+ */
 export function matchRoute(
   method: string,
   path: string,
@@ -53,7 +64,12 @@ export function matchRoute(
     if (!match) continue;
     const params: Record<string, string> = {};
     names.forEach((name, i) => {
-      params[name] = decodeURIComponent(match[i + 1]!);
+      const raw = match[i + 1]!;
+      try {
+        params[name] = decodeURIComponent(raw);
+      } catch {
+        throw new PathEncodingError(raw);
+      }
     });
     return { routeKey, params };
   }

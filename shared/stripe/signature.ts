@@ -12,8 +12,10 @@ export class SignatureError extends ServiceError {
 
 /**
  * Verifies `Stripe-Signature: t=<unix seconds>,v1=<hex>[,v1=<hex>...]` over the exact raw bytes, against
- * every secret (rotation), within `toleranceSeconds` of `nowSeconds` in both directions. Throws a
- * SignatureError saying precisely what is wrong; returns the signed timestamp.
+ * every secret (rotation), within `toleranceSeconds` of `nowSeconds` in both directions. As Stripe's own
+ * libraries do, the header passes when any one `v1` matches, whatever else it carries (other schemes,
+ * malformed or foreign `v1` values). Throws a SignatureError saying precisely what is wrong; returns the
+ * signed timestamp.
  */
 export function verifyStripeSignature(
   rawBody: Buffer,
@@ -36,7 +38,9 @@ export function verifyStripeSignature(
   const timestamp = Number(text);
   const signatures = pairs.filter(([key]) => key === 'v1').map(([, value]) => value!);
   if (signatures.length === 0) throw new SignatureError('Stripe-Signature has no v1 signature');
-  if (signatures.some((s) => !/^[0-9a-f]{64}$/.test(s))) {
+  // A malformed v1 can never match; it is skipped, not fatal, so one bad value cannot hide a good one.
+  const wellFormed = signatures.filter((s) => /^[0-9a-f]{64}$/.test(s));
+  if (wellFormed.length === 0) {
     throw new SignatureError('Stripe-Signature v1 value is not a 64-character hex HMAC-SHA256 digest');
   }
   const age = nowSeconds - timestamp;
@@ -51,7 +55,7 @@ export function verifyStripeSignature(
     );
   }
   const signedPayload = Buffer.concat([Buffer.from(`${text}.`, 'utf8'), rawBody]);
-  const candidates = signatures.map((s) => Buffer.from(s, 'hex'));
+  const candidates = wellFormed.map((s) => Buffer.from(s, 'hex'));
   for (const secret of secrets) {
     const expected = createHmac('sha256', secret).update(signedPayload).digest();
     if (candidates.some((candidate) => timingSafeEqual(candidate, expected))) return timestamp;

@@ -1,9 +1,9 @@
 import { readFileSync } from 'node:fs';
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Stripe from 'stripe';
-import { beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it, onTestFinished } from 'vitest';
 import { startStripeEmulator } from '../../local/stripe-emulator/server.js';
 import { createStripeClient } from '../../shared/stripe/client.js';
 import {
@@ -327,40 +327,227 @@ describe('webhook delivery', () => {
 });
 
 describe('object shapes', () => {
-  it("uses only fields that Stripe's own fixtures have", async () => {
-    const fixture = (name: string) =>
-      JSON.parse(readFileSync(new URL(`../fixtures/stripe/${name}.json`, import.meta.url), 'utf8'));
-    const charge = await stripe.charges.list({ limit: 1 });
-    const objects: Array<[string, object]> = [
-      ['checkout_session', (await stripe.checkout.sessions.list({ limit: 1 })).data[0]!],
-      ['payment_intent', (await stripe.paymentIntents.list({ limit: 1 })).data[0]!],
-      ['charge', charge.data[0]!],
-      ['refund', (await stripe.refunds.list({ limit: 1 })).data[0]!],
-      ['dispute', (await stripe.disputes.list({ limit: 1 })).data[0]!],
-      ['event', (await stripe.events.list({ limit: 1 })).data[0]!],
-      ['customer', await stripe.customers.create({ email: 'a@example.com' })],
-      ['product', await stripe.products.create({ name: 'Credits' })],
-    ];
-    const product = objects.at(-1)![1] as Stripe.Product;
-    objects.push([
-      'price',
-      await stripe.prices.create({ product: product.id, currency: 'usd', unit_amount: 500 }),
-    ]);
-    for (const [name, object] of objects) {
-      const known = new Set(Object.keys(fixture(name)));
-      // failure_reason is Stripe's field on failed refunds; the success-shaped fixture does not show it.
-      const allowed = name === 'refund' ? ['failure_reason'] : [];
-      const invented = Object.keys(object).filter(
-        (key) => !known.has(key) && !allowed.includes(key) && key !== 'lastResponse',
-      );
-      expect({ name, invented }).toEqual({ name, invented: [] });
+  const fixture = (name: string): Record<string, unknown> =>
+    JSON.parse(readFileSync(new URL(`../fixtures/stripe/${name}.json`, import.meta.url), 'utf8'));
+  const FIXTURE_OF: Record<string, string> = {
+    'checkout.session': 'checkout_session',
+    payment_intent: 'payment_intent',
+    charge: 'charge',
+    refund: 'refund',
+    dispute: 'dispute',
+    customer: 'customer',
+    product: 'product',
+    price: 'price',
+    event: 'event',
+  };
+  // Stripe fields that the (success-shaped) fixtures do not show.
+  const NOT_IN_FIXTURE: Record<string, string[]> = { refund: ['failure_reason'] };
+  // The fixture has a value, the emulator null. Each field is `| null` in Stripe's API
+  // (node_modules/stripe/esm/resources/*.d.ts) and is null on Stripe for an object like the emulator's.
+  const NULL_ON_STRIPE: Record<string, Record<string, string>> = {
+    'checkout.session': {
+      after_expiration: 'no recovery configured at creation',
+      collected_information: 'no shipping details collected',
+      consent: 'no consent collected',
+      consent_collection: 'consent collection not requested',
+      currency_conversion: 'no Adaptive Pricing conversion',
+      customer_details: 'null until the buyer pays',
+      payment_intent: 'null until the buyer pays (payment mode creates it then)',
+      payment_method_configuration_details: 'payment_method_types given, no configuration',
+      permissions: 'no permissions requested',
+      shipping_address_collection: 'shipping not collected',
+      shipping_cost: 'no shipping rate',
+      url: 'null once the session is complete or expired',
+      wallet_options: 'no wallet options given',
+    },
+    payment_intent: {
+      automatic_payment_methods: 'Checkout sets payment_method_types instead',
+      canceled_at: 'null unless canceled',
+      last_payment_error: 'null unless a payment attempt failed',
+      next_action: 'null unless the customer must act (3-D Secure)',
+      payment_method_configuration_details: 'payment_method_types given, no configuration',
+      processing: 'null unless a card payment is processing',
+      shipping: 'no shipping',
+      transfer_data: 'no Connect transfer',
+    },
+    charge: {
+      description: 'no description given',
+      receipt_url: 'the emulator hosts no receipts',
+      shipping: 'no shipping',
+      source: 'PaymentIntent charges carry no legacy Source',
+      transfer_data: 'no Connect transfer',
+    },
+    customer: {
+      address: 'none given',
+      currency: 'null until the customer has a currency for recurring billing',
+      discount: 'no coupon applied',
+      shipping: 'none given',
+    },
+    price: {
+      custom_unit_amount: 'fixed unit_amount',
+      recurring: 'one-time price',
+      transform_quantity: 'no quantity transform',
+    },
+    product: {
+      default_price: 'none set',
+      description: 'none given',
+      package_dimensions: 'not a shippable good',
+    },
+  };
+  // The fixture has null, the emulator a value from its state: the type Stripe's API declares for it.
+  const DECLARED_TYPE: Record<string, Record<string, string>> = {
+    'checkout.session': {
+      amount_subtotal: 'integer',
+      amount_total: 'integer',
+      client_reference_id: 'string',
+      currency: 'string',
+      customer: 'string',
+      customer_email: 'string',
+    },
+    payment_intent: { customer: 'string', latest_charge: 'string', payment_method: 'string' },
+    charge: { customer: 'string', payment_intent: 'string' },
+    refund: {
+      balance_transaction: 'string',
+      customer: 'string',
+      payment_intent: 'string',
+      payment_method: 'string',
+      reason: 'string',
+    },
+    dispute: { payment_intent: 'string' },
+    customer: { email: 'string', name: 'string' },
+    price: { lookup_key: 'string', nickname: 'string' },
+    // The fixture's event predates API versions; the emulator stamps the SDK's pinned version.
+    event: { api_version: 'string' },
+  };
+
+  /** The JSON type of a field as served: JSON round-trips the SDK's Decimal back to its decimal string. */
+  const jsonType = (value: unknown) =>
+    value === null
+      ? 'null'
+      : Array.isArray(value)
+        ? 'array'
+        : typeof value === 'number'
+          ? Number.isInteger(value)
+            ? 'integer'
+            : 'number'
+          : typeof value;
+
+  /** Every difference between `served` and the fixture of its kind: missing or extra fields, other types. */
+  function differences(served: object): string[] {
+    const { lastResponse: _sdk, ...object } = JSON.parse(JSON.stringify(served)) as Record<string, unknown>;
+    const kind = String(object.object);
+    const name = FIXTURE_OF[kind];
+    if (!name) return [`no fixture for ${kind}`];
+    const expected = fixture(name);
+    const out: string[] = [];
+    for (const [field, value] of Object.entries(expected)) {
+      if (!(field in object)) {
+        out.push(`${kind}.${field}: missing`);
+        continue;
+      }
+      const want = jsonType(value);
+      const got = jsonType(object[field]);
+      if (got === want) continue;
+      if (got === 'null' && NULL_ON_STRIPE[kind]?.[field]) continue;
+      if (want === 'null' && DECLARED_TYPE[kind]?.[field] === got) continue;
+      out.push(`${kind}.${field}: ${got}, fixture ${want}`);
     }
+    for (const field of Object.keys(object)) {
+      if (!(field in expected) && !NOT_IN_FIXTURE[kind]?.includes(field))
+        out.push(`${kind}.${field}: not in fixture`);
+    }
+    if (kind === 'event') out.push(...differences((object.data as { object: object }).object));
+    return out;
+  }
+
+  it("serves every field of Stripe's fixture for each object, with Stripe's JSON types", async () => {
+    const customer = await stripe.customers.create({ email: 'shape@example.com', name: 'Shape' });
+    const product = await stripe.products.create({ name: 'Credits' });
+    const price = await stripe.prices.create({ product: product.id, currency: 'usd', unit_amount: 500 });
+    const open = await stripe.checkout.sessions.create(sessionParams({ customer: customer.id }));
+    const refunded = await stripe.checkout.sessions.create(
+      sessionParams({ line_items: [{ price: price.id, quantity: 1 }], customer_email: 'buyer@example.com' }),
+    );
+    const disputed = await stripe.checkout.sessions.create(sessionParams());
+    const failed = await stripe.checkout.sessions.create(sessionParams());
+    for (const session of [refunded, disputed])
+      await control(emulator, `checkout/sessions/${session.id}/complete`, { outcome: 'paid' });
+    await control(emulator, `checkout/sessions/${failed.id}/complete`, { outcome: 'async_failed' });
+    const paidIntent = await stripe.paymentIntents.retrieve(
+      String((await stripe.checkout.sessions.retrieve(refunded.id)).payment_intent),
+    );
+    const refund = await stripe.refunds.create({ payment_intent: paidIntent.id, amount: 100 });
+    await control(
+      emulator,
+      `refunds/${(await stripe.refunds.create({ payment_intent: paidIntent.id, amount: 50 })).id}/fail`,
+    );
+    const disputedIntent = await stripe.paymentIntents.retrieve(
+      String((await stripe.checkout.sessions.retrieve(disputed.id)).payment_intent),
+    );
+    await control(emulator, `charges/${disputedIntent.latest_charge}/dispute`);
+    const objects: object[] = [
+      customer,
+      product,
+      price,
+      await stripe.customers.retrieve(customer.id),
+      await stripe.prices.retrieve(price.id),
+      await stripe.checkout.sessions.retrieve(open.id),
+      ...(await Promise.all(
+        [refunded, disputed, failed].map((s) => stripe.checkout.sessions.retrieve(s.id)),
+      )),
+      paidIntent,
+      ...(await stripe.paymentIntents.list({ limit: 3 })).data,
+      ...(await stripe.charges.list({ limit: 2 })).data,
+      refund,
+      ...(await stripe.refunds.list({ limit: 2 })).data,
+      ...(await stripe.disputes.list({ limit: 1 })).data,
+      ...(await stripe.events.list({ limit: 30 })).data,
+    ];
+    const failedIntent = String((await stripe.checkout.sessions.retrieve(failed.id)).payment_intent);
+    const mine = [
+      ...[refunded, disputed, failed].map((s) => s.id),
+      paidIntent.id,
+      disputedIntent.id,
+      failedIntent,
+    ];
+    await waitFor(() => {
+      const { pending, inFlight } = emulator.webhooks.status();
+      return pending === 0 && inFlight === 0;
+    }, 'every event to be delivered');
+    const delivered = receiver.received
+      .map((r) => r.event)
+      .filter((event) => {
+        const object = JSON.stringify(event.data.object);
+        return (
+          mine.some((id) => object.includes(id)) || object.includes(String(disputedIntent.latest_charge))
+        );
+      });
+    expect(new Set(delivered.map((e) => e.type))).toEqual(
+      new Set([
+        'charge.succeeded',
+        'payment_intent.succeeded',
+        'checkout.session.completed',
+        'payment_intent.processing',
+        'payment_intent.payment_failed',
+        'checkout.session.async_payment_failed',
+        'refund.created',
+        'charge.refunded',
+        'refund.updated',
+        'refund.failed',
+        'charge.dispute.created',
+        'charge.dispute.funds_withdrawn',
+      ]),
+    );
+    const found = [...objects, ...delivered].flatMap(differences);
+    expect([...new Set(found)].sort()).toEqual([]);
   });
 });
 
 describe('state file', () => {
   it('keeps objects and idempotency keys across a restart', async () => {
-    const stateFile = join(await mkdtemp(join(tmpdir(), 'stripe-emulator-')), 'state.json');
+    const stateDir = await mkdtemp(join(tmpdir(), 'stripe-emulator-'));
+    onTestFinished(() => rm(stateDir, { recursive: true, force: true }));
+    const stateFile = join(stateDir, 'state.json');
     const first = await startStripeEmulator({ port: 0, webhookSecret: WEBHOOK_SECRET, stateFile });
     const client = createStripeClient({ secretKey: STRIPE_KEY, apiBase: first.url, maxNetworkRetries: 0 });
     const session = await client.checkout.sessions.create(sessionParams(), { idempotencyKey: 'persisted' });

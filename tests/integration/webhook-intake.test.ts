@@ -3,7 +3,7 @@ import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-sec
 import { SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
 import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
 import { mockClient } from 'aws-sdk-client-mock';
-import { beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createCreditWorker } from '../../functions/credit-worker.js';
 import { createWebhookIntake } from '../../functions/webhook-intake.js';
 import { loadIntakeConfig } from '../../shared/config.js';
@@ -62,6 +62,10 @@ async function expectRejected(request: APIGatewayProxyEventV2, detail: RegExp, s
   expect(JSON.parse(response.body ?? '{}').detail).toMatch(detail);
   expect(sent()).toEqual([]);
 }
+
+afterEach(async () => {
+  await expectInvariantsHold(db);
+});
 
 beforeEach(() => {
   sqsMock.reset();
@@ -210,6 +214,49 @@ describe('webhook intake: security', () => {
 
   it.each(cases)('rejects %s with 400 and enqueues nothing', async (_name, headers, detail) => {
     await expectRejected(webhookRequest(body, headers()), detail);
+  });
+
+  // Stripe's libraries accept a header in which any one v1 matches, whatever else it carries.
+  const withValid: Array<[string, (t: number) => string]> = [
+    ['a malformed v1 before it', (t) => `t=${t},v1=not-hex,v1=${sig(t)}`],
+    ['a malformed v1 after it', (t) => `t=${t},v1=${sig(t)},v1=zz${'0'.repeat(62)}`],
+    ['an empty v1', (t) => `t=${t},v1=,v1=${sig(t)}`],
+    ['a v1 of the wrong length', (t) => `t=${t},v1=${sig(t).slice(0, 62)},v1=${sig(t)}`],
+    ['an upper-case copy of it', (t) => `t=${t},v1=${sig(t).toUpperCase()},v1=${sig(t)}`],
+    [
+      'a v0, an unknown scheme and a part without "="',
+      (t) => `t=${t},v0=${sig(t)},v9=x,junk,v1=x,v1=${sig(t)}`,
+    ],
+    ['a malformed v1 and a v1 by the previous secret', (t) => `t=${t},v1=%%,v1=${sig(t, OLD_SECRET)}`],
+  ];
+
+  it.each(withValid)('accepts a valid v1 next to %s, and enqueues the event once', async (_name, header) => {
+    const response = await invoke(webhookRequest(body, { 'stripe-signature': header(now()) }));
+    expect(response.statusCode).toBe(200);
+    expect(sent().map((m) => m.MessageBody)).toEqual([body]);
+  });
+
+  const withoutValid: Array<[string, (t: number) => string, RegExp]> = [
+    [
+      'only malformed v1 values',
+      (t) => `t=${t},v1=,v1=not-hex,v1=${sig(t).slice(1)}`,
+      /not a 64-character hex/,
+    ],
+    [
+      'a malformed v1 and a v1 by another secret',
+      (t) => `t=${t},v1=not-hex,v1=${sig(t, 'whsec_attacker')}`,
+      /no v1 signature matches/,
+    ],
+    ['a malformed v1 and a stale valid v1', (t) => `t=${t - 301},v1=x,v1=${sig(t - 301)}`, /301 s old/],
+    [
+      'a valid v1 given as v0 only, next to a malformed v1',
+      (t) => `t=${t},v0=${sig(t)},v1=x`,
+      /not a 64-character hex/,
+    ],
+  ];
+
+  it.each(withoutValid)('still rejects %s', async (_name, header, detail) => {
+    await expectRejected(webhookRequest(body, { 'stripe-signature': header(now()) }), detail);
   });
 
   it('rejects a body re-serialised after signing', async () => {

@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
@@ -141,8 +142,10 @@ export function createLocalGateway(auth: LocalAuth, functions: Record<'api' | 'w
         timeEpoch: now.getTime(),
         ...(authorizer && { authorizer }),
       } as APIGatewayProxyEventV2['requestContext'],
-      body: body.length > 0 ? body.toString('utf8') : undefined,
-      isBase64Encoded: false,
+      // Text passes as text; bytes that are not UTF-8 pass base64-encoded, exactly, so the function sees what
+      // was sent (decoding them here would turn them into U+FFFD and make different bodies look alike).
+      body: body.length === 0 ? undefined : isUtf8(body) ? body.toString('utf8') : body.toString('base64'),
+      isBase64Encoded: body.length > 0 && !isUtf8(body),
     };
     return functions[definition.fn](event);
   };

@@ -161,7 +161,7 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
       corsAllowedOrigins: [baseUrl],
       maxOpenCheckouts: 5,
       // The local admin principals, as ADMIN_PRINCIPALS names the admins' ARNs in AWS.
-      adminPrincipals: [auth.principal('admin').arn],
+      adminPrincipals: [auth.principal('admin').arn, auth.principal('second-admin').arn],
     };
     const stripe = lazyStripe({
       secretKey: config.stripeSecretKey,

@@ -456,6 +456,35 @@ describe('the local gateway: its own errors have API Gateway’s shape', () => {
 
 // ---- local credentials -------------------------------------------------------------------------------
 
+describe('the local stack: bodies that are not UTF-8', () => {
+  it.each([
+    ['a lone 0xff', [0xff]],
+    ['an overlong slash', [0xc0, 0xaf]],
+    ['a surrogate encoded as WTF-8', [0xed, 0xa0, 0x80]],
+  ])('refuses a checkout whose body carries %s with 400, writing nothing', async (_case, bad) => {
+    const userId = unique('utf8');
+    const token = await stack.auth.issueToken(userId);
+    const body = Buffer.concat([
+      Buffer.from('{"packageId": "pack_small'),
+      Buffer.from(bad),
+      Buffer.from('"}'),
+    ]);
+    const response = await fetch(`${stack.url}/v1/checkout`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body,
+    });
+    expect(response.status).toBe(400);
+    expect(await response.json()).toMatchObject({ code: 'invalid_encoding' });
+    const account = await db
+      .selectFrom('accounts')
+      .select('id')
+      .where('external_user_id', '=', userId)
+      .executeTakeFirst();
+    expect(account).toBeUndefined();
+  });
+});
+
 describe('local-auth.json', () => {
   it('holds service, admin and second-admin, each with its own key and ARN', () => {
     const saved = JSON.parse(readFileSync(path.join(dataDir, 'local-auth.json'), 'utf8'));

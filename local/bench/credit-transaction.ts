@@ -156,6 +156,7 @@ export async function captureCreditTransaction(
   }
 }
 
+/** A plain `pg` client, connected: the baseline's driver, without the service's pool or type parsers. */
 export async function connect(databaseUrl: string): Promise<pg.Client> {
   const client = new pg.Client({ connectionString: databaseUrl });
   await client.connect();
@@ -257,6 +258,7 @@ function pgbenchScript(transaction: CreditTransaction): string {
   ].join('\n');
 }
 
+/** Whether pgbench is on PATH (the pgbench baseline is skipped without it). */
 export const hasPgbench = () => spawnSync('pgbench', ['--version']).status === 0;
 
 /**

@@ -76,7 +76,7 @@ const COMMANDS: Record<string, CommandSpec> = {
     options: {
       'window-hours': {
         value: 'N',
-        help: `hours back from now, 1-${MAX_WINDOW_HOURS} (default: since the last run, 48 h)`,
+        help: `hours back from now, 1-${MAX_WINDOW_HOURS} (default: 48, or 30 days before a first successful run)`,
       },
       'no-wait': { help: 'print the started run without waiting' },
     },

@@ -1,4 +1,5 @@
-import { parseArgs } from 'node:util';
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
 import {
   GetQueueAttributesCommand,
   ReceiveMessageCommand,
@@ -6,65 +7,375 @@ import {
   StartMessageMoveTaskCommand,
 } from '@aws-sdk/client-sqs';
 import { defaultProvider } from '@aws-sdk/credential-provider-node';
-import { LOCAL_REGION, LocalAuth, signRequest } from '../local/auth.js';
+import { LOCAL_REGION, LocalAuth, type LocalPrincipal, signRequest } from '../local/auth.js';
+import type { StackFile } from '../local/stack.js';
 
-const USAGE = `usage: npm run admin -- <command> [args] [--endpoint URL] [--region R] [--dlq-url URL]
+/** The API's own bounds for `windowHours` (POST /v1/admin/reconciliation/runs). */
+const MAX_WINDOW_HOURS = 24 * 90;
 
-  account <userId>                       balance, recent entries, payments, admin actions
-  adjust <userId> <amount> --reason R    grant (positive) or remove (negative) credits
-  freeze <userId> --reason R             refuse spend and checkout
-  unfreeze <userId> --reason R
-  anonymize <userId> --reason R          GDPR erasure (idempotent)
-  reconcile [--window-hours N] [--no-wait]   start a reconciliation run (and wait for it)
-  runs [runId]                           reconciliation runs, or one with its findings
-  parked                                 events that could not be applied
-  replay <eventId> --reason R            apply a parked event again
-  invariants                             the ledger invariant report
-  dlq [redrive]                          dead-letter queue: count and peek, or move everything back
+interface OptionSpec {
+  readonly value?: string;
+  readonly help: string;
+  readonly required?: boolean;
+}
 
---endpoint defaults to the local stack (http://127.0.0.1:3000, signed with its local admin credentials);
-for a deployed stage pass its API URL: requests are SigV4-signed with the default AWS credential chain.`;
+interface CommandSpec {
+  readonly args: string;
+  readonly summary: string;
+  readonly options?: Record<string, OptionSpec>;
+  /** Positional arguments: how many are required, how many allowed. */
+  readonly positionals: readonly [min: number, max: number];
+}
+
+const reasonOption: OptionSpec = {
+  value: 'R',
+  help: 'why (audit trail, never shown to the user)',
+  required: true,
+};
+
+const COMMANDS: Record<string, CommandSpec> = {
+  account: {
+    args: '<userId>',
+    summary: 'balance, recent entries, payments, admin actions',
+    positionals: [1, 1],
+  },
+  adjust: {
+    args: '<userId> <amount>',
+    summary: 'grant (positive) or remove (negative) credits; creates the account if unseen',
+    positionals: [2, 2],
+    options: {
+      reason: reasonOption,
+      description: {
+        value: 'D',
+        help: "the text the user sees in their history (default: the entry's kind)",
+      },
+    },
+  },
+  freeze: {
+    args: '<userId>',
+    summary: 'refuse spend and checkout',
+    positionals: [1, 1],
+    options: { reason: reasonOption },
+  },
+  unfreeze: {
+    args: '<userId>',
+    summary: 'allow spend and checkout again',
+    positionals: [1, 1],
+    options: { reason: reasonOption },
+  },
+  anonymize: {
+    args: '<userId>',
+    summary: 'GDPR erasure (idempotent)',
+    positionals: [1, 1],
+    options: { reason: reasonOption },
+  },
+  reconcile: {
+    args: '',
+    summary: 'start a reconciliation run and wait for its result',
+    positionals: [0, 0],
+    options: {
+      'window-hours': {
+        value: 'N',
+        help: `hours back from now, 1-${MAX_WINDOW_HOURS} (default: 48, or 30 days before a first successful run)`,
+      },
+      'no-wait': { help: 'print the started run without waiting' },
+    },
+  },
+  runs: { args: '[runId]', summary: 'reconciliation runs, or one with its findings', positionals: [0, 1] },
+  parked: { args: '', summary: 'events that could not be applied', positionals: [0, 0] },
+  replay: {
+    args: '<eventId>',
+    summary: 'apply a parked event again',
+    positionals: [1, 1],
+    options: { reason: reasonOption },
+  },
+  invariants: { args: '', summary: 'the ledger invariant report', positionals: [0, 0] },
+  dlq: {
+    args: '[redrive]',
+    summary: 'dead-letter queue: count and peek, or move everything back',
+    positionals: [0, 1],
+    options: {
+      'dlq-url': { value: 'URL', help: 'the queue (deployed stage: the stack output DeadLetterQueueUrl)' },
+    },
+  },
+  help: { args: '[command]', summary: 'this text, or one command in detail', positionals: [0, 1] },
+};
+
+const GLOBAL_OPTIONS: Record<string, OptionSpec> = {
+  endpoint: { value: 'URL', help: 'a deployed stage (default: CREDITS_ENDPOINT, else the local stack)' },
+  region: { value: 'R', help: 'AWS region of a deployed stage (default: AWS_REGION)' },
+  help: { help: 'show help' },
+};
+
+const PROGRAM = 'npm run -s admin --';
+
+const synopsis = (name: string) => {
+  const spec = COMMANDS[name]!;
+  const options = Object.entries(spec.options ?? {}).map(([key, o]) => {
+    const text = `--${key}${o.value ? ` ${o.value}` : ''}`;
+    return o.required ? text : `[${text}]`;
+  });
+  return [name, spec.args, ...options].filter(Boolean).join(' ');
+};
+
+function overallHelp(): string {
+  const rows = Object.keys(COMMANDS).map(
+    (name) => `  ${synopsis(name).padEnd(52)} ${COMMANDS[name]!.summary}`,
+  );
+  return `usage: ${PROGRAM} <command> [args] [--endpoint URL] [--region R]
+
+${rows.join('\n')}
+
+Prints JSON on stdout, messages on stderr. Exit codes: 0 done, 1 failed (the API refused, or it cannot be
+reached), 2 wrong usage. Locally it finds the stack that \`npm start\` runs with the same DATA_DIR (default
+.data) and signs with its admin credentials; for a deployed stage pass --endpoint (or CREDITS_ENDPOINT):
+requests are SigV4-signed with the default AWS credential chain. \`${PROGRAM} <command> --help\` for one.`;
+}
+
+function commandHelp(name: string): string {
+  const spec = COMMANDS[name]!;
+  const options = { ...spec.options, ...GLOBAL_OPTIONS };
+  const rows = Object.entries(options).map(
+    ([key, o]) =>
+      `  ${`--${key}${o.value ? ` ${o.value}` : ''}`.padEnd(20)} ${o.help}${o.required ? ' (required)' : ''}`,
+  );
+  return `usage: ${PROGRAM} ${synopsis(name)}\n\n${spec.summary}\n\n${rows.join('\n')}`;
+}
+
+class UsageError extends Error {
+  constructor(
+    message: string,
+    readonly command?: string,
+  ) {
+    super(message);
+  }
+}
+
+/** An error the operator can act on: printed as one line, exit 1. */
+class AdminError extends Error {}
+
+interface Parsed {
+  readonly command: string;
+  readonly args: string[];
+  readonly options: Record<string, string | true>;
+}
+
+/**
+ * Splits argv into a command, its positionals and its options. A token like `-100` is a number, not an
+ * option; `--` ends the options; `--name=value` and `--name value` both work.
+ */
+function parse(argv: string[]): Parsed {
+  const positionals: string[] = [];
+  const options: Record<string, string | true> = {};
+  for (let i = 0; i < argv.length; i++) {
+    const token = argv[i]!;
+    const command = positionals[0];
+    if (token === '--') {
+      positionals.push(...argv.slice(i + 1));
+      break;
+    }
+    if (token === '-h') options.help = true;
+    else if (token.startsWith('--')) {
+      const eq = token.indexOf('=');
+      const name = eq > 0 ? token.slice(2, eq) : token.slice(2);
+      const inline = eq > 0 ? token.slice(eq + 1) : undefined;
+      const spec = lookupOption(command, name);
+      if (!spec) {
+        if (command && !COMMANDS[command]) throw new UsageError(`unknown command ${command}`);
+        throw new UsageError(`unknown option --${name}`, command);
+      }
+      if (spec.value) {
+        const next = argv[i + 1];
+        const value = inline ?? (next !== undefined && !next.startsWith('--') ? argv[++i] : undefined);
+        if (!value) throw new UsageError(`--${name} needs a value (${spec.value})`, command);
+        options[name] = value;
+      } else {
+        if (inline !== undefined) throw new UsageError(`--${name} takes no value`, command);
+        options[name] = true;
+      }
+    } else if (token.startsWith('-') && !/^-\d/.test(token)) {
+      throw new UsageError(`unknown option ${token}`, command);
+    } else positionals.push(token);
+  }
+  const [command = '', ...args] = positionals;
+  return { command, args, options };
+}
+
+function lookupOption(command: string | undefined, name: string): OptionSpec | undefined {
+  return GLOBAL_OPTIONS[name] ?? (command ? COMMANDS[command]?.options?.[name] : undefined);
+}
+
+function validate({ command, args, options }: Parsed): void {
+  const spec = COMMANDS[command];
+  if (!spec) throw new UsageError(`unknown command ${command}`);
+  const [min, max] = spec.positionals;
+  if (args.length < min)
+    throw new UsageError(`${command}: ${spec.args.split(' ')[args.length]} is required`, command);
+  if (args.length > max) throw new UsageError(`${command}: unexpected argument ${args[max]}`, command);
+  for (const [name, o] of Object.entries(spec.options ?? {})) {
+    if (o.required && options[name] === undefined)
+      throw new UsageError(`${command}: --${name} is required`, command);
+  }
+  if (command === 'help' && args[0] && !COMMANDS[args[0]]) throw new UsageError(`unknown command ${args[0]}`);
+  if (command === 'dlq' && args[0] !== undefined && args[0] !== 'redrive')
+    throw new UsageError(`dlq: unknown action ${args[0]} (only redrive)`, command);
+  if (command === 'adjust') {
+    const amount = Number(args[1]);
+    if (!/^-?\d+$/.test(args[1]!) || !Number.isSafeInteger(amount) || amount === 0)
+      throw new UsageError(
+        `adjust: <amount> must be a non-zero whole number of credits, got ${args[1]}`,
+        command,
+      );
+  }
+  const hours = options['window-hours'];
+  if (typeof hours === 'string') {
+    const n = Number(hours);
+    if (!/^\d+$/.test(hours) || n < 1 || n > MAX_WINDOW_HOURS)
+      throw new UsageError(
+        `reconcile: --window-hours must be a whole number from 1 to ${MAX_WINDOW_HOURS}, got ${hours}`,
+        command,
+      );
+  }
+  if (typeof options.endpoint === 'string' && !URL.canParse(options.endpoint))
+    throw new UsageError(`--endpoint must be a URL, got ${options.endpoint}`, command);
+}
 
 export interface AdminIo {
   out(text: string): void;
   err(text: string): void;
 }
 
-class UsageError extends Error {}
+interface Target {
+  readonly endpoint: URL;
+  readonly local: boolean;
+  readonly dataDir: string;
+}
 
-/** Runs one admin command; returns the process exit code. */
+/** The stack `npm start` recorded in dataDir (local/stack.ts writes it), if any. */
+function readStackFile(dataDir: string): StackFile | undefined {
+  try {
+    return JSON.parse(readFileSync(path.join(dataDir, 'stack.json'), 'utf8')) as StackFile;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Where to send requests: --endpoint, CREDITS_ENDPOINT, the stack recorded in DATA_DIR, or the default port. */
+function findTarget(options: Parsed['options'], env: NodeJS.ProcessEnv): Target {
+  const dataDir = path.resolve(env.DATA_DIR || '.data');
+  const explicit = (options.endpoint as string | undefined) ?? (env.CREDITS_ENDPOINT || undefined);
+  const endpoint = new URL(explicit ?? readStackFile(dataDir)?.url ?? `http://127.0.0.1:${env.PORT || 3000}`);
+  const local = ['127.0.0.1', 'localhost', '[::1]'].includes(endpoint.hostname);
+  return { endpoint, local, dataDir };
+}
+
+const unreachable = (target: Target) =>
+  target.local
+    ? `cannot reach ${target.endpoint.origin}: is \`npm start\` running?${target.dataDir === path.resolve('.data') ? '' : ` (DATA_DIR=${target.dataDir})`}`
+    : `cannot reach ${target.endpoint.origin}`;
+
+/** True for the errors fetch and the AWS SDK raise when nothing answers. */
+function isConnectionError(error: unknown): boolean {
+  for (
+    let e: unknown = error;
+    e instanceof Error || (e && typeof e === 'object');
+    e = (e as { cause?: unknown }).cause
+  ) {
+    const code = (e as { code?: unknown }).code;
+    if (
+      ['ECONNREFUSED', 'ENOTFOUND', 'ECONNRESET', 'EHOSTUNREACH', 'ETIMEDOUT', 'EAI_AGAIN'].includes(
+        String(code),
+      )
+    )
+      return true;
+    if (!(e as { cause?: unknown }).cause) break;
+  }
+  return error instanceof TypeError && error.message === 'fetch failed';
+}
+
+/** Runs one admin command; returns the process exit code. Never throws. */
 export async function runAdmin(
   argv: string[],
   io: AdminIo,
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      endpoint: { type: 'string', default: env.CREDITS_ENDPOINT ?? 'http://127.0.0.1:3000' },
-      region: { type: 'string', default: env.AWS_REGION ?? LOCAL_REGION },
-      reason: { type: 'string' },
-      'window-hours': { type: 'string' },
-      'no-wait': { type: 'boolean', default: false },
-      'dlq-url': { type: 'string', default: env.CREDITS_DLQ_URL },
-      help: { type: 'boolean', default: false },
-    },
-  });
-  const [command, ...args] = positionals;
-  if (values.help || !command) {
-    io.out(USAGE);
-    return command ? 0 : 2;
+  let parsed: Parsed;
+  try {
+    parsed = parse(argv);
+    if (parsed.options.help || parsed.command === 'help' || parsed.command === '') {
+      const about = parsed.command === 'help' ? parsed.args[0] : parsed.command;
+      if (about && !COMMANDS[about]) throw new UsageError(`unknown command ${about}`);
+      if (!parsed.options.help && parsed.command === '') {
+        io.err(overallHelp());
+        return 2;
+      }
+      io.out(about ? commandHelp(about) : overallHelp());
+      return 0;
+    }
+    validate(parsed);
+  } catch (error: unknown) {
+    if (!(error instanceof UsageError)) throw error;
+    const known = error.command && COMMANDS[error.command] ? error.command : undefined;
+    io.err(
+      `${error.message}\nusage: ${PROGRAM} ${known ? synopsis(known) : '<command> [args]'}   (${PROGRAM} ${known ? `${known} --help` : 'help'} for more)`,
+    );
+    return 2;
   }
-  const endpoint = new URL(values.endpoint!);
-  const local = ['127.0.0.1', 'localhost', '[::1]'].includes(endpoint.hostname);
-  const credentials = local
-    ? (await LocalAuth.load(env.DATA_DIR ?? '.data')).principal('admin')
-    : await defaultProvider()();
-  const region = local ? LOCAL_REGION : values.region!;
+  const target = findTarget(parsed.options, env);
+  try {
+    const result = await execute(parsed, target, env);
+    io.out(JSON.stringify(result, null, 2));
+    return 0;
+  } catch (error: unknown) {
+    if (error instanceof ApiError) {
+      io.out(JSON.stringify(error.body, null, 2));
+      io.err(error.message);
+    } else if (error instanceof AdminError) io.err(error.message);
+    else if (isConnectionError(error)) io.err(unreachable(target));
+    else io.err(`${parsed.command} failed: ${error instanceof Error ? error.message : String(error)}`);
+    return 1;
+  }
+}
 
-  async function call(method: 'GET' | 'POST', path: string, body?: unknown): Promise<unknown> {
-    const url = new URL(path, endpoint);
+class ApiError extends Error {
+  constructor(
+    message: string,
+    readonly body: unknown,
+  ) {
+    super(message);
+  }
+}
+
+async function localCredentials(target: Target): Promise<LocalPrincipal> {
+  const file = path.join(target.dataDir, 'local-auth.json');
+  // LocalAuth.load would create new keys that the running stack does not know.
+  if (!existsSync(file)) {
+    const answering = await fetch(new URL('/_local/info', target.endpoint)).then(
+      () => true,
+      () => false,
+    );
+    throw new AdminError(
+      answering
+        ? `no local credentials in ${file}: the stack at ${target.endpoint.origin} runs with another DATA_DIR; set DATA_DIR to it`
+        : unreachable(target),
+    );
+  }
+  return (await LocalAuth.load(target.dataDir)).principal('admin');
+}
+
+async function execute(
+  { command, args, options }: Parsed,
+  target: Target,
+  env: NodeJS.ProcessEnv,
+): Promise<unknown> {
+  const { endpoint, local } = target;
+  const credentials = local ? await localCredentials(target) : await defaultProvider()();
+  const region = local
+    ? LOCAL_REGION
+    : ((options.region as string | undefined) ?? env.AWS_REGION ?? LOCAL_REGION);
+
+  async function call(method: 'GET' | 'POST', route: string, body?: unknown): Promise<unknown> {
+    const url = new URL(route, endpoint);
     const payload = body === undefined ? undefined : JSON.stringify(body);
     const headers = await signRequest(
       url,
@@ -74,141 +385,131 @@ export async function runAdmin(
     );
     const response = await fetch(url, { method, headers, body: payload });
     const text = await response.text();
-    const parsed = text ? JSON.parse(text) : {};
-    if (!response.ok) throw Object.assign(new Error(`HTTP ${response.status}`), { body: parsed });
+    let parsed: unknown;
+    try {
+      parsed = text ? JSON.parse(text) : {};
+    } catch {
+      parsed = { status: response.status, body: text.slice(0, 500) };
+    }
+    if (!response.ok) throw new ApiError(await describeRefusal(response.status, parsed), parsed);
     return parsed;
   }
-  const need = (value: string | undefined, what: string) => {
-    if (!value) throw new UsageError(`${command}: ${what} is required`);
-    return value;
-  };
-  const user = (value: string | undefined) => encodeURIComponent(need(value, '<userId>'));
-  const reason = () => need(values.reason, '--reason');
-  const print = (value: unknown) => io.out(JSON.stringify(value, null, 2));
 
-  try {
-    switch (command) {
-      case 'account':
-        print(await call('GET', `/v1/admin/accounts/${user(args[0])}`));
-        break;
-      case 'adjust': {
-        const amount = Number(need(args[1], '<amount>'));
-        if (!Number.isSafeInteger(amount) || amount === 0)
-          throw new UsageError('adjust: <amount> must be a non-zero integer');
-        print(
-          await call('POST', `/v1/admin/accounts/${user(args[0])}/adjustments`, { amount, reason: reason() }),
-        );
-        break;
-      }
-      case 'freeze':
-      case 'unfreeze':
-      case 'anonymize':
-        print(await call('POST', `/v1/admin/accounts/${user(args[0])}/${command}`, { reason: reason() }));
-        break;
-      case 'reconcile': {
-        const windowHours = values['window-hours'] ? Number(values['window-hours']) : undefined;
-        let run = (await call(
-          'POST',
-          '/v1/admin/reconciliation/runs',
-          windowHours ? { windowHours } : {},
-        )) as { id: string; status: string };
-        while (!values['no-wait'] && run.status === 'running') {
-          await new Promise((resolve) => setTimeout(resolve, 500));
-          run = (await call('GET', `/v1/admin/reconciliation/runs/${run.id}`)) as typeof run;
-        }
-        print(run);
-        break;
-      }
-      case 'runs':
-        print(
-          await call(
-            'GET',
-            args[0]
-              ? `/v1/admin/reconciliation/runs/${encodeURIComponent(args[0])}`
-              : '/v1/admin/reconciliation/runs',
-          ),
-        );
-        break;
-      case 'parked':
-        print(await call('GET', '/v1/admin/parked-events'));
-        break;
-      case 'replay':
-        print(
-          await call(
-            'POST',
-            `/v1/admin/parked-events/${encodeURIComponent(need(args[0], '<eventId>'))}/replay`,
-            { reason: reason() },
-          ),
-        );
-        break;
-      case 'invariants':
-        print(await call('GET', '/v1/admin/invariants'));
-        break;
-      case 'dlq': {
-        const info = local
-          ? ((await (await fetch(new URL('/_local/info', endpoint))).json()) as { dlqUrl: string })
-          : undefined;
-        const queueUrl = need(
-          values['dlq-url'] ?? info?.dlqUrl,
-          '--dlq-url (the stack output DeadLetterQueueUrl)',
-        );
-        const sqs = new SQSClient({ region, credentials, ...(local && { endpoint: endpoint.origin }) });
-        const attributes = await sqs.send(
-          new GetQueueAttributesCommand({
-            QueueUrl: queueUrl,
-            AttributeNames: ['QueueArn', 'ApproximateNumberOfMessages'],
-          }),
-        );
-        if (args[0] === 'redrive') {
-          const task = await sqs.send(
-            new StartMessageMoveTaskCommand({ SourceArn: attributes.Attributes!.QueueArn! }),
-          );
-          print({
-            redrive: 'started',
-            taskHandle: task.TaskHandle,
-            messages: Number(attributes.Attributes!.ApproximateNumberOfMessages),
-          });
-        } else {
-          // A peek: received with a zero visibility timeout, so the messages stay available.
-          const peek = await sqs.send(
-            new ReceiveMessageCommand({
-              QueueUrl: queueUrl,
-              MaxNumberOfMessages: 10,
-              VisibilityTimeout: 0,
-              MessageAttributeNames: ['All'],
-            }),
-          );
-          print({
-            messages: Number(attributes.Attributes!.ApproximateNumberOfMessages),
-            sample: (peek.Messages ?? []).map((m) => ({
-              messageId: m.MessageId,
-              eventId: m.MessageAttributes?.eventId?.StringValue ?? null,
-              eventType: m.MessageAttributes?.eventType?.StringValue ?? null,
-              body: m.Body?.slice(0, 300),
-            })),
-          });
-        }
-        break;
-      }
-      default:
-        throw new UsageError(`unknown command ${command}`);
-    }
-    return 0;
-  } catch (error: unknown) {
-    if (error instanceof UsageError) {
-      io.err(`${error.message}\n\n${USAGE}`);
-      return 2;
-    }
-    io.err(
-      JSON.stringify((error as { body?: unknown }).body ?? { error: (error as Error).message }, null, 2),
-    );
-    return 1;
+  async function describeRefusal(status: number, body: unknown): Promise<string> {
+    const problem = (body ?? {}) as { code?: unknown; detail?: unknown; title?: unknown; message?: unknown };
+    const text = [problem.detail, problem.title, problem.message].find((v) => typeof v === 'string');
+    const line = `${command}: HTTP ${status}${typeof problem.code === 'string' ? ` ${problem.code}` : ''}${text ? `: ${text}` : ''}`;
+    if (!local || (status !== 401 && status !== 403)) return line;
+    const info = (await fetch(new URL('/_local/info', endpoint))
+      .then((r) => r.json())
+      .catch(() => undefined)) as { dataDir?: string } | undefined;
+    return info?.dataDir && path.resolve(info.dataDir) !== target.dataDir
+      ? `${line}\nthe stack at ${endpoint.origin} runs with DATA_DIR=${info.dataDir}; run the CLI with the same DATA_DIR`
+      : line;
   }
+  const user = encodeURIComponent(args[0] ?? '');
+  const reason = options.reason as string;
+
+  switch (command) {
+    case 'account':
+      return call('GET', `/v1/admin/accounts/${user}`);
+    case 'adjust':
+      return call('POST', `/v1/admin/accounts/${user}/adjustments`, {
+        amount: Number(args[1]),
+        reason,
+        ...(typeof options.description === 'string' && { description: options.description }),
+      });
+    case 'freeze':
+    case 'unfreeze':
+    case 'anonymize':
+      return call('POST', `/v1/admin/accounts/${user}/${command}`, { reason });
+    case 'reconcile': {
+      const windowHours = options['window-hours'] ? Number(options['window-hours']) : undefined;
+      let run = (await call('POST', '/v1/admin/reconciliation/runs', windowHours ? { windowHours } : {})) as {
+        id: string;
+        status: string;
+      };
+      while (!options['no-wait'] && run.status === 'running') {
+        await new Promise((resolve) => setTimeout(resolve, 500));
+        run = (await call('GET', `/v1/admin/reconciliation/runs/${run.id}`)) as typeof run;
+      }
+      return run;
+    }
+    case 'runs':
+      return call(
+        'GET',
+        args[0]
+          ? `/v1/admin/reconciliation/runs/${encodeURIComponent(args[0])}`
+          : '/v1/admin/reconciliation/runs',
+      );
+    case 'parked':
+      return call('GET', '/v1/admin/parked-events');
+    case 'replay':
+      return call('POST', `/v1/admin/parked-events/${encodeURIComponent(args[0]!)}/replay`, { reason });
+    case 'invariants':
+      return call('GET', '/v1/admin/invariants');
+    case 'dlq': {
+      const info = local
+        ? ((await (await fetch(new URL('/_local/info', endpoint))).json()) as { dlqUrl: string })
+        : undefined;
+      const queueUrl = (options['dlq-url'] as string | undefined) ?? env.CREDITS_DLQ_URL ?? info?.dlqUrl;
+      if (!queueUrl)
+        throw new AdminError(
+          'dlq: --dlq-url is required for a deployed stage (the stack output DeadLetterQueueUrl)',
+        );
+      const sqs = new SQSClient({ region, credentials, ...(local && { endpoint: endpoint.origin }) });
+      const attributes = await sqs.send(
+        new GetQueueAttributesCommand({
+          QueueUrl: queueUrl,
+          AttributeNames: ['QueueArn', 'ApproximateNumberOfMessages'],
+        }),
+      );
+      if (args[0] === 'redrive') {
+        const task = await sqs.send(
+          new StartMessageMoveTaskCommand({ SourceArn: attributes.Attributes!.QueueArn! }),
+        );
+        return {
+          redrive: 'started',
+          taskHandle: task.TaskHandle,
+          messages: Number(attributes.Attributes!.ApproximateNumberOfMessages),
+        };
+      }
+      // A peek: received with a zero visibility timeout, so the messages stay available.
+      const peek = await sqs.send(
+        new ReceiveMessageCommand({
+          QueueUrl: queueUrl,
+          MaxNumberOfMessages: 10,
+          VisibilityTimeout: 0,
+          MessageAttributeNames: ['All'],
+        }),
+      );
+      return {
+        messages: Number(attributes.Attributes!.ApproximateNumberOfMessages),
+        sample: (peek.Messages ?? []).map((m) => ({
+          messageId: m.MessageId,
+          eventId: m.MessageAttributes?.eventId?.StringValue ?? null,
+          eventType: m.MessageAttributes?.eventType?.StringValue ?? null,
+          body: m.Body?.slice(0, 300),
+        })),
+      };
+    }
+    default:
+      throw new AdminError(`unknown command ${command}`);
+  }
+}
+
+/** Writes to stdout/stderr; a reader that went away (`| head -c1`) ends the process quietly. */
+function writer(stream: NodeJS.WriteStream) {
+  stream.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw error;
+  });
+  return (text: string) => stream.write(`${text}\n`);
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
   process.exitCode = await runAdmin(process.argv.slice(2), {
-    out: (t) => console.log(t),
-    err: (t) => console.error(t),
+    out: writer(process.stdout),
+    err: writer(process.stderr),
   });
 }

@@ -1,4 +1,4 @@
-import { startLocalStack } from '../local/stack.js';
+import { StackAlreadyRunningError, StackStartError, startLocalStack } from '../local/stack.js';
 
 /** `npm start`: the whole system on this machine. Ctrl-C stops everything. */
 process.env.POWERTOOLS_LOG_LEVEL ??= 'WARN';
@@ -6,30 +6,39 @@ process.env.POWERTOOLS_METRICS_DISABLED ??= 'true';
 process.env.POWERTOOLS_TRACE_ENABLED ??= 'false';
 process.env.AWS_SDK_JS_SUPPRESS_MAINTENANCE_MODE_MESSAGE ??= '1';
 
+const dataDir = process.env.DATA_DIR || '.data';
 const stack = await startLocalStack({
-  dataDir: process.env.DATA_DIR ?? '.data',
-  port: Number(process.env.PORT ?? 3000),
+  dataDir,
+  port: Number(process.env.PORT || 3000),
   databaseUrl: process.env.DATABASE_URL,
-  stripeEmulatorPort: Number(process.env.STRIPE_EMULATOR_PORT ?? 12111),
+  stripeEmulatorPort: Number(process.env.STRIPE_EMULATOR_PORT || 12111),
   stripeSecretKey: process.env.STRIPE_SECRET_KEY,
   stripeWebhookSecret: process.env.STRIPE_WEBHOOK_SECRET,
   creditPackages: process.env.CREDIT_PACKAGES,
+}).catch((error: unknown) => {
+  if (!(error instanceof StackAlreadyRunningError || error instanceof StackStartError)) throw error;
+  console.error(`npm start: ${error.message}`);
+  process.exit(1);
 });
 
+// The CLIs find this stack through DATA_DIR/stack.json, so only a non-default DATA_DIR needs repeating.
+const quote = (text: string) => (/^[\w./@%+=:,-]+$/.test(text) ? text : `'${text.replaceAll("'", "'\\''")}'`);
+const env = dataDir === '.data' ? '' : `DATA_DIR=${quote(dataDir)} `;
+
 console.log(`
-Credits service running locally
+Credits service running locally (Node ${process.version})
   demo page         ${stack.url}/
   HTTP API          ${stack.url}  (OpenAPI: ${stack.url}/openapi.json)
   Stripe            ${stack.stripeUrl ?? 'real Stripe (STRIPE_SECRET_KEY)'}${stack.stripeUrl ? `  (control: ${stack.stripeUrl}/_emulator/webhooks)` : ''}
   Postgres          ${stack.databaseUrl.replace(/:[^:@/]+@/, ':***@')}
 
 Try:
-  TOKEN=$(npm run -s token -- alice)
+  TOKEN=$(${env}npm run -s token -- alice)
   curl -s -H "authorization: Bearer $TOKEN" ${stack.url}/v1/me/credits
-  npm run -s admin -- adjust alice 500 --reason "welcome bonus"
-  npm run -s admin -- account alice
-  npm run -s admin -- reconcile
-  npm run -s admin -- dlq
+  ${env}npm run -s admin -- adjust alice 500 --reason "welcome bonus" --description "Welcome bonus"
+  ${env}npm run -s admin -- account alice
+  ${env}npm run -s admin -- reconcile
+  ${env}npm run -s admin -- help
 
 Ctrl-C stops everything.`);
 

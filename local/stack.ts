@@ -1,6 +1,6 @@
-import { readFileSync } from 'node:fs';
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { type AddressInfo, createServer as createNetServer } from 'node:net';
 import path from 'node:path';
 import { SQSClient } from '@aws-sdk/client-sqs';
 import type { APIGatewayProxyStructuredResultV2, Context } from 'aws-lambda';
@@ -16,7 +16,7 @@ import { executeRun } from '../shared/reconcile/reconcile.js';
 import { lazyStripe } from '../shared/stripe/api-client.js';
 import { createLocalGateway, type Handler } from './api-gateway.js';
 import { LOCAL_REGION, LocalAuth } from './auth.js';
-import { startLocalPostgres } from './postgres.js';
+import { freePort, startLocalPostgres } from './postgres.js';
 import { LocalQueue } from './queue.js';
 import { type RunningStripeEmulator, startStripeEmulator } from './stripe-emulator/server.js';
 
@@ -48,6 +48,104 @@ export interface LocalStack {
   readonly queue: LocalQueue;
   readonly emulator: RunningStripeEmulator | undefined;
   stop(): Promise<void>;
+}
+
+/** What `DATA_DIR/stack.json` records while a stack runs (removed on a clean stop); the admin CLI reads it. */
+export interface StackFile {
+  readonly pid: number;
+  readonly dataDir: string;
+  readonly startedAt: string;
+  /** null while the stack is still starting. */
+  readonly url: string | null;
+  readonly port: number | null;
+  readonly stripeUrl: string | null;
+  readonly postgresPort: number | null;
+}
+
+const DEFAULT_POSTGRES_PORT = 54329;
+
+/** The stack file of `dataDir`, or undefined when there is none (or it is unreadable). Never throws. */
+export function readStackFile(dataDir: string): StackFile | undefined {
+  try {
+    return JSON.parse(readFileSync(path.join(path.resolve(dataDir), 'stack.json'), 'utf8')) as StackFile;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Another stack holds the data dir or the port; `url` is where it answers. */
+export class StackAlreadyRunningError extends Error {
+  constructor(
+    readonly url: string | null,
+    detail: string,
+  ) {
+    super(url ? `already running at ${url} (${detail})` : `already starting (${detail})`);
+  }
+}
+
+/** A start that cannot go on for a reason the operator can fix; the message says which. */
+export class StackStartError extends Error {}
+
+const isAlive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error: unknown) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+};
+
+/**
+ * Claims `dataDir` for this process by creating its stack.json exclusively; a file left by a process that
+ * is gone (a crash, kill -9) is taken over. Throws StackAlreadyRunningError when a live process holds it.
+ */
+function claimDataDir(dataDir: string): (record: Omit<StackFile, 'pid' | 'dataDir' | 'startedAt'>) => void {
+  const file = path.join(dataDir, 'stack.json');
+  const base = { pid: process.pid, dataDir, startedAt: new Date().toISOString() };
+  const write = (record: Omit<StackFile, 'pid' | 'dataDir' | 'startedAt'>, flag: 'w' | 'wx') =>
+    writeFileSync(file, `${JSON.stringify({ ...base, ...record }, null, 2)}\n`, { flag });
+  const starting = { url: null, port: null, stripeUrl: null, postgresPort: null };
+  mkdirSync(dataDir, { recursive: true });
+  for (let attempt = 0; ; attempt++) {
+    try {
+      write(starting, 'wx');
+      return (record) => write(record, 'w');
+    } catch (error: unknown) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) throw error;
+    }
+    const held = readStackFile(dataDir);
+    if (held && isAlive(held.pid)) {
+      throw new StackAlreadyRunningError(held.url, `process ${held.pid} uses DATA_DIR ${dataDir}`);
+    }
+    rmSync(file, { force: true });
+  }
+}
+
+/** Listens on 127.0.0.1:port; a port taken by another stack (or program) is a StackStartError. */
+async function listen(server: Server, port: number): Promise<void> {
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, '127.0.0.1', resolve);
+    });
+  } catch (error: unknown) {
+    if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw error;
+    const url = `http://127.0.0.1:${port}`;
+    const info = (await fetch(`${url}/_local/info`, { signal: AbortSignal.timeout(2000) })
+      .then((r) => r.json())
+      .catch(() => undefined)) as { dataDir?: string } | undefined;
+    if (info?.dataDir) throw new StackAlreadyRunningError(url, `DATA_DIR ${info.dataDir}`);
+    throw new StackStartError(`port ${port} is in use by another program: stop it or set PORT`);
+  }
+}
+
+/** True when nothing listens on 127.0.0.1:port. */
+function isPortFree(port: number): Promise<boolean> {
+  const probe = createNetServer();
+  return new Promise((resolve) => {
+    probe.once('error', () => resolve(false));
+    probe.listen(port, '127.0.0.1', () => probe.close(() => resolve(true)));
+  });
 }
 
 const context = (name: string): Context =>
@@ -92,13 +190,40 @@ function send(res: ServerResponse, result: APIGatewayProxyStructuredResultV2) {
 export async function startLocalStack(options: LocalStackOptions = {}): Promise<LocalStack> {
   const dataDir = path.resolve(options.dataDir ?? '.data');
   const stops: Array<() => Promise<void>> = [];
+  const record = claimDataDir(dataDir);
   const stop = async () => {
+    // First: embedded Postgres's exit hook may end the process on SIGINT/SIGTERM before the rest is done.
+    rmSync(path.join(dataDir, 'stack.json'), { force: true });
     for (const fn of stops.reverse()) await fn().catch(() => {});
   };
   try {
+    // The port is taken first, so a second stack stops here, before it touches Postgres; requests wait
+    // for `handle` (below) until everything is up.
+    let handle: ((req: IncomingMessage, res: ServerResponse) => Promise<unknown>) | undefined;
+    const server = createServer((req, res) => {
+      if (!handle) return send(res, { statusCode: 503, body: JSON.stringify({ message: 'starting' }) });
+      handle(req, res).catch((error: unknown) => {
+        console.error('local stack request failed', error);
+        if (!res.headersSent)
+          send(res, { statusCode: 500, body: JSON.stringify({ message: 'Internal Server Error' }) });
+      });
+    });
+    await listen(server, options.port ?? 3000);
+    stops.push(async () => {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    });
+    const baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+
     let serverUrl = options.databaseUrl;
+    let postgresPort: number | null = null;
     if (!serverUrl) {
-      const postgres = await startLocalPostgres({ dataDir: path.join(dataDir, 'postgres'), port: 54329 });
+      // Another stack (another DATA_DIR) may have the usual port; this one then takes a free one.
+      postgresPort = (await isPortFree(DEFAULT_POSTGRES_PORT)) ? DEFAULT_POSTGRES_PORT : await freePort();
+      const postgres = await startLocalPostgres({
+        dataDir: path.join(dataDir, 'postgres'),
+        port: postgresPort,
+      });
       stops.push(() => postgres.stop());
       serverUrl = postgres.url;
     }
@@ -108,30 +233,12 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
     await migrateToLatest(db);
 
     const auth = await LocalAuth.load(dataDir);
-    let baseUrl = '';
     const queue = new LocalQueue(() => baseUrl, {
       visibilityTimeoutSeconds: options.visibilityTimeoutSeconds ?? 30,
       auth,
     });
     stops.push(() => queue.stop());
     const packages = parsePackages(options.creditPackages);
-
-    const server = createServer((req, res) => {
-      handle(req, res).catch((error: unknown) => {
-        console.error('local stack request failed', error);
-        if (!res.headersSent)
-          send(res, { statusCode: 500, body: JSON.stringify({ message: 'Internal Server Error' }) });
-      });
-    });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(options.port ?? 3000, '127.0.0.1', resolve);
-    });
-    stops.push(async () => {
-      server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    });
-    baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 
     const webhookSecret = options.stripeWebhookSecret ?? 'whsec_local_emulator_secret';
     let emulator: RunningStripeEmulator | undefined;
@@ -201,7 +308,7 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
     } satisfies Record<string, Handler>);
     const demoPage = readFileSync(new URL('./demo/index.html', import.meta.url), 'utf8');
 
-    async function handle(req: IncomingMessage, res: ServerResponse) {
+    async function serve(req: IncomingMessage, res: ServerResponse) {
       const url = new URL(req.url ?? '/', baseUrl);
       const body = await readBody(req);
       if (String(req.headers['x-amz-target'] ?? '').startsWith('AmazonSQS.')) {
@@ -235,6 +342,7 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
             dlqUrl: queue.dlqUrl,
             dlqArn: queue.dlqArn,
             region: LOCAL_REGION,
+            dataDir,
           }),
         });
       }
@@ -249,6 +357,13 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
       );
     }
 
+    handle = serve;
+    record({
+      url: baseUrl,
+      port: (server.address() as AddressInfo).port,
+      stripeUrl: emulator?.url ?? null,
+      postgresPort,
+    });
     return { url: baseUrl, stripeUrl: emulator?.url, databaseUrl, auth, queue, emulator, stop };
   } catch (error: unknown) {
     await stop();

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { checkoutPage } from './checkout-page.js';
+import { type CheckoutLineItem, checkoutPage } from './checkout-page.js';
 import { API_VERSION, type CheckoutOutcome, Emulator, publicView } from './emulator.js';
 import { invalid, StripeApiError } from './errors.js';
 import { type Params, parseParams, str } from './params.js';
@@ -288,7 +288,7 @@ export async function startStripeEmulator(options: StripeEmulatorOptions): Promi
     const session = emulator.session(id ?? '');
     if (method === 'GET' && !action) {
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
-      res.end(checkoutPage(publicView(session)));
+      res.end(checkoutPage(publicView(session), session._line_items as CheckoutLineItem[]));
       return;
     }
     if (method !== 'POST' || (action !== 'pay' && action !== 'cancel')) {

@@ -62,16 +62,17 @@ function clients(stack: LocalStack, dataDir: string) {
     const response = await fetch(url, { method, headers: signedHeaders, body: payload });
     return { status: response.status, body: (await response.json()) as Record<string, unknown> };
   }
-  /** `npm run admin -- ...` against this stack; returns the exit code and the parsed JSON it printed. */
+  /**
+   * `npm run admin -- ...` against this stack, found as the CLI finds it (DATA_DIR/stack.json); returns the
+   * exit code, the parsed JSON it printed and its messages.
+   */
   async function admin(...argv: string[]) {
     const out: string[] = [];
     const err: string[] = [];
     const code = await runAdmin(
-      [...argv, '--endpoint', stack.url],
+      argv,
       { out: (t) => out.push(t), err: (t) => err.push(t) },
-      {
-        DATA_DIR: dataDir,
-      },
+      { DATA_DIR: dataDir },
     );
     return { code, json: out.length ? JSON.parse(out.join('\n')) : undefined, stderr: err.join('\n') };
   }

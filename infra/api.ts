@@ -1,0 +1,89 @@
+import { Validations } from 'aws-cdk-lib';
+import * as apigw from 'aws-cdk-lib/aws-apigatewayv2';
+import { HttpIamAuthorizer, HttpJwtAuthorizer } from 'aws-cdk-lib/aws-apigatewayv2-authorizers';
+import { HttpLambdaIntegration } from 'aws-cdk-lib/aws-apigatewayv2-integrations';
+import type * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import type { Construct } from 'constructs';
+import { ROUTES, type RouteKey } from '../shared/http/routes.js';
+
+export interface HttpApiProps {
+  /** The function behind each `fn` of the route table. */
+  readonly functions: Record<(typeof ROUTES)[RouteKey]['fn'], lambda.IFunction>;
+  /** JWT issuer of the app's user tokens (Cognito user pool URL or any OIDC issuer). */
+  readonly jwtIssuer: string;
+  /** Accepted `aud` values of user tokens. */
+  readonly jwtAudience: string[];
+}
+
+/** Why each unauthenticated route is public (acknowledged against AwsSolutions-APIG4). */
+const PUBLIC_ROUTE_REASONS: Partial<Record<RouteKey, string>> = {
+  'GET /health': 'Liveness probe; answers only whether the database is reachable',
+  'GET /v1/packages': 'The public price list shown before sign-in',
+  'GET /openapi.json': 'The public API description',
+  'POST /webhooks/stripe':
+    'Stripe cannot present AWS credentials; every request is authenticated by its Stripe-Signature over the raw body',
+  'OPTIONS /v1/{proxy+}':
+    'CORS preflight requests carry no credentials by definition; the function answers only configured origins',
+};
+
+/**
+ * The HTTP API: one route per entry of the shared route table (the local stack serves the same table), each
+ * with its authorizer, a throttled `$default` stage and JSON access logs.
+ *
+ * Defined in `scope` itself rather than under a construct of its own, so the logical ids are those the
+ * single-file stack had: a new id would replace the API, and with it the URL every client and Stripe calls.
+ */
+export function defineHttpApi(scope: Construct, props: HttpApiProps): apigw.HttpApi {
+  const accessLogs = new logs.LogGroup(scope, 'ApiAccessLogs', {
+    retention: logs.RetentionDays.THREE_MONTHS,
+  });
+  const api = new apigw.HttpApi(scope, 'HttpApi', {
+    createDefaultStage: false,
+    description: 'Credits service',
+  });
+  const stage = api.addStage('default', {
+    stageName: '$default',
+    autoDeploy: true,
+    throttle: { rateLimit: 200, burstLimit: 400 },
+  });
+  (stage.node.defaultChild as apigw.CfnStage).accessLogSettings = {
+    destinationArn: accessLogs.logGroupArn,
+    format: JSON.stringify({
+      requestId: '$context.requestId',
+      routeKey: '$context.routeKey',
+      status: '$context.status',
+      latencyMs: '$context.responseLatency',
+      integrationError: '$context.integrationErrorMessage',
+      caller: '$context.identity.userArn',
+      ip: '$context.identity.sourceIp',
+    }),
+  };
+  const jwt = new HttpJwtAuthorizer('UserJwt', props.jwtIssuer, { jwtAudience: props.jwtAudience });
+  const iamAuthorizer = new HttpIamAuthorizer();
+  const integrations = {
+    api: new HttpLambdaIntegration('ApiIntegration', props.functions.api),
+    'webhook-intake': new HttpLambdaIntegration('IntakeIntegration', props.functions['webhook-intake']),
+  };
+  for (const [key, route] of Object.entries(ROUTES) as Array<[RouteKey, (typeof ROUTES)[RouteKey]]>) {
+    const [method, path] = key.split(' ') as [string, string];
+    const httpRoute = new apigw.HttpRoute(scope, `Route ${key}`, {
+      httpApi: api,
+      routeKey: apigw.HttpRouteKey.with(path, method as apigw.HttpMethod),
+      integration: integrations[route.fn],
+      authorizer:
+        route.auth === 'user'
+          ? jwt
+          : route.auth === 'service' || route.auth === 'admin'
+            ? iamAuthorizer
+            : undefined,
+    });
+    if (route.auth === 'none') {
+      Validations.of(httpRoute).acknowledge({
+        id: 'AwsSolutions-APIG4',
+        reason: PUBLIC_ROUTE_REASONS[key] ?? 'public route',
+      });
+    }
+  }
+  return api;
+}

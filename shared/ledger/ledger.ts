@@ -397,12 +397,8 @@ export async function setAccountStatus(
 export async function anonymizeAccount(trx: Trx, account: Account, actor: AdminActor): Promise<Account> {
   if (account.anonymized_at) return account;
   await recordAdminAction(trx, account, 'anonymize', actor);
-  await trx
-    .updateTable('ledger_entries')
-    .set({ description: null, metadata: null })
-    .where('account_id', '=', account.id)
-    .where((eb) => eb.or([eb('description', 'is not', null), eb('metadata', 'is not', null)]))
-    .execute();
+  // The application role may not UPDATE entries: the owner's function erases their free text (see migrations).
+  await sql`SELECT anonymize_ledger_entries(${account.id}::uuid)`.execute(trx);
   const updated = await trx
     .updateTable('accounts')
     .set({

@@ -5,7 +5,7 @@ import { migrateToLatest } from '../../shared/db/migrate.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {
-    /** Server URL (any database) on which test files create their own databases. */
+    /** The owner's server URL (any database) on which test files create their own databases. */
     postgresServerUrl: string;
     /** The migrated database each test file's database is copied from. */
     templateDatabase: string;
@@ -13,8 +13,9 @@ declare module 'vitest' {
 }
 
 /**
- * Starts one embedded Postgres for the whole run (or uses DATABASE_URL's server) and migrates a template
- * database; each test file then gets its own copy (tests/support/database.ts).
+ * Starts one embedded Postgres for the whole run (or uses DATABASE_URL's server), makes sure the application
+ * role exists on it, and migrates a template database as the owner; each test file then gets its own copy,
+ * grants included, and connects to it as the application role (tests/support/database.ts).
  */
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   const server = await startScratchPostgres('credits-test-pg-');

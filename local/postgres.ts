@@ -193,7 +193,10 @@ export async function startScratchPostgres(
  * Runs one statement (or `work`) on one connection of its own (CREATE/DROP DATABASE cannot run in a pool
  * transaction).
  */
-async function onServer(serverUrl: string, work: string | ((client: pg.Client) => Promise<void>)): Promise<void> {
+async function onServer(
+  serverUrl: string,
+  work: string | ((client: pg.Client) => Promise<void>),
+): Promise<void> {
   const client = new pg.Client({ connectionString: serverUrl });
   await client.connect();
   try {

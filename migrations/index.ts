@@ -1,7 +1,7 @@
 import type { Migration, MigrationProvider } from 'kysely';
 import * as ledger from './2026-11-21-ledger.js';
-import * as databaseRoles from './2026-12-01-database-roles.js';
 import * as ledgerEventIndex from './2026-11-22-ledger-event-index.js';
+import * as databaseRoles from './2026-12-01-database-roles.js';
 
 /** Every migration, in order. Static imports so the set survives bundling into a Lambda. */
 const migrations: Record<string, Migration> = {

@@ -1,7 +1,8 @@
-import { Validations } from 'aws-cdk-lib';
+import { type CfnElement, Stack, Validations } from 'aws-cdk-lib';
 import * as apigw from 'aws-cdk-lib/aws-apigatewayv2';
 import { HttpIamAuthorizer, HttpJwtAuthorizer } from 'aws-cdk-lib/aws-apigatewayv2-authorizers';
 import { HttpLambdaIntegration } from 'aws-cdk-lib/aws-apigatewayv2-integrations';
+import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import type { Construct } from 'constructs';
@@ -27,14 +28,30 @@ const PUBLIC_ROUTE_REASONS: Partial<Record<RouteKey, string>> = {
     'CORS preflight requests carry no credentials by definition; the function answers only configured origins',
 };
 
+/** The IAM-authorized route kinds: each gets a managed policy that may invoke exactly its routes. */
+export const CALLER_KINDS = ['service', 'admin'] as const;
+export type CallerKind = (typeof CALLER_KINDS)[number];
+
+/** The route keys of one kind, from the shared table. */
+export function routesOfKind(kind: CallerKind): RouteKey[] {
+  return (Object.keys(ROUTES) as RouteKey[]).filter((key) => ROUTES[key].auth === kind);
+}
+
+export interface HttpApi {
+  readonly api: apigw.HttpApi;
+  /** Attach to the IAM principals of each kind of caller: they may invoke that kind's routes and no other. */
+  readonly callerPolicies: Record<CallerKind, iam.ManagedPolicy>;
+}
+
 /**
  * The HTTP API: one route per entry of the shared route table (the local stack serves the same table), each
- * with its authorizer, a throttled `$default` stage and JSON access logs.
+ * with its authorizer, a throttled `$default` stage and JSON access logs; and one managed policy per IAM
+ * route kind allowing `execute-api:Invoke` on exactly that kind's routes (method and path).
  *
  * Defined in `scope` itself rather than under a construct of its own, so the logical ids are those the
  * single-file stack had: a new id would replace the API, and with it the URL every client and Stripe calls.
  */
-export function defineHttpApi(scope: Construct, props: HttpApiProps): apigw.HttpApi {
+export function defineHttpApi(scope: Construct, props: HttpApiProps): HttpApi {
   const accessLogs = new logs.LogGroup(scope, 'ApiAccessLogs', {
     retention: logs.RetentionDays.THREE_MONTHS,
   });
@@ -85,5 +102,28 @@ export function defineHttpApi(scope: Construct, props: HttpApiProps): apigw.Http
       });
     }
   }
-  return api;
+  const callerPolicies = {} as Record<CallerKind, iam.ManagedPolicy>;
+  for (const kind of CALLER_KINDS) {
+    const resources = routesOfKind(kind).map((key) => {
+      const [method, path] = key.split(' ') as [string, string];
+      // A path parameter is one segment in the route; IAM's `*` stands for it.
+      return api.arnForExecuteApi(method, path.replace(/\{[^}]+\}/g, '*'), '$default');
+    });
+    const policy = new iam.ManagedPolicy(scope, `${kind === 'service' ? 'Service' : 'Admin'}CallerPolicy`, {
+      description: `May call the credits API's ${kind} routes (${resources.length}) and no other`,
+      statements: [new iam.PolicyStatement({ actions: ['execute-api:Invoke'], resources })],
+    });
+    const stack = Stack.of(scope);
+    const apiId = stack.resolve(stack.getLogicalId(api.node.defaultChild as CfnElement));
+    for (const key of routesOfKind(kind).filter((k) => k.includes('{'))) {
+      const [method, path] = key.split(' ') as [string, string];
+      const pattern = path.replace(/\{[^}]+\}/g, '*');
+      Validations.of(policy).acknowledge({
+        id: `AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:execute-api:<AWS::Region>:<AWS::AccountId>:<${apiId}>/$default/${method}${pattern}]`,
+        reason: `The wildcard stands for the path parameter of the one route ${key}, named by method and path`,
+      });
+    }
+    callerPolicies[kind] = policy;
+  }
+  return { api, callerPolicies };
 }

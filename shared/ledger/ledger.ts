@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { Kysely } from 'kysely';
+import { type Kysely, sql } from 'kysely';
 import { moveBalance } from '../accounts/accounts.js';
 import { type AdminActor, recordAdminAction } from '../audit/audit.js';
 import { requireNonZeroCredits, requirePositiveCredits, requireText } from '../credits.js';
@@ -236,14 +236,13 @@ export async function adjustCredits(trx: Trx, account: Account, input: Adjustmen
   });
 }
 
-/** GDPR: erases the free text (description, metadata) of an account's entries; amounts and the chain stay. */
+/**
+ * GDPR: erases the free text (description, metadata) of an account's entries; amounts and the chain stay.
+ * The application role may not UPDATE entries: the owner's function does it (see the database-roles
+ * migration), and only for an account whose anonymisation is audited.
+ */
 export async function eraseEntryText(trx: Trx, accountId: string): Promise<void> {
-  await trx
-    .updateTable('ledger_entries')
-    .set({ description: null, metadata: null })
-    .where('account_id', '=', accountId)
-    .where((eb) => eb.or([eb('description', 'is not', null), eb('metadata', 'is not', null)]))
-    .execute();
+  await sql`SELECT anonymize_ledger_entries(${accountId}::uuid)`.execute(trx);
 }
 
 /** An account's entries, newest first, one keyset page: ids below `beforeId`, optionally. */

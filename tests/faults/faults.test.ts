@@ -75,10 +75,10 @@ describe('faults', () => {
   });
 
   it('pg_terminate_backend between the insert and the commit rolls the event back whole', async () => {
-    const { db, url } = await createTestDatabase({ max: 2 });
+    const { db, url, owner } = await createTestDatabase({ max: 2 });
     const name = new URL(url).pathname.slice(1);
     const checkout = await givenCheckout(db);
-    await slowDown(db, 'ledger_entries', 0.5);
+    await slowDown(owner(), 'ledger_entries', 0.5);
     const workerDb = createDb(url, { max: 1, applicationName: 'fault-worker' });
     const worker = createCreditWorker({ db: workerDb, packages: DEFAULT_PACKAGES });
     const event = checkout.completed();
@@ -97,7 +97,7 @@ describe('faults', () => {
     expect(await count(db, 'processed_events')).toBe(0);
     expect(await count(db, 'ledger_entries')).toBe(0);
     expect((await purchaseState(db, checkout)).status).toBe('INIT');
-    await sql`DROP TRIGGER fault_slow ON ledger_entries`.execute(db);
+    await sql`DROP TRIGGER fault_slow ON ledger_entries`.execute(owner());
     expect((await deliver(worker, [event])).batchItemFailures).toEqual([]);
     expect(await purchaseState(db, checkout)).toMatchObject({ balance: PACK.credits, status: 'CREDITED' });
     await workerDb.destroy();

@@ -1,31 +1,82 @@
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { App, Validations } from 'aws-cdk-lib';
 import { Match, Template } from 'aws-cdk-lib/assertions';
 import type { IConstruct } from 'constructs';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp } from '../../bin/app.js';
 import { bundleReports } from '../../bin/bundle-sizes.js';
 import { ROUTES } from '../../shared/http/routes.js';
+import { METRICS, METRICS_NAMESPACE } from '../../shared/metrics.js';
 
 const outdir = mkdtempSync(path.join(tmpdir(), 'cdk-test-'));
 const context = JSON.parse(readFileSync(new URL('../../cdk.json', import.meta.url), 'utf8')).context;
+const ADMIN_PRINCIPALS = [
+  'arn:aws:iam::123456789012:role/credits-admin',
+  'arn:aws:sts::123456789012:assumed-role/support-*/*',
+];
 let app: App;
 let stateful: Template;
 let stateless: Template;
 let stacks: ReturnType<typeof createApp>;
 
 beforeAll(() => {
-  stacks = createApp(new App({ outdir, context: { ...context, alarmEmail: 'ops@example.com' } }));
+  stacks = createApp(
+    new App({
+      outdir,
+      context: { ...context, alarmEmail: 'ops@example.com', adminPrincipals: ADMIN_PRINCIPALS.join(',') },
+    }),
+  );
   app = stacks.app;
   app.synth(); // throws if cdk-nag (AwsSolutions) reports any finding that is not acknowledged
   stateful = Template.fromStack(stacks.stateful);
   stateless = Template.fromStack(stacks.stateless);
 }, 120_000);
+// The synth writes the bundles (17 MB) there.
+afterAll(() => rmSync(outdir, { recursive: true, force: true }));
 
 const functionLogicalId = (template: Template, prefix: string) =>
   Object.keys(template.findResources('AWS::Lambda::Function')).find((id) => id.startsWith(prefix))!;
+
+const functionOf = (template: Template, prefix: string) =>
+  template.findResources('AWS::Lambda::Function')[functionLogicalId(template, prefix)]!;
+
+/** The resources of the `rds-db:connect` statements in the policies of a function's role, as JSON. */
+function connectResourcesOf(template: Template, functionPrefix: string): string[] {
+  const roleId = (functionOf(template, functionPrefix).Properties.Role as { 'Fn::GetAtt': [string] })[
+    'Fn::GetAtt'
+  ][0];
+  return Object.values(template.findResources('AWS::IAM::Policy'))
+    .filter((p) => (p.Properties.Roles as Array<{ Ref: string }>).some((r) => r.Ref === roleId))
+    .flatMap((p) => p.Properties.PolicyDocument.Statement as Array<{ Action: unknown; Resource: unknown }>)
+    .filter((s) => s.Action === 'rds-db:connect')
+    .flatMap((s) => [s.Resource].flat().map((r) => JSON.stringify(r)));
+}
+
+/** `METHOD /path` of each resource in a managed policy (`*` where the route has a path parameter). */
+function invokedRoutes(template: Template, policyPrefix: string): string[] {
+  const [policy] = Object.entries(template.findResources('AWS::IAM::ManagedPolicy')).filter(([id]) =>
+    id.startsWith(policyPrefix),
+  );
+  const statements = policy![1].Properties.PolicyDocument.Statement as Array<{
+    Action: string;
+    Effect: string;
+    Resource: unknown;
+  }>;
+  expect(statements.map((s) => [s.Effect, s.Action])).toEqual([['Allow', 'execute-api:Invoke']]);
+  return [statements[0]!.Resource]
+    .flat()
+    .map((r) => {
+      const parts = (r as { 'Fn::Join': [string, unknown[]] })['Fn::Join'][1];
+      const tail = parts[parts.length - 1] as string;
+      expect(parts).toContainEqual({ Ref: Object.keys(template.findResources('AWS::ApiGatewayV2::Api'))[0] });
+      const [, stage, method, ...segments] = tail.split('/');
+      expect(stage).toBe('$default');
+      return `${method} /${segments.join('/')}`;
+    })
+    .sort();
+}
 
 function policyOf(template: Template, functionPrefix: string): string[] {
   const fn = template.findResources('AWS::Lambda::Function')[functionLogicalId(template, functionPrefix)]!;
@@ -81,6 +132,51 @@ describe('stateful stack', () => {
       RequireTLS: true,
       Auth: [Match.objectLike({ IAMAuth: 'REQUIRED' })],
     });
+  });
+
+  it('lets the proxy sign in to the database as the owner with the master secret only, as anyone else end to end with IAM', () => {
+    // The master secret, as attached to the instance (the attachment's ref is the secret's ARN).
+    const [attachment] = Object.keys(stateful.findResources('AWS::SecretsManager::SecretTargetAttachment'));
+    stateful.hasResourceProperties('AWS::RDS::DBProxy', {
+      DefaultAuthScheme: 'IAM_AUTH',
+      Auth: [
+        {
+          AuthScheme: 'SECRETS',
+          IAMAuth: 'REQUIRED',
+          SecretArn: { Ref: attachment },
+        },
+      ],
+    });
+  });
+
+  it('lets the proxy role connect to the database as the application role and as no other IAM user', () => {
+    stateful.hasResourceProperties('AWS::IAM::Policy', {
+      Roles: [{ Ref: Match.stringLikeRegexp('^DatabaseProxyIAMRole') }],
+      PolicyDocument: {
+        Statement: Match.arrayWith([
+          {
+            Action: 'rds-db:connect',
+            Effect: 'Allow',
+            Resource: {
+              'Fn::Join': [
+                '',
+                Match.arrayWith([
+                  ':dbuser:',
+                  { 'Fn::GetAtt': [Match.stringLikeRegexp('^Database'), 'DbiResourceId'] },
+                  '/credits_app',
+                ]),
+              ],
+            },
+          },
+        ]),
+      },
+    });
+    const connects = Object.values(stateful.findResources('AWS::IAM::Policy')).flatMap((p) =>
+      (p.Properties.PolicyDocument.Statement as Array<{ Action: unknown }>).filter(
+        (s) => s.Action === 'rds-db:connect',
+      ),
+    );
+    expect(connects).toHaveLength(1);
   });
 
   it('encrypts both queues and refuses non-TLS access to them', () => {
@@ -156,6 +252,19 @@ describe('functions', () => {
     expect(policyOf(stateless, 'CreditWorker')).not.toContain('secretsmanager:GetSecretValue');
   });
 
+  it('connects api, worker and reconcile as the application role, and only migrate as the owner', () => {
+    for (const name of ['CreditWorker', 'Api', 'Reconcile']) {
+      expect(functionOf(stateless, name).Properties.Environment.Variables.DB_USER, name).toBe('credits_app');
+      const resources = connectResourcesOf(stateless, name);
+      expect(resources, name).toHaveLength(1);
+      expect(resources[0], name).toMatch(/\/credits_app"\]\]\}$/);
+    }
+    expect(functionOf(stateless, 'Migrate').Properties.Environment.Variables.DB_USER).toBe('postgres');
+    const migrate = connectResourcesOf(stateless, 'Migrate');
+    expect(migrate).toHaveLength(1);
+    expect(migrate[0]).toMatch(/\/postgres"\]\]\}$/);
+  });
+
   it('reports batch item failures and caps worker concurrency', () => {
     stateless.hasResourceProperties('AWS::Lambda::EventSourceMapping', {
       FunctionResponseTypes: ['ReportBatchItemFailures'],
@@ -206,6 +315,70 @@ describe('HTTP API', () => {
     });
   });
 
+  it('generates one managed policy per IAM route kind, invoking exactly that kind of routes, exported as outputs', () => {
+    const routesOf = (kind: string) =>
+      Object.entries(ROUTES)
+        .filter(([, route]) => route.auth === kind)
+        .map(([key]) => key.replace(/\{[^}]+\}/g, '*'))
+        .sort();
+    expect(routesOf('service').length).toBeGreaterThan(0);
+    expect(routesOf('admin').length).toBeGreaterThan(0);
+    expect(invokedRoutes(stateless, 'ServiceCallerPolicy')).toEqual(routesOf('service'));
+    expect(invokedRoutes(stateless, 'AdminCallerPolicy')).toEqual(routesOf('admin'));
+    // IAM's `*` also spans `/`: no pattern of one kind may still match a route of any other kind.
+    for (const kind of ['service', 'admin']) {
+      const patterns = routesOf(kind).map(
+        (route) =>
+          new RegExp(
+            `^${route
+              .split('*')
+              .map((part) => part.replace(/[.+?^${}()|[\]\\]/g, '\\$&'))
+              .join('.*')}$`,
+          ),
+      );
+      for (const [key, route] of Object.entries(ROUTES).filter(([, r]) => r.auth !== kind)) {
+        const concrete = key.replace(/\{[^}]+\}/g, 'x');
+        expect(
+          patterns.filter((p) => p.test(concrete)),
+          `${kind} policy reaches ${route.auth} route ${key}`,
+        ).toEqual([]);
+      }
+    }
+    stateless.resourceCountIs('AWS::IAM::ManagedPolicy', 2);
+    stateless.hasOutput('ServiceCallerPolicyArn', {
+      Value: { Ref: Match.stringLikeRegexp('^ServiceCallerPolicy') },
+    });
+    stateless.hasOutput('AdminCallerPolicyArn', {
+      Value: { Ref: Match.stringLikeRegexp('^AdminCallerPolicy') },
+    });
+  });
+
+  it('passes the admin principals from context to the api function, and to no other', () => {
+    expect(functionOf(stateless, 'Api').Properties.Environment.Variables.ADMIN_PRINCIPALS).toBe(
+      ADMIN_PRINCIPALS.join(','),
+    );
+    for (const name of ['WebhookIntake', 'CreditWorker', 'Reconcile', 'Migrate'])
+      expect(functionOf(stateless, name).Properties.Environment.Variables, name).not.toHaveProperty(
+        'ADMIN_PRINCIPALS',
+      );
+  });
+
+  it.each([
+    ['missing', undefined, /missing CDK context value "adminPrincipals"/],
+    ['empty', ' , ', /adminPrincipals is empty/],
+    ['not an ARN', 'admin', /not an IAM user, role or assumed-role ARN pattern.*: admin/],
+    ['a wildcard account', 'arn:aws:iam::*:role/admin', /with a literal account id/],
+  ])('refuses to synthesize with adminPrincipals %s', (_case, adminPrincipals, message) => {
+    const scratch = mkdtempSync(path.join(tmpdir(), 'cdk-test-'));
+    try {
+      expect(() => createApp(new App({ outdir: scratch, context: { ...context, adminPrincipals } }))).toThrow(
+        message,
+      );
+    } finally {
+      rmSync(scratch, { recursive: true, force: true });
+    }
+  });
+
   it('passes the CORS origins to the api function', () => {
     stateless.hasResourceProperties('AWS::Lambda::Function', {
       Environment: { Variables: Match.objectLike({ CORS_ALLOWED_ORIGINS: context.corsOrigins }) },
@@ -254,5 +427,31 @@ describe('operations', () => {
       ]),
     );
     stateless.resourceCountIs('AWS::CloudWatch::Dashboard', 1);
+  });
+
+  it('watches only metrics of the shared catalog, in its namespace', () => {
+    const catalog: string[] = Object.values(METRICS);
+    const alarms = Object.values(stateless.findResources('AWS::CloudWatch::Alarm')).filter(
+      (a) => a.Properties.Namespace === METRICS_NAMESPACE,
+    );
+    expect(alarms.length).toBe(4);
+    for (const alarm of alarms) expect(catalog).toContain(alarm.Properties.MetricName);
+    const body = JSON.stringify(Object.values(stateless.findResources('AWS::CloudWatch::Dashboard'))[0]);
+    const graphed = [...body.matchAll(/\[\\"Credits\\",\\"(\w+)\\"/g)].map((m) => m[1]);
+    expect(graphed.length).toBeGreaterThan(10);
+    for (const name of graphed) expect(catalog).toContain(name);
+  });
+
+  it('has every metric name the functions emit in the catalog', () => {
+    const functionsDir = new URL('../../functions/', import.meta.url);
+    const emitted = readdirSync(functionsDir)
+      .filter((f) => f.endsWith('.ts'))
+      .flatMap((f) => [
+        ...readFileSync(new URL(f, functionsDir), 'utf8').matchAll(
+          /'((?:Webhook|Event|Credits|Api|Reconciliation)[A-Z]\w*)'/g,
+        ),
+      ])
+      .map((m) => m[1]!);
+    for (const name of emitted) expect(Object.values(METRICS) as string[]).toContain(name);
   });
 });

@@ -342,10 +342,10 @@ describe('failures', () => {
     const outage = await createTestDatabase({ max: 2 });
     const name = new URL(outage.url).pathname.slice(1);
     await sql`CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.05); RETURN NEW; END $$`.execute(
-      outage.db,
+      outage.owner(),
     );
     await sql`CREATE TRIGGER slow AFTER INSERT ON processed_events FOR EACH ROW EXECUTE FUNCTION slow()`.execute(
-      outage.db,
+      outage.owner(),
     );
     const workerDb = createDb(outage.url, { max: 1 });
     const outageWorker = createCreditWorker({ db: workerDb, packages: DEFAULT_PACKAGES });

@@ -27,7 +27,7 @@ import {
 } from '../support/factories.js';
 import { expectInvariantsHold } from '../support/invariants.js';
 
-const { db } = await createTestDatabase();
+const { db, owner } = await createTestDatabase();
 const actor = { actorArn: ADMIN_ARN, reason: 'support ticket 42' };
 
 async function entriesOf(accountId: string) {
@@ -42,16 +42,17 @@ async function entriesOf(accountId: string) {
 describe('append-only ledger', () => {
   it('rejects UPDATE, DELETE and TRUNCATE of entries in the database itself', async () => {
     const { account } = await givenFundedAccount(db, 10);
+    // As the owner: the application role may not even try (tests/integration/database-roles.test.ts).
     await expect(
-      sql`UPDATE ledger_entries SET amount = 1000000 WHERE account_id = ${account.id}`.execute(db),
+      sql`UPDATE ledger_entries SET amount = 1000000 WHERE account_id = ${account.id}`.execute(owner()),
     ).rejects.toThrow(/append-only: UPDATE refused/);
     await expect(
-      sql`UPDATE ledger_entries SET reference = 'x' WHERE account_id = ${account.id}`.execute(db),
+      sql`UPDATE ledger_entries SET reference = 'x' WHERE account_id = ${account.id}`.execute(owner()),
     ).rejects.toThrow(/append-only/);
     await expect(
-      sql`DELETE FROM ledger_entries WHERE account_id = ${account.id}`.execute(db),
+      sql`DELETE FROM ledger_entries WHERE account_id = ${account.id}`.execute(owner()),
     ).rejects.toThrow(/append-only: DELETE refused/);
-    await expect(sql`TRUNCATE ledger_entries CASCADE`.execute(db)).rejects.toThrow(
+    await expect(sql`TRUNCATE ledger_entries CASCADE`.execute(owner())).rejects.toThrow(
       /append-only: TRUNCATE refused/,
     );
     expect((await entriesOf(account.id)).map((e) => e.amount)).toEqual([10]);
@@ -347,9 +348,12 @@ describe('invariant checker', () => {
     await givenFundedAccount(tampered.db, 3);
     expect((await checkInvariants(tampered.db)).ok).toBe(true);
     await tampered.db.updateTable('accounts').set({ balance: 11 }).where('id', '=', account.id).execute();
-    await sql`ALTER TABLE ledger_entries DISABLE TRIGGER ledger_entries_append_only`.execute(tampered.db);
+    // Only the owner could do this; the application role may not (tests/integration/database-roles.test.ts).
+    await sql`ALTER TABLE ledger_entries DISABLE TRIGGER ledger_entries_append_only`.execute(
+      tampered.owner(),
+    );
     await sql`UPDATE ledger_entries SET balance_after = 9 WHERE account_id = ${account.id}`.execute(
-      tampered.db,
+      tampered.owner(),
     );
     const report = await checkInvariants(tampered.db);
     expect(report.ok).toBe(false);

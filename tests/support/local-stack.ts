@@ -9,12 +9,13 @@ import { createTestDatabase } from './database.js';
 
 /** The whole local stack on free ports, on a test database of its own; stopped after the file. */
 export async function startStackForTest() {
-  const { db, url: databaseUrl } = await createTestDatabase({ max: 4 });
+  const { db, url: databaseUrl, ownerUrl } = await createTestDatabase({ max: 4 });
   const dataDir = mkdtempSync(path.join(tmpdir(), 'credits-stack-'));
   const stack = await startLocalStack({
     dataDir,
     port: 0,
-    databaseUrl,
+    databaseUrl: ownerUrl,
+    appDatabaseUrl: databaseUrl,
     stripeEmulatorPort: 0,
     visibilityTimeoutSeconds: 0.2,
     webhookRetryBaseMs: 20,

@@ -5,6 +5,7 @@ import type { ApiDependencies } from '../shared/api/endpoint.js';
 import { createApiRouter } from '../shared/api/router.js';
 import { loadApiConfig } from '../shared/config.js';
 import { createDb } from '../shared/db/client.js';
+import { METRICS } from '../shared/metrics.js';
 import { coldStart, createObservability, wrapHandler } from '../shared/observability.js';
 import { lazyStripe } from '../shared/stripe/api-client.js';
 
@@ -21,7 +22,7 @@ export function createApiHandler(deps: ApiDependencies) {
     const response = await route(event);
     const status = response.statusCode ?? 200;
     metrics.addMetric(
-      status >= 500 ? 'ApiServerError' : status >= 400 ? 'ApiClientError' : 'ApiSuccess',
+      status >= 500 ? METRICS.apiServerError : status >= 400 ? METRICS.apiClientError : METRICS.apiSuccess,
       MetricUnit.Count,
       1,
     );

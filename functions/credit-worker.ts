@@ -6,6 +6,7 @@ import { loadWorkerConfig } from '../shared/config.js';
 import { createDb } from '../shared/db/client.js';
 import type { Database } from '../shared/db/schema.js';
 import { applyStripeEvent, type EventOutcome } from '../shared/events/apply-event.js';
+import { METRICS } from '../shared/metrics.js';
 import { coldStart, createObservability, wrapHandler } from '../shared/observability.js';
 import type { CreditPackage } from '../shared/packages.js';
 import { type StripeEvent, stripeEventSchema } from '../shared/stripe/events.js';
@@ -31,10 +32,10 @@ export interface WorkerDependencies {
 }
 
 const OUTCOME_METRIC: Record<EventOutcome, string> = {
-  applied: 'EventApplied',
-  duplicate: 'EventDuplicate',
-  ignored: 'EventIgnored',
-  parked: 'EventParked',
+  applied: METRICS.eventApplied,
+  duplicate: METRICS.eventDuplicate,
+  ignored: METRICS.eventIgnored,
+  parked: METRICS.eventParked,
 };
 
 /**
@@ -57,9 +58,10 @@ export function createCreditWorker(deps: WorkerDependencies) {
       Object.assign(keys, { eventId: event.id, eventType: event.type });
       const result = await applyStripeEvent(deps.db, event, { packages: deps.packages });
       metrics.addMetric(OUTCOME_METRIC[result.outcome], MetricUnit.Count, 1);
-      if (result.creditsGranted) metrics.addMetric('CreditsGranted', MetricUnit.Count, result.creditsGranted);
+      if (result.creditsGranted)
+        metrics.addMetric(METRICS.creditsGranted, MetricUnit.Count, result.creditsGranted);
       if (result.creditsClawedBack)
-        metrics.addMetric('CreditsClawedBack', MetricUnit.Count, result.creditsClawedBack);
+        metrics.addMetric(METRICS.creditsClawedBack, MetricUnit.Count, result.creditsClawedBack);
       const level = result.outcome === 'parked' ? 'warn' : 'info';
       logger[level]('event processed', { ...keys, outcome: result.outcome, reason: result.reason });
     } catch (error: unknown) {
@@ -69,13 +71,13 @@ export function createCreditWorker(deps: WorkerDependencies) {
   }
 
   async function handleBatch(event: SQSEvent, context: Context): Promise<SQSBatchResponse> {
-    metrics.addMetric('EventReceived', MetricUnit.Count, event.Records.length);
+    metrics.addMetric(METRICS.eventReceived, MetricUnit.Count, event.Records.length);
     const response = await processPartialResponse(event, processRecord, processor, {
       context,
       throwOnFullBatchFailure: false,
     });
     if (response.batchItemFailures.length > 0) {
-      metrics.addMetric('EventRetried', MetricUnit.Count, response.batchItemFailures.length);
+      metrics.addMetric(METRICS.eventRetried, MetricUnit.Count, response.batchItemFailures.length);
     }
     return response;
   }

@@ -1,6 +1,7 @@
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { loadReconcileConfig } from '../shared/config.js';
 import { createDb } from '../shared/db/client.js';
+import { METRICS } from '../shared/metrics.js';
 import { coldStart, createObservability, wrapHandler } from '../shared/observability.js';
 import {
   createRun,
@@ -32,10 +33,10 @@ export function createReconcileHandler(deps: () => Promise<ReconcileDependencies
         await resolveWindow(resolved.db, new Date(), event?.windowHours),
       ));
     const summary = await executeRun(resolved, runId);
-    metrics.addMetric('ReconciliationHealed', MetricUnit.Count, summary.healed);
-    metrics.addMetric('ReconciliationFindings', MetricUnit.Count, summary.findings);
+    metrics.addMetric(METRICS.reconciliationHealed, MetricUnit.Count, summary.healed);
+    metrics.addMetric(METRICS.reconciliationFindings, MetricUnit.Count, summary.findings);
     metrics.addMetric(
-      summary.status === 'succeeded' ? 'ReconciliationSucceeded' : 'ReconciliationFailed',
+      summary.status === 'succeeded' ? METRICS.reconciliationSucceeded : METRICS.reconciliationFailed,
       MetricUnit.Count,
       1,
     );

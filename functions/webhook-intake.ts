@@ -4,6 +4,7 @@ import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from '
 import { type IntakeConfig, loadIntakeConfig } from '../shared/config.js';
 import { ServiceError } from '../shared/errors.js';
 import { decodeUtf8, json, problem } from '../shared/http/responses.js';
+import { METRICS } from '../shared/metrics.js';
 import { coldStart, createObservability, wrapHandler } from '../shared/observability.js';
 import { enqueueStripeEvent } from '../shared/queue.js';
 import { isHandledEventType, type StripeEvent, stripeEventSchema } from '../shared/stripe/events.js';
@@ -63,34 +64,34 @@ export function createWebhookIntake(deps: IntakeDependencies) {
   }
 
   async function handleWebhook(request: APIGatewayProxyEventV2): Promise<APIGatewayProxyStructuredResultV2> {
-    metrics.addMetric('WebhookReceived', MetricUnit.Count, 1);
+    metrics.addMetric(METRICS.webhookReceived, MetricUnit.Count, 1);
     const requestId = request.requestContext?.requestId;
     let received: { event: StripeEvent; raw: string };
     try {
       received = await readEvent(request);
     } catch (error: unknown) {
       if (!(error instanceof ServiceError)) throw error;
-      metrics.addMetric('WebhookRejected', MetricUnit.Count, 1);
+      metrics.addMetric(METRICS.webhookRejected, MetricUnit.Count, 1);
       logger.warn('webhook rejected', { code: error.code, reason: error.message });
       return problem(error, { requestId });
     }
     const { event, raw } = received;
     logger.appendKeys({ eventId: event.id, eventType: event.type });
     if (!isHandledEventType(event.type)) {
-      metrics.addMetric('WebhookIgnored', MetricUnit.Count, 1);
+      metrics.addMetric(METRICS.webhookIgnored, MetricUnit.Count, 1);
       logger.info('webhook ignored: unhandled type');
       return json(200, { received: true, enqueued: false });
     }
     try {
       await enqueueStripeEvent(deps.sqs, config.QUEUE_URL, event, raw);
     } catch (error: unknown) {
-      metrics.addMetric('WebhookEnqueueFailed', MetricUnit.Count, 1);
+      metrics.addMetric(METRICS.webhookEnqueueFailed, MetricUnit.Count, 1);
       logger.error('webhook not enqueued; Stripe will retry', { error: error as Error });
       return problem(new ServiceError('queue_unavailable', 'the event could not be queued; retry later'), {
         requestId,
       });
     }
-    metrics.addMetric('WebhookEnqueued', MetricUnit.Count, 1);
+    metrics.addMetric(METRICS.webhookEnqueued, MetricUnit.Count, 1);
     logger.info('webhook enqueued');
     return json(200, { received: true, enqueued: true });
   }

@@ -7,6 +7,28 @@ process.env.POWERTOOLS_TRACE_ENABLED ??= 'false';
 process.env.AWS_SDK_JS_SUPPRESS_MAINTENANCE_MODE_MESSAGE ??= '1';
 
 const dataDir = process.env.DATA_DIR || '.data';
+
+/** A whole-number variable, or undefined when unset; anything else stops the start with its name. */
+function wholeNumber(name: string, min: number): number | undefined {
+  const text = process.env[name];
+  if (text === undefined || text === '') return undefined;
+  const value = Number(text);
+  if (!Number.isSafeInteger(value) || value < min) {
+    console.error(
+      `npm start: ${name} must be a whole number of at least ${min} (got ${JSON.stringify(text)})`,
+    );
+    process.exit(2);
+  }
+  return value;
+}
+const promotionCodes = process.env.ALLOW_PROMOTION_CODES ?? 'false';
+if (promotionCodes !== 'true' && promotionCodes !== 'false') {
+  console.error(
+    `npm start: ALLOW_PROMOTION_CODES must be true or false (got ${JSON.stringify(promotionCodes)})`,
+  );
+  process.exit(2);
+}
+
 const stack = await startLocalStack({
   dataDir,
   port: Number(process.env.PORT || 3000),
@@ -15,6 +37,9 @@ const stack = await startLocalStack({
   stripeSecretKey: process.env.STRIPE_SECRET_KEY,
   stripeWebhookSecret: process.env.STRIPE_WEBHOOK_SECRET,
   creditPackages: process.env.CREDIT_PACKAGES,
+  adminApprovalThreshold: wholeNumber('ADMIN_APPROVAL_THRESHOLD', 0),
+  allowPromotionCodes: promotionCodes === 'true',
+  sweepIntervalSeconds: wholeNumber('SWEEP_INTERVAL_SECONDS', 1),
 }).catch((error: unknown) => {
   if (!(error instanceof StackAlreadyRunningError || error instanceof StackStartError)) throw error;
   console.error(`npm start: ${error.message}`);

@@ -7,6 +7,7 @@ import type { APIGatewayProxyStructuredResultV2, Context } from 'aws-lambda';
 import pg from 'pg';
 import { createApiHandler } from '../functions/api.js';
 import { createCreditWorker } from '../functions/credit-worker.js';
+import { createSweeper } from '../functions/sweeper.js';
 import { createWebhookIntake } from '../functions/webhook-intake.js';
 import type { ApiConfig } from '../shared/config.js';
 import { createDb } from '../shared/db/client.js';
@@ -40,6 +41,12 @@ export interface LocalStackOptions {
   /** Webhook retry timing of the emulator (tests use short delays). */
   readonly webhookRetryBaseMs?: number;
   readonly creditPackages?: string;
+  /** Admin grants above this wait for a second admin. @default none */
+  readonly adminApprovalThreshold?: number;
+  /** Checkout sessions accept Stripe promotion codes. @default false */
+  readonly allowPromotionCodes?: boolean;
+  /** How often the sweeper writes off expired grants. @default 60 */
+  readonly sweepIntervalSeconds?: number;
 }
 
 export interface LocalStack {
@@ -273,6 +280,8 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
       maxOpenCheckouts: 5,
       // The local admin principals, as ADMIN_PRINCIPALS names the admins' ARNs in AWS.
       adminPrincipals: [auth.principal('admin').arn, auth.principal('second-admin').arn],
+      adminApprovalThreshold: options.adminApprovalThreshold,
+      allowPromotionCodes: options.allowPromotionCodes ?? false,
     };
     const stripe = lazyStripe({
       secretKey: config.stripeSecretKey,
@@ -305,6 +314,21 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
     });
     const worker = createCreditWorker({ db, packages });
     queue.startPolling(async (event) => worker(event, context('credit-worker')));
+    // EventBridge Scheduler's part: the sweeper on a timer, one run at a time.
+    const sweeper = createSweeper({ db });
+    let sweeping: Promise<unknown> = Promise.resolve();
+    const sweepTimer = setInterval(
+      () => {
+        sweeping = sweeping
+          .then(() => sweeper(undefined, context('sweeper')))
+          .catch((error: unknown) => console.error('sweep failed', error));
+      },
+      (options.sweepIntervalSeconds ?? 60) * 1000,
+    );
+    stops.push(async () => {
+      clearInterval(sweepTimer);
+      await sweeping;
+    });
     const gateway = createLocalGateway(auth, {
       api: (event) => api(event, context('api')) as Promise<APIGatewayProxyStructuredResultV2>,
       'webhook-intake': (event) =>

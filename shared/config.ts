@@ -66,6 +66,10 @@ const apiSchema = z.object({
   MAX_OPEN_CHECKOUTS: positiveInt(5),
   /** IAM principal ARN patterns (`*` wildcards) allowed on admin routes; none: no admin route answers. */
   ADMIN_PRINCIPALS: list,
+  /** Admin grants above this many credits wait for a second admin's approval; unset: none wait. */
+  ADMIN_APPROVAL_THRESHOLD: z.optional(z.coerce.number().check(z.int(), z.nonnegative())),
+  /** Checkout sessions accept Stripe promotion codes. */
+  ALLOW_PROMOTION_CODES: flag,
 });
 
 export type IntakeConfig = z.infer<typeof intakeSchema>;
@@ -87,6 +91,8 @@ export interface ApiConfig extends ReconcileConfig {
   readonly corsAllowedOrigins: readonly string[];
   readonly maxOpenCheckouts: number;
   readonly adminPrincipals: readonly string[];
+  readonly adminApprovalThreshold?: number;
+  readonly allowPromotionCodes: boolean;
 }
 
 /** Parses `schema` from `env`; the error names every missing or invalid variable. */
@@ -162,5 +168,7 @@ export function loadApiConfig(env: NodeJS.ProcessEnv = process.env): ApiConfig {
     corsAllowedOrigins: config.CORS_ALLOWED_ORIGINS,
     maxOpenCheckouts: config.MAX_OPEN_CHECKOUTS,
     adminPrincipals: config.ADMIN_PRINCIPALS,
+    adminApprovalThreshold: config.ADMIN_APPROVAL_THRESHOLD,
+    allowPromotionCodes: config.ALLOW_PROMOTION_CODES,
   };
 }

@@ -30,6 +30,8 @@ export const METRICS = {
   reconciliationFindings: 'ReconciliationFindings',
   reconciliationSucceeded: 'ReconciliationSucceeded',
   reconciliationFailed: 'ReconciliationFailed',
+  // sweeper
+  grantsExpired: 'GrantsExpired',
 } as const;
 
 export type MetricName = (typeof METRICS)[keyof typeof METRICS];
@@ -59,4 +61,5 @@ export const METRIC_SERVICE = {
   ReconciliationFindings: 'reconcile',
   ReconciliationSucceeded: 'reconcile',
   ReconciliationFailed: 'reconcile',
-} as const satisfies Record<MetricName, 'webhook-intake' | 'credit-worker' | 'api' | 'reconcile'>;
+  GrantsExpired: 'sweeper',
+} as const satisfies Record<MetricName, 'webhook-intake' | 'credit-worker' | 'api' | 'reconcile' | 'sweeper'>;

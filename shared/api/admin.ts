@@ -8,24 +8,29 @@ import {
 } from '../accounts/accounts.js';
 import { anonymizeAccount } from '../accounts/erasure.js';
 import { listAdminActions, recordAdminAction } from '../audit/audit.js';
-import { ServiceError } from '../errors.js';
+import { ServiceError, ValidationError } from '../errors.js';
 import { applyStripeEvent } from '../events/apply-event.js';
 import { findParkedEvent, listParkedEvents as parkedEvents } from '../events/processed-events.js';
+import { requestGrant } from '../grants/approvals.js';
+import { grantTotals, listGrants } from '../grants/grants.js';
 import { checkInvariants } from '../ledger/invariants.js';
 import { adjustCredits, listEntries } from '../ledger/ledger.js';
 import { listPayments } from '../payments/payments.js';
 import { stripeEventSchema } from '../stripe/events.js';
-import { type Caller, defineEndpoint, ok } from './endpoint.js';
+import { adminActor, type Caller, defineEndpoint, nowOf, ok } from './endpoint.js';
 import {
   accountSchema,
+  creditsSchema,
   entrySchema,
+  grantSchema,
+  instant,
   paymentSchema,
   reasonBody,
   signedCredits,
   storableText,
   userIdParams,
 } from './schemas.js';
-import { accountView, entryView, paymentView } from './views.js';
+import { accountView, balanceView, entryView, grantView, paymentView } from './views.js';
 
 const arnOf = (caller: Caller) => (caller.kind === 'iam' ? caller.arn : '');
 const adminErrors = { 401: 'no IAM identity', 403: 'not an IAM caller' } as const;
@@ -41,13 +46,15 @@ const auditSchema = z.object({
 
 export const getAccount = defineEndpoint({
   route: 'GET /v1/admin/accounts/{userId}',
-  summary: 'An account with its 50 latest entries, payments and admin actions',
+  summary:
+    'An account with its balance by category, its grants (newest first), 50 latest entries, payments and admin actions',
   params: userIdParams,
   responses: {
     200: {
       description: 'the account',
       schema: z.object({
-        account: accountSchema,
+        account: creditsSchema,
+        grants: z.array(grantSchema),
         entries: z.array(entrySchema),
         payments: z.array(paymentSchema),
         adminActions: z.array(auditSchema),
@@ -55,15 +62,19 @@ export const getAccount = defineEndpoint({
     },
   },
   errors: { ...adminErrors, 404: 'no account for this user' },
-  async handle({ params }, { db }) {
+  async handle({ params }, deps) {
+    const { db } = deps;
     const account = await requireAccountByUserId(db, params.userId);
-    const [entries, payments, actions] = await Promise.all([
+    const [totals, grants, entries, payments, actions] = await Promise.all([
+      grantTotals(db, account.id, nowOf(deps)),
+      listGrants(db, account.id, 100),
       listEntries(db, account.id, { limit: 50 }),
       listPayments(db, account.id, { limit: 50 }),
       listAdminActions(db, account.id, 50),
     ]);
     return ok({
-      account: accountView(account),
+      account: { ...accountView(account), ...balanceView(account, totals) },
+      grants: grants.map(grantView),
       entries: entries.map(entryView),
       payments: payments.map(paymentView),
       adminActions: actions.map((a) => ({
@@ -88,12 +99,21 @@ export const adjustAccount = defineEndpoint({
       reason: storableText(2000),
       /** Shown to the user in their history; the reason stays internal (audit only). */
       description: storableText(500).optional(),
+      /** A grant's category (positive amounts only). @default promotional */
+      category: z.enum(['paid', 'promotional']).optional(),
+      /** When a grant expires (positive amounts only); absent: never. */
+      expiresAt: instant.optional(),
     })
     .strict(),
   responses: {
     201: {
       description: 'the adjustment entry and its audit row id',
       schema: z.object({ entry: entrySchema, adminActionId: z.string() }),
+    },
+    202: {
+      description:
+        'a grant above ADMIN_APPROVAL_THRESHOLD: pending until another admin approves it; nothing written yet',
+      schema: z.object({ approvalId: z.string(), status: z.literal('pending') }),
     },
   },
   errors: {
@@ -102,16 +122,50 @@ export const adjustAccount = defineEndpoint({
     402: 'would take the balance below zero',
     422: 'would take the balance past 2^53 - 1 credits (limit_exceeded)',
   },
-  async handle({ params, body, caller }, { db }) {
+  async handle({ params, body, caller }, deps) {
+    const { db, config } = deps;
+    const now = nowOf(deps);
+    if (body.amount < 0 && (body.category || body.expiresAt)) {
+      throw new ValidationError(
+        body.category ? 'category' : 'expiresAt',
+        'applies to grants (positive amounts) only',
+      );
+    }
+    if (body.expiresAt && body.expiresAt <= now)
+      throw new ValidationError('expiresAt', 'must be in the future');
     // An operator may grant before the user's first sign-in (a welcome bonus): the account is created.
     const account = await findOrCreateAccount(db, params.userId);
+    const actor = adminActor(caller, body.reason);
+    const threshold = config.adminApprovalThreshold;
+    if (threshold !== undefined && body.amount > threshold) {
+      const approval = await inAccountTransaction(db, account.id, (trx, locked) =>
+        requestGrant(
+          trx,
+          locked,
+          {
+            amount: body.amount,
+            category: body.category ?? 'promotional',
+            expiresAt: body.expiresAt ?? null,
+            description: body.description ?? null,
+          },
+          actor,
+        ),
+      );
+      return ok({ approvalId: approval.id, status: 'pending' }, 202);
+    }
     const entry = await inAccountTransaction(db, account.id, (trx, locked) =>
-      adjustCredits(trx, locked, {
-        amount: body.amount,
-        reason: body.reason,
-        description: body.description ?? null,
-        actorArn: arnOf(caller),
-      }),
+      adjustCredits(
+        trx,
+        locked,
+        {
+          ...actor,
+          amount: body.amount,
+          description: body.description ?? null,
+          category: body.category,
+          expiresAt: body.expiresAt ?? null,
+        },
+        now,
+      ),
     );
     return ok({ entry: entryView(entry), adminActionId: entry.admin_action_id }, 201);
   },

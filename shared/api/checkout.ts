@@ -64,6 +64,7 @@ export const createCheckout = defineEndpoint({
             },
           ],
           client_reference_id: userId,
+          ...(config.allowPromotionCodes && { allow_promotion_codes: true }),
           metadata,
           payment_intent_data: { metadata },
           success_url: config.checkoutSuccessUrl,

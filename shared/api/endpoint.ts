@@ -18,7 +18,18 @@ export interface ApiDependencies {
   readonly stripe: () => Promise<Stripe>;
   /** Starts executing an open reconciliation run without waiting for it (AWS: async Lambda invoke). */
   readonly dispatchReconciliation: (runId: string) => Promise<void>;
+  /** The time expiry and limits are judged at; tests move it. @default the system clock */
+  readonly clock?: () => Date;
 }
+
+/** The admin behind an IAM call, with the reason they gave, as audit rows record them. */
+export const adminActor = (caller: Caller, reason: string) => ({
+  actorArn: caller.kind === 'iam' ? caller.arn : '',
+  reason,
+});
+
+/** The dependencies' clock, or the system's. */
+export const nowOf = (deps: ApiDependencies): Date => deps.clock?.() ?? new Date();
 
 export interface ApiRequest<P, Q, B> {
   readonly params: P;

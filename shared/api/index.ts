@@ -8,8 +8,11 @@ import {
   replayParkedEvent,
   unfreezeAccount,
 } from './admin.js';
+import { approveGrant, listGrantApprovals, rejectGrant } from './approvals.js';
 import { createCheckout } from './checkout.js';
+import { createAdminCoupon, disableAdminCoupon, listAdminCoupons } from './coupons.js';
 import type { Endpoint } from './endpoint.js';
+import { listMyGrants, redeemMyCoupon } from './grants.js';
 import { getMyCredits, listMyPayments, listMyTransactions } from './me.js';
 import { health, listPackages } from './public.js';
 import { getRun, listRuns, startRun } from './reconciliation.js';
@@ -22,6 +25,8 @@ export const ENDPOINTS: readonly Endpoint[] = [
   getMyCredits,
   listMyTransactions,
   listMyPayments,
+  listMyGrants,
+  redeemMyCoupon,
   createCheckout,
   spend,
   getAccount,
@@ -29,6 +34,12 @@ export const ENDPOINTS: readonly Endpoint[] = [
   freezeAccount,
   unfreezeAccount,
   anonymize,
+  listGrantApprovals,
+  approveGrant,
+  rejectGrant,
+  listAdminCoupons,
+  createAdminCoupon,
+  disableAdminCoupon,
   listRuns,
   startRun,
   getRun,

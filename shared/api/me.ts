@@ -1,21 +1,25 @@
 import * as z from 'zod';
 import { findOrCreateAccount } from '../accounts/accounts.js';
 import { ValidationError } from '../errors.js';
+import { grantTotals } from '../grants/grants.js';
 import { listEntries } from '../ledger/ledger.js';
 import { listPayments } from '../payments/payments.js';
-import { type Caller, defineEndpoint, ok } from './endpoint.js';
-import { accountSchema, entrySchema, paymentSchema } from './schemas.js';
-import { accountView, entryView, paymentView } from './views.js';
+import { type Caller, defineEndpoint, nowOf, ok } from './endpoint.js';
+import { creditsSchema, ENTRY_KINDS, entrySchema, instant, paymentSchema } from './schemas.js';
+import { accountView, balanceView, entryView, paymentView } from './views.js';
 
 const userId = (caller: Caller) => (caller.kind === 'user' ? caller.userId : '');
 
 export const getMyCredits = defineEndpoint({
   route: 'GET /v1/me/credits',
-  summary: "The caller's balance and account status; creates the account on first sight",
-  responses: { 200: { description: 'the account', schema: accountSchema } },
+  summary:
+    "The caller's balance (expired credits excluded from the second they expire), what is available, the grants by category and the next expiry; creates the account on first sight",
+  responses: { 200: { description: 'the account', schema: creditsSchema } },
   errors: { 401: 'no user token' },
-  async handle({ caller }, { db }) {
-    return ok(accountView(await findOrCreateAccount(db, userId(caller))));
+  async handle({ caller }, deps) {
+    const account = await findOrCreateAccount(deps.db, userId(caller));
+    const totals = await grantTotals(deps.db, account.id, nowOf(deps));
+    return ok({ ...accountView(account), ...balanceView(account, totals) });
   },
 });
 
@@ -55,19 +59,30 @@ const isEntryId = (v: unknown): v is number => Number.isSafeInteger(v) && (v as 
 
 export const listMyTransactions = defineEndpoint({
   route: 'GET /v1/me/transactions',
-  summary: "The caller's ledger, newest first, keyset-paginated (stable while new entries arrive)",
-  query: pageQuery,
+  summary:
+    "The caller's ledger, newest first, keyset-paginated (stable while new entries arrive); filter by kind and by time [from, to)",
+  query: pageQuery.extend({
+    kind: z.enum(ENTRY_KINDS).optional(),
+    from: instant.optional(),
+    to: instant.optional(),
+  }),
   responses: {
     200: {
       description: 'one page; pass nextCursor back as cursor for the next (older) page',
       schema: z.object({ data: z.array(entrySchema), nextCursor: z.string().nullable() }),
     },
   },
-  errors: { 400: 'bad limit or cursor', 401: 'no user token' },
+  errors: { 400: 'bad limit, cursor, kind or time', 401: 'no user token' },
   async handle({ caller, query }, { db }) {
     const account = await findOrCreateAccount(db, userId(caller));
     const beforeId = query.cursor ? decodeCursor(ENTRY_CURSOR, query.cursor, isEntryId) : undefined;
-    const rows = await listEntries(db, account.id, { limit: query.limit + 1, beforeId });
+    const rows = await listEntries(db, account.id, {
+      limit: query.limit + 1,
+      beforeId,
+      kind: query.kind,
+      from: query.from,
+      to: query.to,
+    });
     const { page, nextCursor } = pageOf(rows, query.limit, (e) => encodeCursor(ENTRY_CURSOR, e.id));
     return ok({ data: page.map(entryView), nextCursor });
   },

@@ -1,5 +1,6 @@
 import * as z from 'zod';
 import { isStorableText } from '../credits.js';
+import type { EntryKind } from '../db/schema.js';
 
 /** A string of 1..max characters that Postgres stores and returns exactly. */
 export const storableText = (max: number) =>
@@ -63,3 +64,42 @@ export const accountSchema = z.object({
   anonymized: z.boolean(),
   updatedAt: z.string(),
 });
+
+export const creditsSchema = accountSchema.extend({
+  available: z.number().int(),
+  held: z.number().int(),
+  grants: z.object({
+    paid: z.number().int(),
+    promotional: z.number().int(),
+    nextExpiry: z.string().nullable(),
+  }),
+});
+
+export const grantSchema = z.object({
+  id: z.string(),
+  category: z.enum(['paid', 'promotional']),
+  source: z.string(),
+  amount: z.number().int(),
+  remaining: z.number().int(),
+  expiresAt: z.string().nullable(),
+  createdAt: z.string(),
+});
+
+/** An ISO 8601 date-time with its offset, as a Date. */
+export const instant = z.iso.datetime({ offset: true }).transform((s) => new Date(s));
+
+/** Every entry kind, for filters. */
+export const ENTRY_KINDS = [
+  'purchase',
+  'spend',
+  'refund_clawback',
+  'refund_reversal',
+  'dispute_clawback',
+  'dispute_reinstatement',
+  'admin_adjustment',
+  'grant_expiry',
+  'coupon_redemption',
+] as const satisfies readonly EntryKind[];
+
+/** A coupon code: 3-64 of A-Z, a-z, 0-9, _ and - (compared case-insensitively). */
+export const couponCode = z.string().regex(/^[A-Za-z0-9_-]{3,64}$/, 'must be 3-64 of A-Z, a-z, 0-9, _ and -');

@@ -1,4 +1,5 @@
-import type { Account, LedgerEntry, Payment } from '../db/schema.js';
+import type { Account, CreditGrant, LedgerEntry, Payment } from '../db/schema.js';
+import type { GrantTotals } from '../grants/grants.js';
 
 /** The JSON views the API returns; one place, so every route shows an object the same way. */
 export const accountView = (a: Account) => ({
@@ -28,4 +29,29 @@ export const paymentView = (p: Payment) => ({
   currency: p.currency,
   status: p.status,
   createdAt: p.created_at.toISOString(),
+});
+
+/** What an account holds: expired credits not yet written off by the sweeper count for nothing. */
+export const balanceView = (a: Account, totals: GrantTotals) => {
+  const balance = a.balance - totals.expiredUnswept;
+  return {
+    balance,
+    available: balance,
+    held: 0,
+    grants: {
+      paid: totals.paid,
+      promotional: totals.promotional,
+      nextExpiry: totals.nextExpiry?.toISOString() ?? null,
+    },
+  };
+};
+
+export const grantView = (g: CreditGrant) => ({
+  id: g.id,
+  category: g.category,
+  source: g.source,
+  amount: g.amount,
+  remaining: g.remaining,
+  expiresAt: g.expires_at?.toISOString() ?? null,
+  createdAt: g.created_at.toISOString(),
 });

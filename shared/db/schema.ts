@@ -23,14 +23,31 @@ export type EntryKind =
   | 'refund_reversal'
   | 'dispute_clawback'
   | 'dispute_reinstatement'
-  | 'admin_adjustment';
+  | 'admin_adjustment'
+  | 'grant_expiry'
+  | 'coupon_redemption';
 export type AdminActionKind =
   | 'adjust'
   | 'freeze'
   | 'unfreeze'
   | 'anonymize'
   | 'replay_event'
-  | 'start_reconciliation';
+  | 'start_reconciliation'
+  | 'request_grant'
+  | 'approve_grant'
+  | 'reject_grant'
+  | 'create_coupon'
+  | 'disable_coupon';
+export type GrantCategory = 'paid' | 'promotional';
+export type GrantSource =
+  | 'purchase'
+  | 'coupon'
+  | 'admin'
+  | 'allowance'
+  | 'auto_topup'
+  | 'reinstatement'
+  | 'opening_balance';
+export type ApprovalStatus = 'pending' | 'approved' | 'rejected';
 export type EventOutcome = 'applied' | 'ignored' | 'parked';
 export type RunStatus = 'running' | 'succeeded' | 'partial' | 'failed';
 
@@ -132,6 +149,70 @@ export interface ReconciliationFindingsTable {
   created_at: CreatedAt;
 }
 
+export interface CreditGrantsTable {
+  id: Generated<string>;
+  account_id: string;
+  category: GrantCategory;
+  source: GrantSource;
+  amount: Int8;
+  remaining: Int8;
+  /** null: never expires. */
+  expires_at: Date | null;
+  payment_id: string | null;
+  /** The positive entry that brought the credits in; null for an opening balance. */
+  entry_id: number | null;
+  reference: string;
+  created_at: CreatedAt;
+}
+
+export interface GrantAllocationsTable {
+  entry_id: number;
+  grant_id: string;
+  amount: Int8;
+}
+
+export interface GrantApprovalsTable {
+  id: Generated<string>;
+  account_id: string;
+  amount: Int8;
+  category: GrantCategory;
+  expires_at: Date | null;
+  description: string | null;
+  status: ColumnType<ApprovalStatus, ApprovalStatus | undefined, ApprovalStatus>;
+  requested_action_id: string;
+  decided_action_id: string | null;
+  entry_id: number | null;
+  created_at: CreatedAt;
+  decided_at: Date | null;
+}
+
+export interface CouponsTable {
+  code: string;
+  credits: Int8;
+  grant_expires_in_days: number | null;
+  redeem_by: Date | null;
+  max_redemptions: number | null;
+  plans: string[] | null;
+  redemptions: ColumnType<number, number | undefined, number>;
+  disabled_at: Date | null;
+  created_action_id: string;
+  created_at: CreatedAt;
+}
+
+export interface CouponRedemptionsTable {
+  code: string;
+  account_id: string;
+  grant_id: string;
+  created_at: CreatedAt;
+}
+
+export interface CouponFailuresTable {
+  id: ColumnType<number, never, never>;
+  account_id: string;
+  code_tried: string;
+  created_at: Date;
+}
+
 /** The whole schema as kysely sees it; the migrations are the source of truth. */
 export interface Database {
   accounts: AccountsTable;
@@ -142,6 +223,12 @@ export interface Database {
   stripe_charge_facts: StripeChargeFactsTable;
   reconciliation_runs: ReconciliationRunsTable;
   reconciliation_findings: ReconciliationFindingsTable;
+  credit_grants: CreditGrantsTable;
+  grant_allocations: GrantAllocationsTable;
+  grant_approvals: GrantApprovalsTable;
+  coupons: CouponsTable;
+  coupon_redemptions: CouponRedemptionsTable;
+  coupon_failures: CouponFailuresTable;
 }
 
 export type Account = Selectable<AccountsTable>;
@@ -150,3 +237,6 @@ export type NewPayment = Insertable<PaymentsTable>;
 export type LedgerEntry = Selectable<LedgerEntriesTable>;
 export type AdminAction = Selectable<AdminActionsTable>;
 export type ReconciliationRun = Selectable<ReconciliationRunsTable>;
+export type CreditGrant = Selectable<CreditGrantsTable>;
+export type GrantApproval = Selectable<GrantApprovalsTable>;
+export type Coupon = Selectable<CouponsTable>;

@@ -22,8 +22,8 @@ export interface InvariantReport {
 interface Check {
   readonly invariant: number;
   readonly rule: string;
-  /** Returns one row per violation, with optional account_id, payment_id, entry_id and a detail text. */
-  readonly query: ReturnType<typeof sql>;
+  /** One row per violation, with optional account_id, payment_id, entry_id and a detail text; `now` is the clock. */
+  readonly query: (now: Date) => ReturnType<typeof sql>;
 }
 
 const CREDITED_STATES = sql`(${sql.join(CREDITED_STATUSES)})`;
@@ -32,7 +32,7 @@ const CHECKS: Check[] = [
   {
     invariant: 1,
     rule: 'cached balance equals the sum of entries',
-    query: sql`
+    query: () => sql`
       SELECT a.id AS account_id, format('balance %s, entries sum to %s', a.balance, coalesce(sum(e.amount), 0)) AS detail
       FROM accounts a LEFT JOIN ledger_entries e ON e.account_id = a.id
       GROUP BY a.id HAVING a.balance <> coalesce(sum(e.amount), 0)`,
@@ -40,7 +40,7 @@ const CHECKS: Check[] = [
   {
     invariant: 1,
     rule: 'balance_after chains',
-    query: sql`
+    query: () => sql`
       SELECT account_id, id AS entry_id, format('balance_after %s, expected %s', balance_after, expected) AS detail
       FROM (SELECT account_id, id, balance_after,
               coalesce(lag(balance_after) OVER (PARTITION BY account_id ORDER BY id), 0) + amount AS expected
@@ -50,7 +50,7 @@ const CHECKS: Check[] = [
   {
     invariant: 2,
     rule: 'credited payments have exactly one purchase entry of the pack size; others none',
-    query: sql`
+    query: () => sql`
       SELECT p.id AS payment_id, p.account_id,
         format('status %s with %s purchase entries totalling %s (pack %s)', p.status, count(e.id), coalesce(sum(e.amount), 0), p.credits) AS detail
       FROM payments p LEFT JOIN ledger_entries e ON e.payment_id = p.id AND e.kind = 'purchase'
@@ -62,7 +62,7 @@ const CHECKS: Check[] = [
   {
     invariant: 3,
     rule: 'entries caused by a Stripe event have its processed_events row',
-    query: sql`
+    query: () => sql`
       SELECT e.account_id, e.id AS entry_id, format('event %s has no applied processed_events row', e.stripe_event_id) AS detail
       FROM ledger_entries e LEFT JOIN processed_events pe ON pe.event_id = e.stripe_event_id AND pe.outcome = 'applied'
       WHERE e.stripe_event_id IS NOT NULL AND pe.event_id IS NULL`,
@@ -70,7 +70,7 @@ const CHECKS: Check[] = [
   {
     invariant: 4,
     rule: 'the append-only triggers are installed and enabled',
-    query: sql`
+    query: () => sql`
       SELECT format('trigger %s is missing or disabled', name) AS detail
       FROM unnest(ARRAY['ledger_entries_append_only', 'ledger_entries_no_truncate']) AS name
       WHERE NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgname = name
@@ -79,7 +79,7 @@ const CHECKS: Check[] = [
   {
     invariant: 5,
     rule: 'only clawbacks take or keep a balance below zero',
-    query: sql`
+    query: () => sql`
       SELECT account_id, id AS entry_id, format('%s entry of %s left balance %s', kind, amount, balance_after) AS detail
       FROM ledger_entries
       WHERE balance_after < 0 AND amount < 0 AND kind NOT IN ('refund_clawback', 'dispute_clawback')`,
@@ -87,7 +87,7 @@ const CHECKS: Check[] = [
   {
     invariant: 6,
     rule: 'per payment, clawed back minus reinstated stays within 0 and what was credited',
-    query: sql`
+    query: () => sql`
       SELECT p.id AS payment_id, p.account_id,
         format('net clawback %s of %s credited (refund %s, dispute %s)', -(refund + dispute), coalesce(credited, 0), -refund, -dispute) AS detail
       FROM payments p
@@ -101,7 +101,7 @@ const CHECKS: Check[] = [
   {
     invariant: 7,
     rule: 'the payment state machine trigger is installed and enabled',
-    query: sql`
+    query: () => sql`
       SELECT 'trigger payments_state_machine is missing or disabled' AS detail
       WHERE NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgname = 'payments_state_machine'
         AND t.tgrelid = 'payments'::regclass AND t.tgenabled IN ('O', 'A'))`,
@@ -109,11 +109,67 @@ const CHECKS: Check[] = [
   {
     invariant: 8,
     rule: 'every admin entry has its audit row, written in the same transaction',
-    query: sql`
+    query: () => sql`
       SELECT e.account_id, e.id AS entry_id, 'admin entry without a matching audit row' AS detail
       FROM ledger_entries e LEFT JOIN admin_actions a ON a.id = e.admin_action_id
-      WHERE e.kind = 'admin_adjustment' AND (a.id IS NULL OR a.action <> 'adjust'
+      WHERE e.kind = 'admin_adjustment' AND (a.id IS NULL OR a.action NOT IN ('adjust', 'approve_grant')
         OR a.account_id <> e.account_id OR a.created_at <> e.created_at)`,
+  },
+  {
+    invariant: 10,
+    rule: "per account, the unexpired grants' remaining sum to max(balance, 0)",
+    query: (now) => sql`
+      SELECT a.id AS account_id,
+        format('unexpired grants hold %s; balance %s less %s expired and not yet written off', live, a.balance, due) AS detail
+      FROM accounts a
+      JOIN LATERAL (SELECT
+          coalesce(sum(remaining) FILTER (WHERE expires_at IS NULL OR expires_at > ${now}), 0) AS live,
+          coalesce(sum(remaining) FILTER (WHERE expires_at <= ${now}), 0) AS due
+        FROM credit_grants g WHERE g.account_id = a.id) t ON true
+      WHERE live <> greatest(a.balance - due, 0)`,
+  },
+  {
+    invariant: 10,
+    rule: "each grant's allocations sum to amount - remaining",
+    query: () => sql`
+      SELECT g.account_id, format('grant %s: amount %s, remaining %s, allocations %s', g.id, g.amount, g.remaining,
+        coalesce(sum(al.amount), 0)) AS detail
+      FROM credit_grants g LEFT JOIN grant_allocations al ON al.grant_id = g.id
+      GROUP BY g.id HAVING g.amount - g.remaining <> coalesce(sum(al.amount), 0)`,
+  },
+  {
+    invariant: 10,
+    rule: 'no grant is drawn after it expired; every debit draws exactly its amount (or less, into debt)',
+    query: () => sql`
+      SELECT e.account_id, e.id AS entry_id, format('%s entry of %s draws %s', e.kind, e.amount, drawn) AS detail
+      FROM ledger_entries e
+      JOIN LATERAL (SELECT coalesce(sum(al.amount), 0) AS drawn,
+          bool_or(g.expires_at IS NOT NULL AND e.created_at > g.expires_at AND e.kind <> 'grant_expiry') AS late
+        FROM grant_allocations al JOIN credit_grants g ON g.id = al.grant_id
+        WHERE al.entry_id = e.id AND g.account_id = e.account_id) d ON true
+      WHERE e.amount < 0 AND e.id > ledger_grants_start() AND (late OR drawn > -e.amount
+        OR (drawn < -e.amount AND e.kind NOT IN ('refund_clawback', 'dispute_clawback')))`,
+  },
+  {
+    invariant: 10,
+    rule: 'every positive entry brought in exactly one grant of its amount',
+    query: () => sql`
+      SELECT e.account_id, e.id AS entry_id, format('%s entry of %s has %s grants', e.kind, e.amount, count(g.id)) AS detail
+      FROM ledger_entries e LEFT JOIN credit_grants g ON g.entry_id = e.id
+      WHERE e.amount > 0 AND e.id > ledger_grants_start()
+      GROUP BY e.id HAVING count(g.id) <> 1 OR bool_or(g.amount <> e.amount OR g.account_id <> e.account_id)`,
+  },
+  {
+    invariant: 13,
+    rule: 'a coupon is redeemed at most once per account, within its limit, each with its grant',
+    query: () => sql`
+      SELECT format('coupon %s counts %s redemptions, %s recorded (limit %s)', c.code,
+        c.redemptions, count(r.account_id), coalesce(c.max_redemptions::text, 'none')) AS detail
+      FROM coupons c LEFT JOIN coupon_redemptions r ON r.code = c.code
+        LEFT JOIN credit_grants g ON g.id = r.grant_id AND g.account_id = r.account_id AND g.source = 'coupon'
+      GROUP BY c.code
+      HAVING c.redemptions <> count(r.account_id) OR count(g.id) <> count(r.account_id)
+        OR (c.max_redemptions IS NOT NULL AND count(r.account_id) > c.max_redemptions)`,
   },
 ];
 
@@ -121,7 +177,7 @@ const CHECKS: Check[] = [
  * Checks the ledger invariants of DESIGN.md over the whole database, in one repeatable-read snapshot.
  * Read-only; never throws on a violation, it reports it.
  */
-export async function checkInvariants(db: Kysely<Database>): Promise<InvariantReport> {
+export async function checkInvariants(db: Kysely<Database>, now = new Date()): Promise<InvariantReport> {
   return db
     .transaction()
     .setIsolationLevel('repeatable read')
@@ -129,7 +185,7 @@ export async function checkInvariants(db: Kysely<Database>): Promise<InvariantRe
     .execute(async (trx) => {
       const violations: InvariantViolation[] = [];
       for (const check of CHECKS) {
-        const { rows } = await check.query.execute(trx);
+        const { rows } = await check.query(now).execute(trx);
         for (const row of rows as Array<Record<string, unknown>>) {
           violations.push({
             invariant: check.invariant,

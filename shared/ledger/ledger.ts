@@ -4,15 +4,28 @@ import { moveBalance } from '../accounts/accounts.js';
 import { type AdminActor, recordAdminAction } from '../audit/audit.js';
 import { requireNonZeroCredits, requirePositiveCredits, requireText } from '../credits.js';
 import type { Trx } from '../db/locks.js';
-import type { Account, Database, EntryKind, LedgerEntry } from '../db/schema.js';
+import type { Account, CreditGrant, Database, EntryKind, GrantCategory, LedgerEntry } from '../db/schema.js';
 import {
   AccountFrozenError,
   IdempotencyConflictError,
   InsufficientCreditsError,
   LedgerRuleError,
 } from '../errors.js';
+import {
+  createGrant,
+  type GrantSpec,
+  isExpired,
+  loadOpenGrants,
+  planAllocation,
+  purchaseGrantId,
+  recordAllocations,
+} from '../grants/grants.js';
 
-/** The only writer of `ledger_entries` (append-only) and, through `moveBalance`, of the cached balance. */
+/**
+ * The only writer of `ledger_entries` (append-only) and, through `moveBalance`, of the cached balance.
+ * Every positive entry brings in a grant; every negative entry draws on grants in burn order, recording
+ * its allocations; all in the caller's transaction, under the account lock.
+ */
 
 export interface NewEntry {
   readonly amount: number;
@@ -27,7 +40,7 @@ export interface NewEntry {
 }
 
 /** Appends one entry and moves the cached balance and version with it. Caller holds the account lock. */
-export async function appendEntry(trx: Trx, account: Account, entry: NewEntry): Promise<LedgerEntry> {
+async function writeEntry(trx: Trx, account: Account, entry: NewEntry): Promise<LedgerEntry> {
   const balanceAfter = await moveBalance(trx, account, entry.amount);
   return trx
     .insertInto('ledger_entries')
@@ -46,6 +59,57 @@ export async function appendEntry(trx: Trx, account: Account, entry: NewEntry): 
     })
     .returningAll()
     .executeTakeFirstOrThrow();
+}
+
+/** Appends a positive entry and the grant it brings in, which pays any debt first. */
+export async function creditEntry(
+  trx: Trx,
+  account: Account,
+  entry: NewEntry,
+  spec: GrantSpec,
+): Promise<{ entry: LedgerEntry; grant: CreditGrant }> {
+  const debt = -account.balance;
+  const written = await writeEntry(trx, account, entry);
+  return { entry: written, grant: await createGrant(trx, account, written, spec, debt) };
+}
+
+/**
+ * Writes off every grant of the account expired at `now` with credits left (one `grant_expiry` entry each,
+ * idempotent per grant) and returns the grants still spendable, in burn order. Debits call it first, so a
+ * debit never draws on an expired grant and its `balance_after` is exact; the sweeper calls it for the rest.
+ */
+export async function expireDueGrants(
+  trx: Trx,
+  account: Account,
+  now: Date,
+): Promise<{ live: CreditGrant[]; expired: number }> {
+  const open = await loadOpenGrants(trx, account.id);
+  const due = open.filter((g) => isExpired(g, now));
+  for (const grant of due) {
+    const entry = await writeEntry(trx, account, {
+      amount: -grant.remaining,
+      kind: 'grant_expiry',
+      reference: grant.id,
+    });
+    await recordAllocations(trx, entry.id, [{ grantId: grant.id, amount: grant.remaining }]);
+  }
+  return { live: open.filter((g) => !isExpired(g, now)), expired: due.length };
+}
+
+/**
+ * Appends a negative entry drawing on `live` (the grants expireDueGrants returned): `preferGrantId` first,
+ * then burn order. The caller has checked the balance; what the grants cannot cover is debt (clawbacks only).
+ */
+async function debitEntry(
+  trx: Trx,
+  account: Account,
+  entry: NewEntry,
+  live: readonly CreditGrant[],
+  preferGrantId?: string,
+): Promise<LedgerEntry> {
+  const written = await writeEntry(trx, account, entry);
+  await recordAllocations(trx, written.id, planAllocation(live, -entry.amount, preferGrantId).allocations);
+  return written;
 }
 
 function findEntry(trx: Trx, accountId: string, kind: EntryKind, reference: string) {
@@ -111,6 +175,7 @@ export async function movePaymentCredits(
   trx: Trx,
   account: Account,
   input: PaymentMovement,
+  now = new Date(),
 ): Promise<EntryResult> {
   const credits = requirePositiveCredits(input.credits, 'credits');
   const reference = requireText(input.reference, 'reference', 255);
@@ -133,13 +198,24 @@ export async function movePaymentCredits(
       `returning ${credits} would exceed the ${taken[side]} credits taken by ${side}`,
     );
   }
-  const entry = await appendEntry(trx, account, {
+  const movement: NewEntry = {
     amount: direction * credits,
     kind: input.kind,
     reference,
     paymentId: input.paymentId,
     stripeEventId: input.stripeEventId ?? null,
-  });
+  };
+  if (direction > 0) {
+    // A reversed refund or a won dispute: the credits come back as a new paid grant.
+    const { entry } = await creditEntry(trx, account, movement, {
+      category: 'paid',
+      source: 'reinstatement',
+    });
+    return { entry, duplicate: false };
+  }
+  // A clawback takes from the purchase's own grant first, then burn order, then into debt.
+  const { live } = await expireDueGrants(trx, account, now);
+  const entry = await debitEntry(trx, account, movement, live, await purchaseGrantId(trx, input.paymentId));
   return { entry, duplicate: false };
 }
 
@@ -183,7 +259,12 @@ function spendResult(entry: LedgerEntry, replayed: boolean): SpendResult {
  * Spends credits. Same key and same request: the first result again. Same key, other request:
  * IdempotencyConflictError. A short balance: InsufficientCreditsError, and nothing is written.
  */
-export async function spendCredits(trx: Trx, account: Account, request: SpendRequest): Promise<SpendResult> {
+export async function spendCredits(
+  trx: Trx,
+  account: Account,
+  request: SpendRequest,
+  now = new Date(),
+): Promise<SpendResult> {
   const amount = requirePositiveCredits(request.amount, 'amount');
   const key = requireText(request.idempotencyKey, 'idempotencyKey', 255);
   const description =
@@ -198,15 +279,21 @@ export async function spendCredits(trx: Trx, account: Account, request: SpendReq
     return spendResult(previous, true);
   }
   if (account.status === 'frozen') throw new AccountFrozenError();
+  const { live } = await expireDueGrants(trx, account, now);
   if (account.balance < amount) throw new InsufficientCreditsError(account.balance, amount);
-  const entry = await appendEntry(trx, account, {
-    amount: -amount,
-    kind: 'spend',
-    reference: key,
-    requestHash,
-    description,
-    metadata: metadata ?? undefined,
-  });
+  const entry = await debitEntry(
+    trx,
+    account,
+    {
+      amount: -amount,
+      kind: 'spend',
+      reference: key,
+      requestHash,
+      description,
+      metadata: metadata ?? undefined,
+    },
+    live,
+  );
   return spendResult(entry, false);
 }
 
@@ -215,25 +302,54 @@ export interface Adjustment extends AdminActor {
   readonly amount: number;
   /** What the user sees in their history; null shows the kind alone. The reason is never shown to them. */
   readonly description?: string | null;
+  /** A grant's category. @default 'promotional' */
+  readonly category?: GrantCategory;
+  /** When a grant expires; null or absent: never. */
+  readonly expiresAt?: Date | null;
+  /** The audit row already written for it (an approved grant); otherwise one `adjust` row is written. */
+  readonly adminActionId?: string;
 }
 
-/** An admin's correction: one entry plus its audit row, in the caller's transaction. */
-export async function adjustCredits(trx: Trx, account: Account, input: Adjustment): Promise<LedgerEntry> {
+/**
+ * An admin's correction, in the caller's transaction: a positive amount is a grant (category, expiry), a
+ * negative one draws on grants in burn order and never takes the balance below zero. One entry plus its
+ * audit row.
+ */
+export async function adjustCredits(
+  trx: Trx,
+  account: Account,
+  input: Adjustment,
+  now = new Date(),
+): Promise<LedgerEntry> {
   const amount = requireNonZeroCredits(input.amount, 'amount');
+  const description = input.description == null ? null : requireText(input.description, 'description', 500);
+  const live = amount < 0 ? (await expireDueGrants(trx, account, now)).live : [];
   if (amount < 0 && account.balance + amount < 0)
     throw new InsufficientCreditsError(account.balance, -amount);
-  const description = input.description == null ? null : requireText(input.description, 'description', 500);
-  const actionId = await recordAdminAction(trx, 'adjust', input, {
-    accountId: account.id,
-    payload: { amount },
-  });
-  return appendEntry(trx, account, {
+  const actionId =
+    input.adminActionId ??
+    (await recordAdminAction(trx, 'adjust', input, {
+      accountId: account.id,
+      payload: {
+        amount,
+        ...(input.category && { category: input.category }),
+        ...(input.expiresAt && { expiresAt: input.expiresAt.toISOString() }),
+      },
+    }));
+  const entry: NewEntry = {
     amount,
     kind: 'admin_adjustment',
     reference: actionId,
     adminActionId: actionId,
     description,
+  };
+  if (amount < 0) return debitEntry(trx, account, entry, live);
+  const credited = await creditEntry(trx, account, entry, {
+    category: input.category ?? 'promotional',
+    source: 'admin',
+    expiresAt: input.expiresAt ?? null,
   });
+  return credited.entry;
 }
 
 /**
@@ -245,11 +361,17 @@ export async function eraseEntryText(trx: Trx, accountId: string): Promise<void>
   await sql`SELECT anonymize_ledger_entries(${accountId}::uuid)`.execute(trx);
 }
 
-/** An account's entries, newest first, one keyset page: ids below `beforeId`, optionally. */
+/** An account's entries, newest first, one keyset page: ids below `beforeId`, of one kind, in [from, to). */
 export function listEntries(
   db: Kysely<Database>,
   accountId: string,
-  page: { readonly limit: number; readonly beforeId?: number },
+  page: {
+    readonly limit: number;
+    readonly beforeId?: number;
+    readonly kind?: EntryKind;
+    readonly from?: Date;
+    readonly to?: Date;
+  },
 ): Promise<LedgerEntry[]> {
   let query = db
     .selectFrom('ledger_entries')
@@ -258,5 +380,8 @@ export function listEntries(
     .orderBy('id', 'desc')
     .limit(page.limit);
   if (page.beforeId !== undefined) query = query.where('id', '<', page.beforeId);
+  if (page.kind) query = query.where('kind', '=', page.kind);
+  if (page.from) query = query.where('created_at', '>=', page.from);
+  if (page.to) query = query.where('created_at', '<', page.to);
   return query.execute();
 }

@@ -4,7 +4,7 @@ import type { Trx } from '../db/locks.js';
 import type { Account, Database, LedgerEntry, Payment, PaymentStatus } from '../db/schema.js';
 import { LedgerRuleError, ParkEventError } from '../errors.js';
 import {
-  appendEntry,
+  creditEntry,
   type EntryResult,
   findPurchaseEntry,
   movePaymentCredits,
@@ -171,13 +171,18 @@ export async function creditPurchase(
     if (existing?.account_id === account.id) return { entry: existing, duplicate: true };
     throw new LedgerRuleError(`payment ${input.paymentId} of this account is not awaiting credit`);
   }
-  const entry = await appendEntry(trx, account, {
-    amount: credits,
-    kind: 'purchase',
-    reference,
-    paymentId: input.paymentId,
-    stripeEventId: input.stripeEventId ?? null,
-  });
+  const { entry } = await creditEntry(
+    trx,
+    account,
+    {
+      amount: credits,
+      kind: 'purchase',
+      reference,
+      paymentId: input.paymentId,
+      stripeEventId: input.stripeEventId ?? null,
+    },
+    { category: 'paid', source: 'purchase', paymentId: input.paymentId },
+  );
   return { entry, duplicate: false };
 }
 

@@ -61,6 +61,15 @@ export async function applyToPayments(
       const payment = await linkPaymentIntent(trx, found, intent.id);
       const account = await lockAccount(trx, payment.account_id);
       const paid = { amount: intent.amount_received, currency: intent.currency };
+      // A promotion code lowers what the intent received below the pack's price; only the session says
+      // by how much, so for a checkout payment the session event decides.
+      if (
+        payment.stripe_checkout_session_id &&
+        paid.amount < payment.amount_total &&
+        !isCredited(payment.status)
+      ) {
+        return [];
+      }
       return creditPaidPayment(trx, account, payment, paid, event.id);
     }
     case 'charge.refunded': {
@@ -124,7 +133,7 @@ async function applySessionEvent(
   if (!resolved) return null;
   const payment = await linkPaymentIntent(trx, resolved, session.payment_intent);
   const account = await lockAccount(trx, payment.account_id);
-  const paid = { amount: session.amount_total, currency: session.currency };
+  const paid = { amount: paidForPack(session), currency: session.currency };
   switch (type) {
     case 'checkout.session.completed':
       // A delayed method (SEPA, ACH): credited on async_payment_succeeded.
@@ -139,6 +148,22 @@ async function applySessionEvent(
       await closeUncredited(trx, payment, 'EXPIRED');
       return [];
   }
+}
+
+/**
+ * What a session paid for its pack: its total, or, with a promotion code, its subtotal when the total is
+ * exactly the subtotal less the discount (the pack's credits are granted in full).
+ */
+function paidForPack(session: CheckoutSession): number | null {
+  const discount = session.total_details?.amount_discount ?? 0;
+  if (
+    discount > 0 &&
+    session.amount_subtotal !== null &&
+    session.amount_total === session.amount_subtotal - discount
+  ) {
+    return session.amount_subtotal;
+  }
+  return session.amount_total;
 }
 
 /**
@@ -173,7 +198,7 @@ async function resolveSessionPayment(
     if (!mustResolve) return undefined;
     throw new ParkEventError('unknown_package', `checkout session ${session.id} names no known package`);
   }
-  if (session.amount_total !== pack.amount || session.currency !== pack.currency) {
+  if (paidForPack(session) !== pack.amount || session.currency !== pack.currency) {
     throw new ParkEventError(
       'amount_mismatch',
       `checkout session ${session.id} charged ${session.amount_total} ${session.currency}; ${pack.id} costs ${pack.amount} ${pack.currency}`,

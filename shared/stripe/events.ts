@@ -51,6 +51,9 @@ const ref = (prefix: string) =>
 export const checkoutSessionSchema = z.object({
   id: id('cs'),
   amount_total: z.nullable(amount),
+  /** Before discounts; with a promotion code, amount_total is this less total_details.amount_discount. */
+  amount_subtotal: z._default(z.nullable(amount), null),
+  total_details: z._default(z.nullable(z.object({ amount_discount: z._default(amount, 0) })), null),
   currency: z.nullable(z.string()),
   payment_status: z.enum(['paid', 'unpaid', 'no_payment_required']),
   status: z.nullable(z.enum(['open', 'complete', 'expired'])),

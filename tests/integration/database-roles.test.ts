@@ -17,6 +17,12 @@ const { db, owner } = await createTestDatabase({ max: 4 });
 const EXPECTED_TABLE_PRIVILEGES: Record<string, string[]> = {
   accounts: ['INSERT', 'SELECT', 'UPDATE'],
   admin_actions: ['INSERT', 'SELECT'],
+  coupon_failures: ['INSERT', 'SELECT'],
+  coupon_redemptions: ['INSERT', 'SELECT'],
+  coupons: ['INSERT', 'SELECT', 'UPDATE'],
+  credit_grants: ['INSERT', 'SELECT', 'UPDATE'],
+  grant_allocations: ['INSERT', 'SELECT'],
+  grant_approvals: ['INSERT', 'SELECT', 'UPDATE'],
   kysely_migration: [],
   kysely_migration_lock: [],
   ledger_entries: ['INSERT', 'SELECT'],
@@ -27,6 +33,7 @@ const EXPECTED_TABLE_PRIVILEGES: Record<string, string[]> = {
   stripe_charge_facts: ['INSERT', 'SELECT', 'UPDATE'],
 };
 const EXPECTED_SEQUENCE_PRIVILEGES: Record<string, string[]> = {
+  coupon_failures_id_seq: ['USAGE'],
   ledger_entries_id_seq: ['USAGE'],
   reconciliation_findings_id_seq: ['USAGE'],
 };

@@ -362,6 +362,8 @@ describe('invariant checker', () => {
       [1, account.id],
       [1, account.id],
       [4, null],
+      // The grants still hold the 10 credits the tampered balance no longer says.
+      [10, account.id],
     ]);
   });
 });

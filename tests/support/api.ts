@@ -135,6 +135,7 @@ export function testApi(
     corsAllowedOrigins: [FRONTEND],
     maxOpenCheckouts: 3,
     adminPrincipals: ['arn:aws:sts::123456789012:assumed-role/credits-admin/*'],
+    allowPromotionCodes: false,
     ...options.config,
   };
   const runs: Promise<unknown>[] = [];

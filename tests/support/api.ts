@@ -124,7 +124,12 @@ export function expectDocumented(routeKey: RouteKey, response: APIGatewayProxySt
 /** An API bound to a test database and a Stripe client; `call` returns the parsed response. */
 export function testApi(
   db: Kysely<Database>,
-  options: { stripe?: Stripe; config?: Partial<ApiConfig>; inlineReconciliation?: boolean } = {},
+  options: {
+    stripe?: Stripe;
+    config?: Partial<ApiConfig>;
+    inlineReconciliation?: boolean;
+    clock?: () => Date;
+  } = {},
 ) {
   const config: ApiConfig = {
     database: { url: 'unused' },
@@ -148,6 +153,7 @@ export function testApi(
       db,
       config,
       stripe,
+      clock: options.clock,
       dispatchReconciliation: async (runId) => {
         runs.push(
           executeRun(

@@ -48,3 +48,17 @@ export async function givenFundedAccount(
 export function reloadAccount(db: Kysely<Database>, accountId: string): Promise<Account> {
   return db.selectFrom('accounts').selectAll().where('id', '=', accountId).executeTakeFirstOrThrow();
 }
+
+/**
+ * A clock that stands still until the test moves it forward. It starts an hour ahead of the real time, so
+ * the times the database stamps on entries are never later than what it says.
+ */
+export function testClock() {
+  let at = Date.now() + 3_600_000;
+  return {
+    now: () => new Date(at),
+    advance(ms: number) {
+      at += ms;
+    },
+  };
+}

@@ -3,8 +3,8 @@ import { expect } from 'vitest';
 import type { Database } from '../../shared/db/schema.js';
 import { checkInvariants } from '../../shared/ledger/invariants.js';
 
-/** Fails the test with every violated invariant listed. */
-export async function expectInvariantsHold(db: Kysely<Database>): Promise<void> {
-  const report = await checkInvariants(db);
+/** Fails the test with every violated invariant listed; `now` is the test's clock where it moves one. */
+export async function expectInvariantsHold(db: Kysely<Database>, now?: Date): Promise<void> {
+  const report = await checkInvariants(db, now);
   expect(report.violations).toEqual([]);
 }

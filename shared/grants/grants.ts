@@ -22,9 +22,9 @@ export interface Allocation {
   readonly amount: number;
 }
 
-/** The account's grants with credits left (expired ones included), in burn order. */
-export function loadOpenGrants(trx: Trx, accountId: string): Promise<CreditGrant[]> {
-  return trx
+/** The account's grants with credits left (expired ones included), in burn order: the one place it is defined. */
+export function loadOpenGrants(db: Kysely<Database>, accountId: string): Promise<CreditGrant[]> {
+  return db
     .selectFrom('credit_grants')
     .selectAll()
     .where('account_id', '=', accountId)
@@ -187,18 +187,7 @@ export async function listLiveGrants(
   accountId: string,
   now: Date,
 ): Promise<CreditGrant[]> {
-  const rows = await db
-    .selectFrom('credit_grants')
-    .selectAll()
-    .where('account_id', '=', accountId)
-    .where('remaining', '>', 0)
-    .where((eb) => eb.or([eb('expires_at', 'is', null), eb('expires_at', '>', now)]))
-    .orderBy(sql`expires_at ASC NULLS LAST`)
-    .orderBy(sql`(category = 'paid') ASC`)
-    .orderBy('created_at')
-    .orderBy('id')
-    .execute();
-  return rows;
+  return (await loadOpenGrants(db, accountId)).filter((g) => !isExpired(g, now));
 }
 
 /** Accounts holding grants expired at `now` with credits left: the sweeper's work, oldest expiry first. */

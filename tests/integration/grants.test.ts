@@ -51,6 +51,25 @@ async function grantOfEntry(entryId: number): Promise<string> {
   return row.id;
 }
 
+/** A coupon as an admin creates it; no expiry, redeem-by date, limit or plans unless given. */
+const givenCoupon = (
+  code: string,
+  credits: number,
+  options: { grantExpiresInDays?: number; maxRedemptions?: number } = {},
+) =>
+  createCoupon(
+    db,
+    {
+      code,
+      credits,
+      grantExpiresInDays: options.grantExpiresInDays ?? null,
+      redeemBy: null,
+      maxRedemptions: options.maxRedemptions ?? null,
+      plans: null,
+    },
+    actor,
+  );
+
 const spend = (account: Account, amount: number, key: string, now: Date) =>
   inAccountTransaction(db, account.id, (trx, locked) =>
     spendCredits(trx, locked, { amount, idempotencyKey: key }, now),
@@ -199,18 +218,7 @@ describe('refunds, disputes and debt', () => {
     );
     expect((await reloadAccount(db, account.id)).balance).toBe(-80);
     await expect(spend(account, 1, 'in-debt', clock.now())).rejects.toBeInstanceOf(InsufficientCreditsError);
-    await createCoupon(
-      db,
-      {
-        code: 'DEBT100',
-        credits: 100,
-        grantExpiresInDays: 30,
-        redeemBy: null,
-        maxRedemptions: null,
-        plans: null,
-      },
-      actor,
-    );
+    await givenCoupon('DEBT100', 100, { grantExpiresInDays: 30 });
     const redeemed = await redeemCoupon(db, await reloadAccount(db, account.id), 'debt100', clock.now());
     expect(await remainingOf(redeemed.grantId)).toBe(20);
     expect((await reloadAccount(db, account.id)).balance).toBe(20);
@@ -282,18 +290,7 @@ describe('refunds, disputes and debt', () => {
 describe('coupons under concurrency', () => {
   it('gives exactly 10 of 100 concurrent users a grant from a coupon limited to 10', async () => {
     const clock = testClock();
-    await createCoupon(
-      db,
-      {
-        code: 'TEN-ONLY',
-        credits: 5,
-        grantExpiresInDays: 7,
-        redeemBy: null,
-        maxRedemptions: 10,
-        plans: null,
-      },
-      actor,
-    );
+    await givenCoupon('TEN-ONLY', 5, { grantExpiresInDays: 7, maxRedemptions: 10 });
     const accounts = await Promise.all(Array.from({ length: 100 }, () => givenAccount(db)));
     const outcomes = await Promise.allSettled(
       accounts.map((a) => redeemCoupon(db, a, 'ten-only', clock.now())),
@@ -315,18 +312,7 @@ describe('coupons under concurrency', () => {
 
   it('gives one user redeeming twice at once one grant', async () => {
     const clock = testClock();
-    await createCoupon(
-      db,
-      {
-        code: 'ONCE',
-        credits: 7,
-        grantExpiresInDays: null,
-        redeemBy: null,
-        maxRedemptions: null,
-        plans: null,
-      },
-      actor,
-    );
+    await givenCoupon('ONCE', 7);
     const account = await givenAccount(db);
     const outcomes = await Promise.allSettled([
       redeemCoupon(db, account, 'ONCE', clock.now()),
@@ -500,18 +486,7 @@ describe('bad input writes nothing', () => {
   it('answers 429 after ten failed attempts within an hour, even for a good code, and lets it through an hour later', async () => {
     const clock = testClock();
     const { call } = testApi(db, { clock: clock.now });
-    await createCoupon(
-      db,
-      {
-        code: 'PATIENCE',
-        credits: 3,
-        grantExpiresInDays: null,
-        redeemBy: null,
-        maxRedemptions: null,
-        plans: null,
-      },
-      actor,
-    );
+    await givenCoupon('PATIENCE', 3);
     const account = await givenAccount(db);
     const redeem = (code: string) =>
       call('POST /v1/me/coupons/redeem', { auth: { user: account.external_user_id! }, body: { code } });

@@ -14,6 +14,7 @@ import { SignatureV4 } from '@smithy/signature-v4';
 import { sql } from 'kysely';
 import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
 import { LOCAL_REGION, LocalAuth, PRINCIPAL_NAMES, signRequest } from '../../local/auth.js';
+import { signPayload } from '../../local/stripe-emulator/webhooks.js';
 import { checkoutSession, stripeEvent, stripeIds } from '../support/events.js';
 import { expectInvariantsHold } from '../support/invariants.js';
 import { startStackForTest } from '../support/local-stack.js';
@@ -455,6 +456,49 @@ describe('the local gateway: its own errors have API Gateway’s shape', () => {
 });
 
 // ---- local credentials -------------------------------------------------------------------------------
+
+describe('the local stack: Stripe events that can never apply', () => {
+  it.each([
+    ['a NUL', 'u\u0000nul'],
+    ['a lone surrogate', 'u\ud800x'],
+  ])(
+    'parks a signed webhook whose user id carries %s, instead of retrying it into the DLQ',
+    async (_case, userId) => {
+      const ids = stripeIds();
+      const event = stripeEvent(
+        'checkout.session.completed',
+        checkoutSession({
+          id: ids.session,
+          payment_intent: ids.intent,
+          amount_total: 500,
+          currency: 'usd',
+          client_reference_id: null,
+          metadata: { user_id: userId, package_id: 'pack_small' },
+        }),
+      );
+      const body = JSON.stringify(event);
+      const response = await fetch(`${stack.url}/webhooks/stripe`, {
+        method: 'POST',
+        headers: {
+          'content-type': 'application/json',
+          'stripe-signature': signPayload(body, 'whsec_local_emulator_secret'),
+        },
+        body,
+      });
+      expect(response.status).toBe(200);
+      await waitFor(async () => {
+        const row = await db
+          .selectFrom('processed_events')
+          .select('outcome')
+          .where('event_id', '=', String(event.id))
+          .executeTakeFirst();
+        return row?.outcome === 'parked';
+      }, 'the event to be parked');
+      await waitFor(() => stack.queue.main.length === 0, 'the queue to drain');
+      expect(stack.queue.dlq.length).toBe(0);
+    },
+  );
+});
 
 describe('the local stack: bodies that are not UTF-8', () => {
   it.each([

@@ -63,7 +63,8 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   const kb = (n: number) => `${(n / 1024).toFixed(1)} KB`;
   console.log('function'.padEnd(16), 'bundle'.padStart(10), 'gzip'.padStart(10), '  largest packages');
   let failed = false;
-  for (const report of bundleReports()) {
+  // Where bin/app.ts synthesized: it honours CDK_OUTDIR too.
+  for (const report of bundleReports(process.env.CDK_OUTDIR ?? 'cdk.out')) {
     const top = report.packages
       .slice(0, 4)
       .map(([name, bytes]) => `${name} ${kb(bytes)}`)

@@ -14,6 +14,9 @@ export interface MonitoringProps {
   readonly deadLetterQueue: sqs.IQueue;
   /** The nightly schedule's dead-letter queue. */
   readonly scheduleDlq: sqs.IQueue;
+  readonly sweeper: lambda.IFunction;
+  /** The sweep schedule's dead-letter queue. */
+  readonly sweepScheduleDlq: sqs.IQueue;
   /** Where alarms are emailed. @default none (subscribe to the topic yourself) */
   readonly alarmEmail?: string;
 }
@@ -76,6 +79,16 @@ export function defineMonitoring(scope: Construct, props: MonitoringProps): sns.
       props.scheduleDlq.metricApproximateNumberOfMessagesVisible({ period: Duration.minutes(5) }),
       'the nightly schedule could not invoke reconciliation',
     ],
+    [
+      'SweeperErrors',
+      props.sweeper.metricErrors({ period: Duration.minutes(5) }),
+      'the sweeper failed: expired grants are not written off (balances stay exact)',
+    ],
+    [
+      'SweepScheduleDlqNotEmpty',
+      props.sweepScheduleDlq.metricApproximateNumberOfMessagesVisible({ period: Duration.minutes(5) }),
+      'the schedule could not invoke the sweeper',
+    ],
   ];
   for (const [name, alarmMetric, description] of alarms) {
     new cloudwatch.Alarm(scope, name, {
@@ -105,6 +118,7 @@ export function defineMonitoring(scope: Construct, props: MonitoringProps): sns.
           METRICS.eventRetried,
         ]),
         graph('Credits', [METRICS.creditsGranted, METRICS.creditsClawedBack]),
+        graph('Grants', [METRICS.grantsExpired]),
       ],
       [
         new cloudwatch.GraphWidget({

@@ -10,6 +10,7 @@ import { CreditsFunction } from './credits-function.js';
 import { defineMonitoring } from './monitoring.js';
 import { defineNightlyReconciliation } from './reconciliation.js';
 import { DATABASE, type StatefulStack, WORKER_TIMEOUT } from './stateful-stack.js';
+import { defineSweepSchedule, SWEEPER_TIMEOUT } from './sweeper.js';
 
 export interface StatelessStackProps extends StackProps {
   readonly stateful: StatefulStack;
@@ -55,11 +56,14 @@ export function validateAdminPrincipals(principals: readonly string[]): void {
 
 /**
  * The code: the functions and the migration trigger (here), the HTTP API (api.ts), the nightly schedule
- * (reconciliation.ts), alarms and the dashboard (monitoring.ts).
+ * (reconciliation.ts), the sweep every minute (sweeper.ts), alarms and the dashboard (monitoring.ts).
  */
 export class StatelessStack extends Stack {
   readonly api: apigw.HttpApi;
-  readonly functions: Record<'intake' | 'worker' | 'api' | 'reconcile' | 'migrate', CreditsFunction>;
+  readonly functions: Record<
+    'intake' | 'worker' | 'api' | 'reconcile' | 'sweeper' | 'migrate',
+    CreditsFunction
+  >;
   readonly alarmTopic: sns.Topic;
   readonly callerPolicies: Record<CallerKind, iam.ManagedPolicy>;
 
@@ -128,6 +132,14 @@ export class StatelessStack extends Stack {
         'Invoking the reconcile function (any of its versions) is the only Lambda permission the API has',
     });
 
+    const sweeper = new CreditsFunction(this, 'Sweeper', {
+      entry: 'sweeper',
+      timeout: SWEEPER_TIMEOUT,
+      // One sweep at a time: a second would only wait on the first's account locks.
+      reservedConcurrentExecutions: 1,
+      ...inVpc,
+    }).bindDatabase(stateful.proxy, app);
+
     const migrate = new CreditsFunction(this, 'Migrate', {
       entry: 'migrate',
       timeout: Duration.minutes(5),
@@ -138,10 +150,10 @@ export class StatelessStack extends Stack {
       handler: migrate,
       timeout: Duration.minutes(5),
       executeOnHandlerChange: true,
-      executeBefore: [worker, apiFunction, reconcile],
+      executeBefore: [worker, apiFunction, reconcile, sweeper],
     });
 
-    this.functions = { intake, worker, api: apiFunction, reconcile, migrate };
+    this.functions = { intake, worker, api: apiFunction, reconcile, sweeper, migrate };
 
     const httpApi = defineHttpApi(this, {
       functions: { api: apiFunction, 'webhook-intake': intake },
@@ -151,11 +163,14 @@ export class StatelessStack extends Stack {
     this.api = httpApi.api;
     this.callerPolicies = httpApi.callerPolicies;
     const scheduleDlq = defineNightlyReconciliation(this, { reconcile });
+    const sweepScheduleDlq = defineSweepSchedule(this, { sweeper });
     this.alarmTopic = defineMonitoring(this, {
       worker,
       queue: stateful.queue,
       deadLetterQueue: stateful.deadLetterQueue,
       scheduleDlq,
+      sweeper,
+      sweepScheduleDlq,
       alarmEmail: props.alarmEmail,
     });
 

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp } from '../../bin/app.js';
 import { bundleReports } from '../../bin/bundle-sizes.js';
 import { ROUTES } from '../../shared/http/routes.js';
-import { METRICS, METRICS_NAMESPACE } from '../../shared/metrics.js';
+import { METRIC_SERVICE, METRICS, METRICS_NAMESPACE, type MetricName } from '../../shared/metrics.js';
 
 const outdir = mkdtempSync(path.join(tmpdir(), 'cdk-test-'));
 const context = JSON.parse(readFileSync(new URL('../../cdk.json', import.meta.url), 'utf8')).context;
@@ -211,7 +211,7 @@ describe('stateful stack', () => {
 
 describe('functions', () => {
   it('run on ARM64 with the latest Node runtime, active tracing, log retention and Powertools settings', () => {
-    for (const name of ['WebhookIntake', 'CreditWorker', 'Api', 'Reconcile', 'Migrate']) {
+    for (const name of ['WebhookIntake', 'CreditWorker', 'Api', 'Reconcile', 'Sweeper', 'Migrate']) {
       const fn = stateless.findResources('AWS::Lambda::Function')[functionLogicalId(stateless, name)]!;
       expect(fn.Properties).toMatchObject({
         Architectures: ['arm64'],
@@ -220,7 +220,7 @@ describe('functions', () => {
         Environment: { Variables: { POWERTOOLS_METRICS_NAMESPACE: 'Credits' } },
       });
     }
-    stateless.resourcePropertiesCountIs('AWS::Logs::LogGroup', { RetentionInDays: 30 }, 5);
+    stateless.resourcePropertiesCountIs('AWS::Logs::LogGroup', { RetentionInDays: 30 }, 6);
   });
 
   it('lets intake send to the queue and read the Stripe secret, and nothing else; no VPC, no database', () => {
@@ -241,19 +241,16 @@ describe('functions', () => {
   });
 
   it('lets only the worker consume the queue, and only database functions connect to the database', () => {
-    const consumers = ['WebhookIntake', 'CreditWorker', 'Api', 'Reconcile', 'Migrate'].filter((name) =>
-      policyOf(stateless, name).includes('sqs:ReceiveMessage'),
-    );
+    const all = ['WebhookIntake', 'CreditWorker', 'Api', 'Reconcile', 'Sweeper', 'Migrate'];
+    const consumers = all.filter((name) => policyOf(stateless, name).includes('sqs:ReceiveMessage'));
     expect(consumers).toEqual(['CreditWorker']);
-    const connectors = ['WebhookIntake', 'CreditWorker', 'Api', 'Reconcile', 'Migrate'].filter((name) =>
-      policyOf(stateless, name).includes('rds-db:connect'),
-    );
-    expect(connectors).toEqual(['CreditWorker', 'Api', 'Reconcile', 'Migrate']);
+    const connectors = all.filter((name) => policyOf(stateless, name).includes('rds-db:connect'));
+    expect(connectors).toEqual(['CreditWorker', 'Api', 'Reconcile', 'Sweeper', 'Migrate']);
     expect(policyOf(stateless, 'CreditWorker')).not.toContain('secretsmanager:GetSecretValue');
   });
 
-  it('connects api, worker and reconcile as the application role, and only migrate as the owner', () => {
-    for (const name of ['CreditWorker', 'Api', 'Reconcile']) {
+  it('connects api, worker, reconcile and sweeper as the application role, and only migrate as the owner', () => {
+    for (const name of ['CreditWorker', 'Api', 'Reconcile', 'Sweeper']) {
       expect(functionOf(stateless, name).Properties.Environment.Variables.DB_USER, name).toBe('credits_app');
       const resources = connectResourcesOf(stateless, name);
       expect(resources, name).toHaveLength(1);
@@ -263,6 +260,38 @@ describe('functions', () => {
     const migrate = connectResourcesOf(stateless, 'Migrate');
     expect(migrate).toHaveLength(1);
     expect(migrate[0]).toMatch(/\/postgres"\]\]\}$/);
+  });
+
+  it('gives the sweeper the database through the proxy, in the database clients group, and nothing else', () => {
+    const fn = functionOf(stateless, 'Sweeper').Properties;
+    expect(fn.Environment.Variables).toEqual({
+      NODE_OPTIONS: '--enable-source-maps',
+      POWERTOOLS_SERVICE_NAME: 'sweeper',
+      POWERTOOLS_METRICS_NAMESPACE: 'Credits',
+      POWERTOOLS_LOG_LEVEL: 'INFO',
+      DB_HOST: { 'Fn::ImportValue': expect.stringMatching(/DatabaseProxy\w*Endpoint/) },
+      DB_NAME: 'credits',
+      DB_USER: 'credits_app',
+    });
+    expect(fn.VpcConfig.SecurityGroupIds).toEqual([
+      { 'Fn::ImportValue': expect.stringMatching(/DatabaseClients\w*GroupId/) },
+    ]);
+    expect(policyOf(stateless, 'Sweeper').filter((a) => !a.startsWith('xray:'))).toEqual(['rds-db:connect']);
+  });
+
+  it('runs one sweep at a time, each well within the minute between sweeps', () => {
+    expect(functionOf(stateless, 'Sweeper').Properties).toMatchObject({
+      ReservedConcurrentExecutions: 1,
+      Timeout: 50,
+    });
+  });
+
+  it('neither retries a failed sweep nor keeps one waiting past a minute: the next sweep does its work', () => {
+    stateless.hasResourceProperties('AWS::Lambda::EventInvokeConfig', {
+      FunctionName: { Ref: functionLogicalId(stateless, 'Sweeper') },
+      MaximumRetryAttempts: 0,
+      MaximumEventAgeInSeconds: 60,
+    });
   });
 
   it('reports batch item failures and caps worker concurrency', () => {
@@ -280,6 +309,7 @@ describe('functions', () => {
       'CreditWorker',
       'Migrate',
       'Reconcile',
+      'Sweeper',
       'WebhookIntake',
     ]);
     const intake = reports.find((r) => r.name === 'WebhookIntake')!;
@@ -357,7 +387,7 @@ describe('HTTP API', () => {
     expect(functionOf(stateless, 'Api').Properties.Environment.Variables.ADMIN_PRINCIPALS).toBe(
       ADMIN_PRINCIPALS.join(','),
     );
-    for (const name of ['WebhookIntake', 'CreditWorker', 'Reconcile', 'Migrate'])
+    for (const name of ['WebhookIntake', 'CreditWorker', 'Reconcile', 'Sweeper', 'Migrate'])
       expect(functionOf(stateless, name).Properties.Environment.Variables, name).not.toHaveProperty(
         'ADMIN_PRINCIPALS',
       );
@@ -397,11 +427,26 @@ describe('operations', () => {
     });
   });
 
+  it('schedules the sweeper every minute, on the minute, with retries for a minute and its own DLQ', () => {
+    const [dlq] = Object.keys(stateless.findResources('AWS::SQS::Queue')).filter((id) =>
+      id.startsWith('SweepScheduleDlq'),
+    );
+    stateless.hasResourceProperties('AWS::Scheduler::Schedule', {
+      ScheduleExpression: 'rate(1 minute)',
+      FlexibleTimeWindow: { Mode: 'OFF' },
+      Target: Match.objectLike({
+        Arn: { 'Fn::GetAtt': [functionLogicalId(stateless, 'Sweeper'), 'Arn'] },
+        RetryPolicy: { MaximumRetryAttempts: 3, MaximumEventAgeInSeconds: 60 },
+        DeadLetterConfig: { Arn: { 'Fn::GetAtt': [dlq, 'Arn'] } },
+      }),
+    });
+  });
+
   it('runs the migrations in a trigger before the new code of the database functions deploys', () => {
     const trigger = Object.entries(stateless.findResources('Custom::Trigger'));
     expect(trigger).toHaveLength(1);
     const [triggerId] = trigger[0]!;
-    for (const name of ['CreditWorker', 'Api', 'Reconcile']) {
+    for (const name of ['CreditWorker', 'Api', 'Reconcile', 'Sweeper']) {
       const fn = stateless.findResources('AWS::Lambda::Function')[functionLogicalId(stateless, name)]!;
       expect([fn.DependsOn].flat(), name).toContain(triggerId);
     }
@@ -414,7 +459,7 @@ describe('operations', () => {
       Endpoint: 'ops@example.com',
     });
     const alarms = Object.values(stateless.findResources('AWS::CloudWatch::Alarm'));
-    expect(alarms.length).toBe(7);
+    expect(alarms.length).toBe(9);
     for (const alarm of alarms) expect(alarm.Properties.AlarmActions).toHaveLength(1);
     const names = alarms.map((a) => a.Properties.MetricName).filter(Boolean);
     expect(names).toEqual(
@@ -427,6 +472,34 @@ describe('operations', () => {
       ]),
     );
     stateless.resourceCountIs('AWS::CloudWatch::Dashboard', 1);
+  });
+
+  it("alarms on the sweeper's errors and on its schedule's DLQ, to the alarm topic", () => {
+    const topic = { Ref: Object.keys(stateless.findResources('AWS::SNS::Topic'))[0] };
+    stateless.hasResourceProperties('AWS::CloudWatch::Alarm', {
+      Namespace: 'AWS/Lambda',
+      MetricName: 'Errors',
+      Dimensions: [{ Name: 'FunctionName', Value: { Ref: functionLogicalId(stateless, 'Sweeper') } }],
+      Threshold: 1,
+      AlarmActions: [topic],
+    });
+    const [dlq] = Object.keys(stateless.findResources('AWS::SQS::Queue')).filter((id) =>
+      id.startsWith('SweepScheduleDlq'),
+    );
+    stateless.hasResourceProperties('AWS::CloudWatch::Alarm', {
+      Namespace: 'AWS/SQS',
+      MetricName: 'ApproximateNumberOfMessagesVisible',
+      Dimensions: [{ Name: 'QueueName', Value: { 'Fn::GetAtt': [dlq, 'QueueName'] } }],
+      AlarmActions: [topic],
+    });
+  });
+
+  it('graphs the grants the sweeper expired, under the service dimension the sweeper emits with', () => {
+    const body = JSON.stringify(Object.values(stateless.findResources('AWS::CloudWatch::Dashboard'))[0]);
+    expect(METRIC_SERVICE[METRICS.grantsExpired]).toBe(
+      functionOf(stateless, 'Sweeper').Properties.Environment.Variables.POWERTOOLS_SERVICE_NAME,
+    );
+    expect(body).toContain(`[\\"${METRICS_NAMESPACE}\\",\\"GrantsExpired\\",\\"service\\",\\"sweeper\\",`);
   });
 
   it('watches only metrics of the shared catalog, in its namespace', () => {
@@ -448,10 +521,24 @@ describe('operations', () => {
       .filter((f) => f.endsWith('.ts'))
       .flatMap((f) => [
         ...readFileSync(new URL(f, functionsDir), 'utf8').matchAll(
-          /'((?:Webhook|Event|Credits|Api|Reconciliation)[A-Z]\w*)'/g,
+          /'((?:Webhook|Event|Credits|Api|Reconciliation|Grants)[A-Z]\w*)'/g,
         ),
       ])
       .map((m) => m[1]!);
     for (const name of emitted) expect(Object.values(METRICS) as string[]).toContain(name);
+  });
+
+  it('catalogs each metric under the service of the one function that emits it, as alarms look it up', () => {
+    const functionsDir = new URL('../../functions/', import.meta.url);
+    // The house construct names a function's Powertools service after its file in functions/.
+    const emitted = readdirSync(functionsDir)
+      .filter((f) => f.endsWith('.ts'))
+      .flatMap((f) =>
+        [...readFileSync(new URL(f, functionsDir), 'utf8').matchAll(/\bMETRICS\.(\w+)/g)].map(
+          (m) => [f.replace(/\.ts$/, ''), METRICS[m[1] as keyof typeof METRICS] as MetricName] as const,
+        ),
+      );
+    expect(emitted).toContainEqual(['sweeper', METRICS.grantsExpired]);
+    for (const [service, name] of emitted) expect(METRIC_SERVICE[name], `${service}: ${name}`).toBe(service);
   });
 });

@@ -180,6 +180,23 @@ describe('expiry', () => {
     await expectInvariantsHold(db, clock.now());
   });
 
+  it('stops a sweep when its time budget runs out, and the next sweep finishes the work', async () => {
+    const clock = testClock();
+    const accounts = await Promise.all([givenAccount(db), givenAccount(db)]);
+    for (const account of accounts)
+      await grant(account, 5, { expiresAt: new Date(clock.now().getTime() + 1000) });
+    clock.advance(1000);
+    expect(await sweepExpiredGrants(db, clock.now(), { budgetMs: 0 })).toEqual({
+      accounts: 0,
+      expiredGrants: 0,
+      unfinished: true,
+    });
+    const rest = await sweepExpiredGrants(db, clock.now());
+    expect(rest.expiredGrants).toBeGreaterThanOrEqual(2);
+    for (const account of accounts) expect((await reloadAccount(db, account.id)).balance).toBe(0);
+    await expectInvariantsHold(db, clock.now());
+  });
+
   it('writes expired remainders off inside a debit, so its balance_after is exact', async () => {
     const clock = testClock();
     const account = await givenAccount(db);

@@ -1,10 +1,9 @@
-import { type CfnElement, Duration, Stack, Validations } from 'aws-cdk-lib';
-import * as iam from 'aws-cdk-lib/aws-iam';
+import { Duration } from 'aws-cdk-lib';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as scheduler from 'aws-cdk-lib/aws-scheduler';
-import * as targets from 'aws-cdk-lib/aws-scheduler-targets';
-import * as sqs from 'aws-cdk-lib/aws-sqs';
+import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
+import { scheduleInvocations } from './schedules.js';
 
 /** The sweeper's timeout: well under the schedule's minute, so a sweep is over before the next one is due. */
 export const SWEEPER_TIMEOUT = Duration.seconds(50);
@@ -27,36 +26,13 @@ export function defineSweepSchedule(
 ): sqs.Queue {
   props.sweeper.configureAsyncInvoke({ retryAttempts: 0, maxEventAge: Duration.minutes(1) });
 
-  const sweepScheduleDlq = new sqs.Queue(scope, 'SweepScheduleDlq', {
-    encryption: sqs.QueueEncryption.SQS_MANAGED,
-    enforceSSL: true,
-  });
-  Validations.of(sweepScheduleDlq).acknowledge({
-    id: 'AwsSolutions-SQS3',
-    reason: "This queue is itself a dead-letter queue: the sweep schedule's target DLQ",
-  });
-  const stack = Stack.of(scope);
-  const sweeperId = stack.resolve(stack.getLogicalId(props.sweeper.node.defaultChild as CfnElement));
-  const scheduleRole = new iam.Role(scope, 'SweepScheduleRole', {
-    assumedBy: new iam.ServicePrincipal('scheduler.amazonaws.com'),
-    description: 'Invokes the sweeper function on schedule',
-  });
-  Validations.of(scheduleRole).acknowledge({
-    id: `AwsSolutions-IAM5[Resource::<${sweeperId}.Arn>:*]`,
-    reason: 'The schedule may invoke the sweeper function (any of its versions) and nothing else',
-  });
-  new scheduler.Schedule(scope, 'SweepSchedule', {
+  return scheduleInvocations(scope, {
+    fn: props.sweeper,
+    ids: { dlq: 'SweepScheduleDlq', role: 'SweepScheduleRole', schedule: 'SweepSchedule' },
     description: 'Expire grants (write off their remainders) every minute',
-    schedule: scheduler.ScheduleExpression.rate(Duration.minutes(1)),
+    expression: scheduler.ScheduleExpression.rate(Duration.minutes(1)),
     timeWindow: scheduler.TimeWindow.off(),
-    target: new targets.LambdaInvoke(props.sweeper, {
-      role: scheduleRole,
-      input: scheduler.ScheduleTargetInput.fromObject({}),
-      // A sweep delivered after the next one is due is worth nothing: give up (to the DLQ) after a minute.
-      retryAttempts: 3,
-      maxEventAge: Duration.minutes(1),
-      deadLetterQueue: sweepScheduleDlq,
-    }),
+    // A sweep delivered after the next one is due is worth nothing: give up (to the DLQ) after a minute.
+    maxEventAge: Duration.minutes(1),
   });
-  return sweepScheduleDlq;
 }

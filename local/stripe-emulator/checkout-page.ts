@@ -88,7 +88,7 @@ export function checkoutPage(
   .promo input { flex: 1; min-width: 0; padding: .5rem; border: 1px solid #cfd7df; border-radius: 6px; font-size: 1rem; }
   .promo input[aria-invalid] { border-color: #df1b41; } .error { color: #df1b41; font-size: .9rem; margin: .35rem 0 0; }
   .totals { margin: -1rem 0 1rem; } .totals div { display: flex; justify-content: space-between; gap: 1rem; }
-  .totals dt, .totals dd { margin: 0; overflow-wrap: anywhere; } .totals .due { font-weight: 600; }
+  .totals dt, .totals dd { margin: 0; } .totals dt { overflow-wrap: anywhere; } .totals dd { white-space: nowrap; } .totals .due { font-weight: 600; }
   .applied { margin: 0 0 1rem; font-size: .9rem; overflow-wrap: anywhere; }
 </style></head>
 <body><main>

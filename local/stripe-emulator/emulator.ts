@@ -1,5 +1,6 @@
 import { invalid, missing, StripeApiError } from './errors.js';
 import { metadataOf, obj, type Params, type ParamValue, str } from './params.js';
+import { type AppliedPromotionCode, Promotions } from './promotions.js';
 import { newId, nowSeconds, paginate, Store, type StripeObject } from './store.js';
 
 /** The Stripe API version stamped on events: the one the installed `stripe` SDK pins. */
@@ -20,6 +21,7 @@ const DEFAULT_SESSION_TTL_SECONDS = 24 * 60 * 60;
  */
 export class Emulator {
   readonly store = new Store();
+  readonly promotions = new Promotions(this.store);
 
   constructor(
     private readonly publicUrl: () => string,
@@ -108,6 +110,9 @@ export class Emulator {
         id: newId('li'),
         object: 'item',
         quantity,
+        amount_discount: 0,
+        amount_subtotal: price.unitAmount * quantity,
+        amount_tax: 0,
         amount_total: price.unitAmount * quantity,
         currency,
         description: price.name,
@@ -120,10 +125,20 @@ export class Emulator {
     const expiresAt = str(params, 'expires_at')
       ? Number(str(params, 'expires_at'))
       : created + DEFAULT_SESSION_TTL_SECONDS;
+    const allowPromotionCodes = str(params, 'allow_promotion_codes');
+    if (
+      allowPromotionCodes !== undefined &&
+      allowPromotionCodes !== 'true' &&
+      allowPromotionCodes !== 'false'
+    ) {
+      throw invalid('allow_promotion_codes', `Invalid boolean: ${allowPromotionCodes}`);
+    }
     const id = newId('cs_test');
     return this.store.add({
       id,
       object: 'checkout.session',
+      // Stripe echoes the boolean it was given and keeps null when the param was left out.
+      allow_promotion_codes: allowPromotionCodes === undefined ? null : allowPromotionCodes === 'true',
       amount_subtotal: total,
       amount_total: total,
       cancel_url: str(params, 'cancel_url') ?? null,
@@ -218,10 +233,34 @@ export class Emulator {
   }
 
   /**
+   * What the code a buyer typed would take off this open session, as its hosted page shows before paying;
+   * throws (Stripe's 400 shape) when the session takes no codes or the code cannot be applied.
+   */
+  checkPromotionCode(session: StripeObject, code: string): AppliedPromotionCode {
+    if (session.allow_promotion_codes !== true) {
+      throw invalid(
+        'promotion_code',
+        `Checkout session ${session.id} does not accept promotion codes: it was created without allow_promotion_codes=true.`,
+      );
+    }
+    if (session.status !== 'open') {
+      throw invalid(
+        'promotion_code',
+        `A promotion code can be applied only while the session is open; checkout session ${session.id} is ${session.status}.`,
+        'checkout_session_state',
+      );
+    }
+    return this.promotions.check(code, Number(session.amount_subtotal), String(session.currency));
+  }
+
+  /**
    * Pays a session as the hosted page would: `paid` (card), `async_pending` (a delayed method, not yet
    * settled), `async_succeeded` / `async_failed` (settle a pending one; on an open session, both steps).
+   * `promotionCode`, the code the buyer typed, is applied as the session completes (and redeemed once); a
+   * code that cannot be applied throws before anything changes. A session the discount brings to 0
+   * completes with `no_payment_required` and no payment intent, as on Stripe.
    */
-  completeSession(id: string, outcome: CheckoutOutcome): StripeObject {
+  completeSession(id: string, outcome: CheckoutOutcome, promotionCode?: string): StripeObject {
     const session = this.session(id);
     const pending = session.status === 'complete' && session.payment_status === 'unpaid';
     if (
@@ -234,22 +273,34 @@ export class Emulator {
         'checkout_session_state',
       );
     }
+    const applied = promotionCode === undefined ? undefined : this.checkPromotionCode(session, promotionCode);
+    const amountDiscount = applied?.amountDiscount ?? 0;
+    const free = session.status === 'open' && Number(session.amount_subtotal) - amountDiscount === 0;
+    if (free && outcome !== 'paid') {
+      throw invalid(
+        'outcome',
+        `checkout session ${id} has nothing to pay after its discount; only outcome paid completes it`,
+        'checkout_session_state',
+      );
+    }
+    if (applied) this.applyDiscount(session, applied);
+    if (free) {
+      Object.assign(session, {
+        status: 'complete',
+        url: null,
+        payment_status: 'no_payment_required',
+        customer_details: this.customerDetails(session),
+      });
+      this.emit('checkout.session.completed', session);
+      return session;
+    }
     if (session.status === 'open') {
       const intent = this.createPaymentIntent(session, outcome === 'paid' ? 'succeeded' : 'processing');
       Object.assign(session, {
         status: 'complete',
         url: null,
         payment_intent: intent.id,
-        customer_details: {
-          address: { city: null, country: null, line1: null, line2: null, postal_code: null, state: null },
-          business_name: null,
-          email: session.customer_email ?? null,
-          individual_name: null,
-          name: null,
-          phone: null,
-          tax_exempt: 'none',
-          tax_ids: [],
-        },
+        customer_details: this.customerDetails(session),
       });
       if (outcome === 'paid') {
         const charge = this.createCharge(intent, 'succeeded');
@@ -284,6 +335,49 @@ export class Emulator {
       this.emit('checkout.session.async_payment_failed', session);
     }
     return session;
+  }
+
+  /** The buyer's details as the hosted page collects them (an email only). */
+  private customerDetails(session: StripeObject) {
+    return {
+      address: { city: null, country: null, line1: null, line2: null, postal_code: null, state: null },
+      business_name: null,
+      email: session.customer_email ?? null,
+      individual_name: null,
+      name: null,
+      phone: null,
+      tax_exempt: 'none',
+      tax_ids: [],
+    };
+  }
+
+  /**
+   * The discount on the session as Stripe records it: `amount_total` = `amount_subtotal` less
+   * `total_details.amount_discount`, `discounts` naming the coupon and promotion code, and each line item's
+   * share (in proportion to its subtotal, the rounding remainder on the last item); redeems the code.
+   */
+  private applyDiscount(session: StripeObject, applied: AppliedPromotionCode): void {
+    const subtotal = Number(session.amount_subtotal);
+    const items = session._line_items as Array<Record<string, number>>;
+    let left = applied.amountDiscount;
+    items.forEach((item, index) => {
+      const share =
+        index === items.length - 1
+          ? left
+          : Math.floor((applied.amountDiscount * Number(item.amount_subtotal)) / subtotal);
+      left -= share;
+      item.amount_discount = share;
+      item.amount_total = Number(item.amount_subtotal) - share;
+    });
+    Object.assign(session, {
+      amount_total: subtotal - applied.amountDiscount,
+      total_details: {
+        ...(session.total_details as Record<string, unknown>),
+        amount_discount: applied.amountDiscount,
+      },
+      discounts: [{ coupon: applied.coupon.id, promotion_code: applied.promotionCode.id }],
+    });
+    this.promotions.redeem(applied);
   }
 
   private createPaymentIntent(session: StripeObject, status: 'succeeded' | 'processing'): StripeObject {

@@ -2,10 +2,11 @@ import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { type CheckoutLineItem, checkoutPage } from './checkout-page.js';
+import { type CheckoutLineItem, type CheckoutPromotion, checkoutPage } from './checkout-page.js';
 import { API_VERSION, type CheckoutOutcome, Emulator, publicView } from './emulator.js';
 import { invalid, StripeApiError } from './errors.js';
 import { type Params, parseParams, str } from './params.js';
+import { PromotionCodeRefused } from './promotions.js';
 import { newId, paginate, type StripeObject } from './store.js';
 import { type DeliveryOptions, WebhookDispatcher } from './webhooks.js';
 
@@ -42,6 +43,7 @@ const ID_PREFIX_KIND: Record<string, string> = {
   cs: 'checkout.session',
   prod: 'product',
   price: 'price',
+  promo: 'promotion_code',
 };
 
 interface StoredResponse {
@@ -93,6 +95,13 @@ export async function startStripeEmulator(options: StripeEmulatorOptions): Promi
     ['POST', /^\/v1\/customers$/, (_m, p) => emulator.createCustomer(p)],
     ['GET', /^\/v1\/customers$/, (_m, p, u) => listAll('customer', p, u)],
     ['GET', /^\/v1\/customers\/([^/]+)$/, (m) => retrieve('customer', m[1]!)],
+    ['POST', /^\/v1\/coupons$/, (_m, p) => emulator.promotions.createCoupon(p)],
+    ['GET', /^\/v1\/coupons$/, (_m, p, u) => emulator.promotions.listCoupons(p, u.pathname)],
+    ['GET', /^\/v1\/coupons\/([^/]+)$/, (m) => emulator.promotions.coupon(m[1]!, 'id')],
+    ['POST', /^\/v1\/promotion_codes$/, (_m, p) => emulator.promotions.createPromotionCode(p)],
+    ['GET', /^\/v1\/promotion_codes$/, (_m, p, u) => emulator.promotions.listPromotionCodes(p, u.pathname)],
+    ['GET', /^\/v1\/promotion_codes\/([^/]+)$/, (m) => emulator.promotions.promotionCode(m[1]!)],
+    ['POST', /^\/v1\/promotion_codes\/([^/]+)$/, (m, p) => emulator.promotions.updatePromotionCode(m[1]!, p)],
     ['POST', /^\/v1\/checkout\/sessions$/, (_m, p) => emulator.createCheckoutSession(p)],
     ['GET', /^\/v1\/checkout\/sessions$/, (_m, p, u) => emulator.listSessions(p, u.pathname)],
     ['GET', /^\/v1\/checkout\/sessions\/([^/]+)$/, (m) => emulator.session(m[1]!)],
@@ -120,7 +129,8 @@ export async function startStripeEmulator(options: StripeEmulatorOptions): Promi
     [
       'POST',
       /^\/_emulator\/checkout\/sessions\/([^/]+)\/complete$/,
-      (m, p) => emulator.completeSession(m[1]!, outcomeOf(str(p, 'outcome') ?? 'paid')),
+      (m, p) =>
+        emulator.completeSession(m[1]!, outcomeOf(str(p, 'outcome') ?? 'paid'), str(p, 'promotion_code')),
     ],
     ['POST', /^\/_emulator\/charges\/([^/]+)\/dispute$/, (m, p) => emulator.openDispute(m[1]!, p)],
     [
@@ -286,10 +296,14 @@ export async function startStripeEmulator(options: StripeEmulatorOptions): Promi
   function hostedCheckout(method: string, url: URL, params: Params, res: ServerResponse) {
     const [, , id, action] = url.pathname.split('/');
     const session = emulator.session(id ?? '');
+    const page = (status: number, promotion?: CheckoutPromotion) => {
+      res.writeHead(status, { 'content-type': 'text/html; charset=utf-8' });
+      res.end(checkoutPage(publicView(session), session._line_items as CheckoutLineItem[], promotion));
+    };
+    // The code the buyer typed: applied on the page (?promotion_code=), then carried by the pay forms.
+    const typed = str(params, 'promotion_code')?.trim() || undefined;
     if (method === 'GET' && !action) {
-      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
-      res.end(checkoutPage(publicView(session), session._line_items as CheckoutLineItem[]));
-      return;
+      return page(200, typed ? previewPromotionCode(session, typed) : undefined);
     }
     if (method !== 'POST' || (action !== 'pay' && action !== 'cancel')) {
       throw new StripeApiError(404, 'invalid_request_error', 'Unknown checkout page action.');
@@ -299,9 +313,15 @@ export async function startStripeEmulator(options: StripeEmulatorOptions): Promi
       target = String(session.cancel_url ?? session.success_url);
     } else {
       const method = str(params, 'method') ?? 'card';
-      if (method === 'card') emulator.completeSession(session.id, 'paid');
-      else {
-        emulator.completeSession(session.id, 'async_pending');
+      try {
+        emulator.completeSession(session.id, method === 'card' ? 'paid' : 'async_pending', typed);
+      } catch (error: unknown) {
+        // A code that stopped applying between Apply and Pay: the page says so and nothing is paid.
+        if (typed && error instanceof PromotionCodeRefused)
+          return page(400, previewPromotionCode(session, typed));
+        throw error;
+      }
+      if (method !== 'card' && session.payment_status === 'unpaid') {
         settleLater(session.id, method === 'delayed_fail' ? 'async_failed' : 'async_succeeded');
       }
       target = String(session.success_url);
@@ -309,6 +329,22 @@ export async function startStripeEmulator(options: StripeEmulatorOptions): Promi
     save();
     res.writeHead(303, { location: target.replaceAll('{CHECKOUT_SESSION_ID}', session.id) });
     res.end();
+  }
+
+  /** The code on the hosted page: its discount and the total due, or why it does not apply. */
+  function previewPromotionCode(session: StripeObject, code: string): CheckoutPromotion | undefined {
+    if (session.allow_promotion_codes !== true || session.status !== 'open') return undefined;
+    try {
+      const applied = emulator.checkPromotionCode(session, code);
+      return {
+        code,
+        amountDiscount: applied.amountDiscount,
+        amountTotal: Number(session.amount_subtotal) - applied.amountDiscount,
+      };
+    } catch (error: unknown) {
+      if (error instanceof PromotionCodeRefused) return { code, refusal: error.reason };
+      throw error;
+    }
   }
 
   const server = createServer((req, res) => {

@@ -7,7 +7,9 @@ import type { StripeObject } from './store.js';
  * emulator's state (ids, amounts, timestamps, statuses, metadata...) is laid over these defaults; the rest
  * are the values Stripe gives a test-mode object of this project's kind (card payments, no Connect, no
  * tax, no shipping, no invoices): null where Stripe's API has null for such an object, never a made-up
- * value for a feature the emulator does not have.
+ * value for a feature the emulator does not have. Stripe publishes no fixture for `coupon` and
+ * `promotion_code`; their fields are those the installed SDK's types (node_modules/stripe/esm/resources/
+ * Coupons.d.ts, PromotionCodes.d.ts) declare as always present (the optional ones come only on `expand`).
  */
 type Defaults = (object: StripeObject) => Record<string, unknown>;
 
@@ -285,6 +287,28 @@ const DEFAULTS: Record<string, Defaults> = {
       card: { brand: 'visa', case_type: 'chargeback', network: 'visa', network_reason_code: '10.4' },
       type: 'card',
     },
+  }),
+  coupon: () => ({
+    amount_off: null,
+    currency: null,
+    duration: 'once',
+    duration_in_months: null,
+    max_redemptions: null,
+    metadata: {},
+    name: null,
+    percent_off: null,
+    redeem_by: null,
+    times_redeemed: 0,
+    valid: true,
+  }),
+  promotion_code: () => ({
+    customer: null,
+    customer_account: null,
+    expires_at: null,
+    max_redemptions: null,
+    metadata: {},
+    restrictions: { first_time_transaction: false, minimum_amount: null, minimum_amount_currency: null },
+    times_redeemed: 0,
   }),
   event: () => ({ api_version: null, pending_webhooks: 0, request: { id: null, idempotency_key: null } }),
 };

@@ -326,6 +326,273 @@ describe('webhook delivery', () => {
   });
 });
 
+/** The control call that pays a session, answered as it is (status and Stripe's error shape). */
+async function completeSession(sessionId: string, body: Record<string, string>) {
+  const response = await fetch(`${emulator.url}/_emulator/checkout/sessions/${sessionId}/complete`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  return { status: response.status, body: (await response.json()) as Record<string, unknown> };
+}
+
+/** A coupon and one promotion code for it, with a code unique to the test. */
+async function promotionCodeFor(
+  coupon: Stripe.CouponCreateParams,
+  code: Partial<Stripe.PromotionCodeCreateParams> = {},
+) {
+  const created = await stripe.coupons.create(coupon);
+  const promotionCode = await stripe.promotionCodes.create({
+    promotion: { type: 'coupon', coupon: created.id },
+    code: `CODE-${Math.random().toString(36).slice(2, 10).toUpperCase()}`,
+    ...code,
+  });
+  return { coupon: created, promotionCode };
+}
+
+describe('coupons and promotion codes with the real stripe SDK', () => {
+  it('creates, retrieves and lists coupons, and refuses a coupon Stripe would refuse', async () => {
+    const redeemBy = Math.floor(Date.now() / 1000) + 86_400;
+    const half = await stripe.coupons.create({
+      percent_off: 50,
+      duration: 'once',
+      max_redemptions: 10,
+      redeem_by: redeemBy,
+      name: 'Half off',
+    });
+    const fiver = await stripe.coupons.create({ id: 'FIVE-OFF', amount_off: 500, currency: 'USD' });
+
+    expect(half).toMatchObject({
+      object: 'coupon',
+      percent_off: 50,
+      amount_off: null,
+      currency: null,
+      duration: 'once',
+      max_redemptions: 10,
+      redeem_by: redeemBy,
+      name: 'Half off',
+      times_redeemed: 0,
+      valid: true,
+      livemode: false,
+    });
+    expect(fiver).toMatchObject({ id: 'FIVE-OFF', amount_off: 500, currency: 'usd', percent_off: null });
+    expect((await stripe.coupons.retrieve(half.id)).name).toBe('Half off');
+    expect((await stripe.coupons.list({ limit: 2 })).data.map((c) => c.id)).toEqual([fiver.id, half.id]);
+    await expect(
+      stripe.coupons.create({ percent_off: 10, amount_off: 100, currency: 'usd' }),
+    ).rejects.toMatchObject({ statusCode: 400, param: 'percent_off' });
+    await expect(stripe.coupons.create({ amount_off: 100 })).rejects.toMatchObject({
+      statusCode: 400,
+      param: 'currency',
+    });
+    await expect(stripe.coupons.create({ percent_off: 101 })).rejects.toBeInstanceOf(
+      Stripe.errors.StripeInvalidRequestError,
+    );
+    await expect(
+      stripe.coupons.create({ id: 'FIVE-OFF', amount_off: 1, currency: 'usd' }),
+    ).rejects.toMatchObject({ statusCode: 400, code: 'resource_already_exists' });
+    await expect(stripe.coupons.retrieve('NOPE')).rejects.toMatchObject({
+      statusCode: 404,
+      code: 'resource_missing',
+    });
+  });
+
+  it('creates, retrieves and lists promotion codes, filtered by code (any case) and active', async () => {
+    const { coupon, promotionCode } = await promotionCodeFor(
+      { percent_off: 25 },
+      { code: 'Spring-25', max_redemptions: 3, metadata: { campaign: 'spring' } },
+    );
+    const paused = await stripe.promotionCodes.create({
+      promotion: { type: 'coupon', coupon: coupon.id },
+      code: 'SPRING-PAUSED',
+      active: false,
+    });
+
+    expect(promotionCode).toMatchObject({
+      object: 'promotion_code',
+      code: 'Spring-25',
+      active: true,
+      promotion: { type: 'coupon', coupon: coupon.id },
+      max_redemptions: 3,
+      times_redeemed: 0,
+      expires_at: null,
+      customer: null,
+      restrictions: { first_time_transaction: false, minimum_amount: null, minimum_amount_currency: null },
+      metadata: { campaign: 'spring' },
+    });
+    expect(promotionCode.id).toMatch(/^promo_/);
+    expect((await stripe.promotionCodes.retrieve(promotionCode.id)).code).toBe('Spring-25');
+    expect((await stripe.promotionCodes.list({ code: 'spring-25' })).data.map((p) => p.id)).toEqual([
+      promotionCode.id,
+    ]);
+    const inactive = (await stripe.promotionCodes.list({ active: false, limit: 100 })).data.map((p) => p.id);
+    expect(inactive).toContain(paused.id);
+    expect(inactive).not.toContain(promotionCode.id);
+    expect((await stripe.promotionCodes.list({ coupon: coupon.id })).data.map((p) => p.id)).toEqual([
+      paused.id,
+      promotionCode.id,
+    ]);
+    await expect(
+      stripe.promotionCodes.create({ promotion: { type: 'coupon', coupon: coupon.id }, code: 'SPRING-25' }),
+    ).rejects.toMatchObject({ statusCode: 400, code: 'resource_already_exists', param: 'code' });
+    await expect(
+      stripe.promotionCodes.create({ promotion: { type: 'coupon', coupon: 'NO-SUCH' } }),
+    ).rejects.toMatchObject({ statusCode: 400, code: 'resource_missing', param: 'promotion[coupon]' });
+    const generated = await stripe.promotionCodes.create({
+      promotion: { type: 'coupon', coupon: coupon.id },
+    });
+    expect(generated.code).toMatch(/^[A-Z0-9]{8}$/);
+  });
+
+  it('completes a session with a code: the discounted total, its discount, and one redemption counted', async () => {
+    const { coupon, promotionCode } = await promotionCodeFor({ percent_off: 50 }, { code: 'HALF-CHECKOUT' });
+    const session = await stripe.checkout.sessions.create(sessionParams({ allow_promotion_codes: true }));
+    expect(session).toMatchObject({
+      allow_promotion_codes: true,
+      amount_subtotal: 1000,
+      amount_total: 1000,
+      total_details: { amount_discount: 0, amount_shipping: 0, amount_tax: 0 },
+      discounts: null,
+    });
+
+    const completed = await completeSession(session.id, { outcome: 'paid', promotion_code: 'half-checkout' });
+
+    expect(completed.status).toBe(200);
+    const paid = await stripe.checkout.sessions.retrieve(session.id, { expand: ['payment_intent'] });
+    expect(paid).toMatchObject({
+      status: 'complete',
+      payment_status: 'paid',
+      amount_subtotal: 1000,
+      amount_total: 500,
+      total_details: { amount_discount: 500, amount_shipping: 0, amount_tax: 0 },
+      discounts: [{ coupon: coupon.id, promotion_code: promotionCode.id }],
+      payment_intent: { amount: 500, amount_received: 500, status: 'succeeded' },
+    });
+    const intent = paid.payment_intent as Stripe.PaymentIntent;
+    expect((await stripe.charges.retrieve(String(intent.latest_charge))).amount).toBe(500);
+    expect((await stripe.checkout.sessions.listLineItems(session.id)).data).toMatchObject([
+      { amount_subtotal: 1000, amount_discount: 500, amount_total: 500 },
+    ]);
+    expect((await stripe.promotionCodes.retrieve(promotionCode.id)).times_redeemed).toBe(1);
+    expect((await stripe.coupons.retrieve(coupon.id)).times_redeemed).toBe(1);
+    await waitFor(() => typesFor(session.id).includes('checkout.session.completed'), 'completed event');
+    const event = receiver.received.find(
+      (r) => r.event.type === 'checkout.session.completed' && JSON.stringify(r.event).includes(session.id),
+    )!;
+    expect(event.event.data.object).toMatchObject({
+      amount_subtotal: 1000,
+      amount_total: 500,
+      total_details: { amount_discount: 500 },
+    });
+  });
+
+  it('takes an amount off in the session currency, and completes a session brought to 0 without a payment', async () => {
+    const { promotionCode: threeOff } = await promotionCodeFor({ amount_off: 300, currency: 'usd' });
+    const { promotionCode: free } = await promotionCodeFor({ percent_off: 100 });
+    const partly = await stripe.checkout.sessions.create(sessionParams({ allow_promotion_codes: true }));
+    const wholly = await stripe.checkout.sessions.create(sessionParams({ allow_promotion_codes: true }));
+
+    await completeSession(partly.id, { outcome: 'paid', promotion_code: threeOff.code });
+    await completeSession(wholly.id, { outcome: 'paid', promotion_code: free.code });
+
+    expect(await stripe.checkout.sessions.retrieve(partly.id)).toMatchObject({
+      amount_total: 700,
+      total_details: { amount_discount: 300 },
+    });
+    expect(await stripe.checkout.sessions.retrieve(wholly.id)).toMatchObject({
+      status: 'complete',
+      payment_status: 'no_payment_required',
+      payment_intent: null,
+      amount_total: 0,
+      total_details: { amount_discount: 1000 },
+    });
+  });
+
+  it('refuses unknown, inactive, used-up and other-currency codes, and codes on sessions that allow none; nothing completes', async () => {
+    const { promotionCode: once, coupon: onceCoupon } = await promotionCodeFor(
+      { percent_off: 50 },
+      { max_redemptions: 1 },
+    );
+    const { promotionCode: usedUpCoupon } = await promotionCodeFor({ percent_off: 50, max_redemptions: 1 });
+    const { promotionCode: inactive } = await promotionCodeFor({ percent_off: 50 }, { active: false });
+    const { promotionCode: euros } = await promotionCodeFor({ amount_off: 100, currency: 'eur' });
+    const first = await stripe.checkout.sessions.create(sessionParams({ allow_promotion_codes: true }));
+    expect((await completeSession(first.id, { outcome: 'paid', promotion_code: once.code })).status).toBe(
+      200,
+    );
+    const other = await stripe.checkout.sessions.create(sessionParams({ allow_promotion_codes: true }));
+    expect(
+      (await completeSession(other.id, { outcome: 'paid', promotion_code: usedUpCoupon.code })).status,
+    ).toBe(200);
+    const session = await stripe.checkout.sessions.create(sessionParams({ allow_promotion_codes: true }));
+    const noCodes = await stripe.checkout.sessions.create(sessionParams());
+    expect(noCodes.allow_promotion_codes).toBeNull();
+
+    const refusals = {
+      unknown: await completeSession(session.id, { outcome: 'paid', promotion_code: 'NOT-A-CODE' }),
+      inactive: await completeSession(session.id, { outcome: 'paid', promotion_code: inactive.code }),
+      usedUp: await completeSession(session.id, { outcome: 'paid', promotion_code: once.code }),
+      couponUsedUp: await completeSession(session.id, { outcome: 'paid', promotion_code: usedUpCoupon.code }),
+      currency: await completeSession(session.id, { outcome: 'async_pending', promotion_code: euros.code }),
+      notAllowed: await completeSession(noCodes.id, { outcome: 'paid', promotion_code: once.code }),
+    };
+
+    for (const refusal of Object.values(refusals)) {
+      expect(refusal).toMatchObject({
+        status: 400,
+        body: {
+          error: { type: 'invalid_request_error', param: 'promotion_code', message: expect.any(String) },
+        },
+      });
+    }
+    expect(refusals.unknown.body).toMatchObject({
+      error: { code: 'resource_missing', message: "No such promotion code: 'NOT-A-CODE'" },
+    });
+    for (const id of [session.id, noCodes.id]) {
+      expect(await stripe.checkout.sessions.retrieve(id)).toMatchObject({
+        status: 'open',
+        payment_intent: null,
+        amount_total: 1000,
+        discounts: null,
+      });
+      expect(typesFor(id)).toEqual([]);
+    }
+    expect((await stripe.promotionCodes.retrieve(once.id)).times_redeemed).toBe(1);
+    expect(await stripe.coupons.retrieve(onceCoupon.id)).toMatchObject({ times_redeemed: 1, valid: true });
+    expect(await stripe.promotionCodes.retrieve(usedUpCoupon.id)).toMatchObject({ active: false });
+  });
+
+  it('shows a code field on the hosted page of a session that allows codes, with the discounted total or why not', async () => {
+    const { promotionCode } = await promotionCodeFor({ percent_off: 50 }, { code: 'PAGE-HALF' });
+    const session = await stripe.checkout.sessions.create(sessionParams({ allow_promotion_codes: true }));
+    const plain = await stripe.checkout.sessions.create(sessionParams());
+    const html = async (url: string) => (await fetch(url)).text();
+
+    expect(await html(session.url!)).toContain('id="promotion-code"');
+    expect(await html(plain.url!)).not.toContain('promotion-code');
+    const applied = await html(`${session.url}?promotion_code=page-half`);
+    expect(applied).toContain('<div class="amount" data-testid="amount">5.00 USD</div>');
+    expect(applied).toContain('−5.00 USD');
+    expect(applied).toContain('<input type="hidden" name="promotion_code" value="page-half">');
+    const refused = await html(`${session.url}?promotion_code=NOPE`);
+    expect(refused).toContain('This code is invalid.');
+    expect(refused).toContain('<div class="amount" data-testid="amount">10.00 USD</div>');
+
+    const paid = await fetch(`${session.url}/pay`, {
+      method: 'POST',
+      body: new URLSearchParams({ method: 'card', promotion_code: 'page-half' }),
+      redirect: 'manual',
+    });
+
+    expect(paid.status).toBe(303);
+    expect(await stripe.checkout.sessions.retrieve(session.id)).toMatchObject({
+      payment_status: 'paid',
+      amount_total: 500,
+      discounts: [{ promotion_code: promotionCode.id }],
+    });
+  });
+});
+
 describe('object shapes', () => {
   const fixture = (name: string): Record<string, unknown> =>
     JSON.parse(readFileSync(new URL(`../fixtures/stripe/${name}.json`, import.meta.url), 'utf8'));
@@ -397,12 +664,14 @@ describe('object shapes', () => {
   // The fixture has null, the emulator a value from its state: the type Stripe's API declares for it.
   const DECLARED_TYPE: Record<string, Record<string, string>> = {
     'checkout.session': {
+      allow_promotion_codes: 'boolean',
       amount_subtotal: 'integer',
       amount_total: 'integer',
       client_reference_id: 'string',
       currency: 'string',
       customer: 'string',
       customer_email: 'string',
+      discounts: 'array',
     },
     payment_intent: { customer: 'string', latest_charge: 'string', payment_method: 'string' },
     charge: { customer: 'string', payment_intent: 'string' },
@@ -460,6 +729,82 @@ describe('object shapes', () => {
     return out;
   }
 
+  // Stripe publishes no fixture for these two kinds: every field the SDK's types declare as always present
+  // (node_modules/stripe/esm/resources/Coupons.d.ts, PromotionCodes.d.ts), with its JSON types.
+  const SDK_SHAPE: Record<string, Record<string, string[]>> = {
+    coupon: {
+      id: ['string'],
+      object: ['string'],
+      amount_off: ['integer', 'null'],
+      created: ['integer'],
+      currency: ['string', 'null'],
+      duration: ['string'],
+      duration_in_months: ['integer', 'null'],
+      livemode: ['boolean'],
+      max_redemptions: ['integer', 'null'],
+      metadata: ['object', 'null'],
+      name: ['string', 'null'],
+      percent_off: ['integer', 'number', 'null'],
+      redeem_by: ['integer', 'null'],
+      times_redeemed: ['integer'],
+      valid: ['boolean'],
+    },
+    promotion_code: {
+      id: ['string'],
+      object: ['string'],
+      active: ['boolean'],
+      code: ['string'],
+      created: ['integer'],
+      customer: ['string', 'object', 'null'],
+      customer_account: ['string', 'null'],
+      expires_at: ['integer', 'null'],
+      livemode: ['boolean'],
+      max_redemptions: ['integer', 'null'],
+      metadata: ['object', 'null'],
+      promotion: ['object'],
+      restrictions: ['object'],
+      times_redeemed: ['integer'],
+    },
+  };
+
+  /** Every difference between `served` and the SDK's declared shape of its kind. */
+  function sdkShapeDifferences(served: object): string[] {
+    const { lastResponse: _sdk, ...object } = JSON.parse(JSON.stringify(served)) as Record<string, unknown>;
+    const kind = String(object.object);
+    const expected = SDK_SHAPE[kind];
+    if (!expected) return [`no SDK shape for ${kind}`];
+    const out: string[] = [];
+    for (const [field, types] of Object.entries(expected)) {
+      if (!(field in object)) out.push(`${kind}.${field}: missing`);
+      else if (!types.includes(jsonType(object[field])))
+        out.push(`${kind}.${field}: ${jsonType(object[field])}, SDK ${types.join('|')}`);
+    }
+    for (const field of Object.keys(object))
+      if (!(field in expected)) out.push(`${kind}.${field}: not in SDK`);
+    return out;
+  }
+
+  it("serves every field the SDK declares for coupons and promotion codes, with Stripe's JSON types", async () => {
+    const { coupon, promotionCode } = await promotionCodeFor(
+      { percent_off: 12.5, duration: 'repeating', duration_in_months: 3 },
+      { expires_at: Math.floor(Date.now() / 1000) + 3600 },
+    );
+    const amountOff = await stripe.coupons.create({ amount_off: 250, currency: 'usd', max_redemptions: 2 });
+
+    const objects: object[] = [
+      coupon,
+      amountOff,
+      promotionCode,
+      await stripe.coupons.retrieve(coupon.id),
+      await stripe.promotionCodes.retrieve(promotionCode.id),
+      ...(await stripe.coupons.list({ limit: 3 })).data,
+      ...(await stripe.promotionCodes.list({ limit: 3 })).data,
+    ];
+
+    expect([...new Set(objects.flatMap(sdkShapeDifferences))].sort()).toEqual([]);
+    expect(coupon).toMatchObject({ percent_off: 12.5, duration: 'repeating', duration_in_months: 3 });
+  });
+
   it("serves every field of Stripe's fixture for each object, with Stripe's JSON types", async () => {
     const customer = await stripe.customers.create({ email: 'shape@example.com', name: 'Shape' });
     const product = await stripe.products.create({ name: 'Credits' });
@@ -470,6 +815,12 @@ describe('object shapes', () => {
     );
     const disputed = await stripe.checkout.sessions.create(sessionParams());
     const failed = await stripe.checkout.sessions.create(sessionParams());
+    const discounted = await stripe.checkout.sessions.create(sessionParams({ allow_promotion_codes: true }));
+    const { promotionCode } = await promotionCodeFor({ percent_off: 50 });
+    await control(emulator, `checkout/sessions/${discounted.id}/complete`, {
+      outcome: 'paid',
+      promotion_code: promotionCode.code,
+    });
     for (const session of [refunded, disputed])
       await control(emulator, `checkout/sessions/${session.id}/complete`, { outcome: 'paid' });
     await control(emulator, `checkout/sessions/${failed.id}/complete`, { outcome: 'async_failed' });
@@ -492,6 +843,7 @@ describe('object shapes', () => {
       await stripe.customers.retrieve(customer.id),
       await stripe.prices.retrieve(price.id),
       await stripe.checkout.sessions.retrieve(open.id),
+      await stripe.checkout.sessions.retrieve(discounted.id),
       ...(await Promise.all(
         [refunded, disputed, failed].map((s) => stripe.checkout.sessions.retrieve(s.id)),
       )),

@@ -7,8 +7,11 @@ import { signRequest } from '../../local/auth.js';
 import { type LocalStack, startLocalStack } from '../../local/stack.js';
 import { createTestDatabase } from './database.js';
 
-/** The whole local stack on free ports, on a test database of its own; stopped after the file. */
-export async function startStackForTest() {
+/**
+ * The whole local stack on free ports, on a test database of its own; stopped after the file.
+ * `allowPromotionCodes` is the stack's option of that name (ALLOW_PROMOTION_CODES).
+ */
+export async function startStackForTest(options: { readonly allowPromotionCodes?: boolean } = {}) {
   const { db, url: databaseUrl, ownerUrl } = await createTestDatabase({ max: 4 });
   const dataDir = mkdtempSync(path.join(tmpdir(), 'credits-stack-'));
   const stack = await startLocalStack({
@@ -19,6 +22,7 @@ export async function startStackForTest() {
     stripeEmulatorPort: 0,
     visibilityTimeoutSeconds: 0.2,
     webhookRetryBaseMs: 20,
+    allowPromotionCodes: options.allowPromotionCodes,
   });
   afterAll(async () => {
     await stack.stop();

@@ -4,11 +4,14 @@ import path from 'node:path';
 import { afterAll } from 'vitest';
 import { runAdmin } from '../../bin/admin.js';
 import { signRequest } from '../../local/auth.js';
-import { type LocalStack, startLocalStack } from '../../local/stack.js';
+import { type LocalStack, type LocalStackOptions, startLocalStack } from '../../local/stack.js';
 import { createTestDatabase } from './database.js';
 
+/** Stack options a test may set (e.g. `adminApprovalThreshold` for four-eyes grants). */
+export type StackTestOptions = Pick<LocalStackOptions, 'adminApprovalThreshold'>;
+
 /** The whole local stack on free ports, on a test database of its own; stopped after the file. */
-export async function startStackForTest() {
+export async function startStackForTest(options: StackTestOptions = {}) {
   const { db, url: databaseUrl, ownerUrl } = await createTestDatabase({ max: 4 });
   const dataDir = mkdtempSync(path.join(tmpdir(), 'credits-stack-'));
   const stack = await startLocalStack({
@@ -19,6 +22,7 @@ export async function startStackForTest() {
     stripeEmulatorPort: 0,
     visibilityTimeoutSeconds: 0.2,
     webhookRetryBaseMs: 20,
+    ...options,
   });
   afterAll(async () => {
     await stack.stop();

@@ -7,8 +7,8 @@ import { signRequest } from '../../local/auth.js';
 import { type LocalStack, type LocalStackOptions, startLocalStack } from '../../local/stack.js';
 import { createTestDatabase } from './database.js';
 
-/** Stack options a test may set (e.g. `adminApprovalThreshold` for four-eyes grants). */
-export type StackTestOptions = Pick<LocalStackOptions, 'adminApprovalThreshold'>;
+/** Stack options a test may set: `adminApprovalThreshold` for four-eyes grants, `sweepIntervalSeconds` to see expiries. */
+export type StackTestOptions = Pick<LocalStackOptions, 'adminApprovalThreshold' | 'sweepIntervalSeconds'>;
 
 /** The whole local stack on free ports, on a test database of its own; stopped after the file. */
 export async function startStackForTest(options: StackTestOptions = {}) {

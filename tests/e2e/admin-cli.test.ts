@@ -74,6 +74,7 @@ describe('the admin CLI against a running stack', () => {
     expect(granted.json.entry).toMatchObject({ amount: 500, description: 'Welcome bonus' });
     expect(removed.json.entry).toMatchObject({ amount: -100, balanceAfter: 400, description: null });
     expect(JSON.stringify(history.body)).not.toContain('ticket');
+    await expectInvariantsHold(db);
   });
 
   it.each([
@@ -237,6 +238,7 @@ describe('the admin CLI against a running stack', () => {
     expect(one.json).toMatchObject({ id: reconcile.json.id });
     expect(others.map((r) => r.code)).toEqual([0, 0, 0]);
     expect(others[2]!.json).toMatchObject({ messages: 0, sample: [] });
+    await expectInvariantsHold(db);
   });
 
   it('freezes, unfreezes and anonymizes an account', async () => {
@@ -249,6 +251,7 @@ describe('the admin CLI against a running stack', () => {
     expect([frozen.code, unfrozen.code, anonymized.code]).toEqual([0, 0, 0]);
     expect(frozen.json).toMatchObject({ status: 'frozen' });
     expect(unfrozen.json).toMatchObject({ status: 'active' });
+    await expectInvariantsHold(db);
   });
 });
 
@@ -556,6 +559,31 @@ describe('the admin CLI as a process', () => {
 
     expect(result.code).toBe(0);
     expect(result.stderr).toBe('');
+    await expectInvariantsHold(db);
+  });
+
+  it('holds a grant for a second admin and takes --as second-admin from argv, with no stack trace', async () => {
+    const requested = await run('bin/admin.ts', ['grant', 'cli-process-grant', '2000', '--reason', 'trial'], {
+      DATA_DIR: dataDir,
+    });
+    const { approvalId } = JSON.parse(requested.stdout) as { approvalId: string };
+    const approved = await run(
+      'bin/admin.ts',
+      ['--as', 'second-admin', 'approvals', 'approve', approvalId, '--reason', 'checked'],
+      { DATA_DIR: dataDir },
+    );
+
+    expect(requested.code).toBe(0);
+    expect(requested.stderr).toContain('it waits for a second admin');
+    expect(approved.code).toBe(0);
+    expect(JSON.parse(approved.stdout)).toMatchObject({
+      approval: { status: 'approved' },
+      entry: { amount: 2000 },
+    });
+    expect(approved.stderr).toBe('');
+    expect(await balanceOf('cli-process-grant')).toBe(2000);
+    noTrace(requested.stderr);
+    await expectInvariantsHold(db);
   });
 
   it('says the stack is not running when nothing answers, whether it never ran or left a stale record', async () => {

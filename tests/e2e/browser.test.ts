@@ -354,6 +354,25 @@ describe('grants and coupons on the demo page', () => {
     await expectInvariantsHold(db);
   });
 
+  it('tells a user who tried too many wrong codes to wait, even with a good one', async () => {
+    await admin('coupons', 'create', 'BROWSER-LATER', '50', '--reason', 'x');
+    for (let attempt = 1; attempt <= 10; attempt++)
+      await asUser('browser-guesser', 'POST', '/v1/me/coupons/redeem', { code: `GUESS-${attempt}` });
+    const page = await browser.newPage({ viewport: { width: 1000, height: 900 } });
+    await signIn(page, 'browser-guesser');
+
+    await redeem(page, 'BROWSER-LATER');
+
+    expect(await couponMessage(page)).toEqual({
+      text: 'Too many codes that did not work in the last hour. Please check your code and try again later.',
+      kind: 'error',
+      visible: true,
+    });
+    expect(await page.textContent('#balance')).toBe('0');
+    expect(await page.isVisible('#no-grants')).toBe(true);
+    await expectInvariantsHold(db);
+  });
+
   it('shows credits that expired in the history, and drops their grant from the list', async () => {
     const expiresAt = new Date(Date.now() + 3000).toISOString();
     await admin(

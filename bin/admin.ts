@@ -12,6 +12,12 @@ import type { StackFile } from '../local/stack.js';
 
 /** The API's own bounds for `windowHours` (POST /v1/admin/reconciliation/runs). */
 const MAX_WINDOW_HOURS = 24 * 90;
+/** The API's bound for a coupon's `grantExpiresInDays`; grants use the same. */
+const MAX_EXPIRY_DAYS = 3650;
+const APPROVAL_STATUSES = ['pending', 'approved', 'rejected'] as const;
+const CATEGORIES = ['paid', 'promotional'] as const;
+/** The local principals that may sign admin calls (DATA_DIR/local-auth.json). */
+const LOCAL_ADMINS = ['admin', 'second-admin'] as const;
 
 interface OptionSpec {
   readonly value?: string;
@@ -50,6 +56,70 @@ const COMMANDS: Record<string, CommandSpec> = {
         help: "the text the user sees in their history (default: the entry's kind)",
       },
     },
+  },
+  grant: {
+    args: '<userId> <amount>',
+    summary:
+      'a grant with a category and an expiry; above the approval threshold it waits for a second admin',
+    positionals: [2, 2],
+    options: {
+      reason: reasonOption,
+      description: {
+        value: 'D',
+        help: "the text the user sees in their history (default: the entry's kind)",
+      },
+      category: { value: 'paid|promotional', help: 'what kind of credits (default: promotional)' },
+      'expires-at': {
+        value: 'ISO',
+        help: 'when the grant expires, e.g. 2027-01-31T23:59:59Z (default: never)',
+      },
+      'expires-in-days': {
+        value: 'N',
+        help: `expires N days from now, 1-${MAX_EXPIRY_DAYS} (instead of --expires-at)`,
+      },
+    },
+  },
+  approvals: {
+    args: '',
+    summary: 'grants waiting for a second admin (or decided ones)',
+    positionals: [0, 0],
+    options: {
+      status: { value: APPROVAL_STATUSES.join('|'), help: 'which approvals (default: pending)' },
+    },
+  },
+  'approvals approve': {
+    args: '<approvalId>',
+    summary: 'approve a pending grant (an admin other than the requester): the grant is written, once',
+    positionals: [1, 1],
+    options: { reason: reasonOption },
+  },
+  'approvals reject': {
+    args: '<approvalId>',
+    summary: 'reject a pending grant (an admin other than the requester): nothing is written',
+    positionals: [1, 1],
+    options: { reason: reasonOption },
+  },
+  coupons: { args: '', summary: 'coupons, newest first, with their redemption counts', positionals: [0, 0] },
+  'coupons create': {
+    args: '<CODE> <credits>',
+    summary: 'a coupon each account may redeem once for a promotional grant',
+    positionals: [2, 2],
+    options: {
+      reason: reasonOption,
+      'expires-in-days': {
+        value: 'N',
+        help: `each grant it makes expires N days after its redemption, 1-${MAX_EXPIRY_DAYS} (default: never)`,
+      },
+      'redeem-by': { value: 'ISO', help: 'last moment it can be redeemed (default: no end)' },
+      'max-redemptions': { value: 'N', help: 'how many accounts in all may redeem it (default: no limit)' },
+      plans: { value: 'a,b', help: 'only accounts on these plans may redeem it (default: any plan)' },
+    },
+  },
+  'coupons disable': {
+    args: '<CODE>',
+    summary: 'later redemptions are refused; the grants already made stay',
+    positionals: [1, 1],
+    options: { reason: reasonOption },
   },
   freeze: {
     args: '<userId>',
@@ -98,12 +168,16 @@ const COMMANDS: Record<string, CommandSpec> = {
       'dlq-url': { value: 'URL', help: 'the queue (deployed stage: the stack output DeadLetterQueueUrl)' },
     },
   },
-  help: { args: '[command]', summary: 'this text, or one command in detail', positionals: [0, 1] },
+  help: { args: '[command]', summary: 'this text, or one command in detail', positionals: [0, 2] },
 };
 
 const GLOBAL_OPTIONS: Record<string, OptionSpec> = {
   endpoint: { value: 'URL', help: 'a deployed stage (default: CREDITS_ENDPOINT, else the local stack)' },
   region: { value: 'R', help: 'AWS region of a deployed stage (default: AWS_REGION)' },
+  as: {
+    value: 'P',
+    help: 'local stack only: the local principal that signs, admin (default) or second-admin (four-eyes approvals); against a deployed stage your AWS credentials sign (choose them with AWS_PROFILE)',
+  },
   help: { help: 'show help' },
 };
 
@@ -118,28 +192,46 @@ const synopsis = (name: string) => {
   return [name, spec.args, ...options].filter(Boolean).join(' ');
 };
 
+/** The actions of a command group (`approvals approve`, ...): the commands named `<group> <action>`. */
+const actionsOf = (group: string) => Object.keys(COMMANDS).filter((name) => name.startsWith(`${group} `));
+
+/** `approvals approve x` names the command `approvals approve` with the argument x; `approvals` alone is one. */
+function resolveCommand(positionals: readonly string[]): { command: string; args: string[] } {
+  const [first = '', second, ...rest] = positionals;
+  const action = `${first} ${second}`;
+  if (second !== undefined && COMMANDS[action]) return { command: action, args: rest };
+  return { command: first, args: positionals.slice(1) };
+}
+
 function overallHelp(): string {
-  const rows = Object.keys(COMMANDS).map(
-    (name) => `  ${synopsis(name).padEnd(52)} ${COMMANDS[name]!.summary}`,
-  );
-  return `usage: ${PROGRAM} <command> [args] [--endpoint URL] [--region R]
+  const rows = Object.keys(COMMANDS).map((name) => {
+    const text = synopsis(name);
+    const summary = COMMANDS[name]!.summary;
+    return text.length > 52 ? `  ${text}\n  ${''.padEnd(52)} ${summary}` : `  ${text.padEnd(52)} ${summary}`;
+  });
+  return `usage: ${PROGRAM} <command> [args] [--endpoint URL] [--region R] [--as P]
 
 ${rows.join('\n')}
 
 Prints JSON on stdout, messages on stderr. Exit codes: 0 done, 1 failed (the API refused, or it cannot be
 reached), 2 wrong usage. Locally it finds the stack that \`npm start\` runs with the same DATA_DIR (default
 .data) and signs with its admin credentials; for a deployed stage pass --endpoint (or CREDITS_ENDPOINT):
-requests are SigV4-signed with the default AWS credential chain. \`${PROGRAM} <command> --help\` for one.`;
+requests are SigV4-signed with the default AWS credential chain. Locally, --as second-admin signs as the
+stack's second admin (to approve another admin's grant). \`${PROGRAM} <command> --help\` for one.`;
 }
 
 function commandHelp(name: string): string {
   const spec = COMMANDS[name]!;
   const options = { ...spec.options, ...GLOBAL_OPTIONS };
+  const label = (key: string, o: OptionSpec) => `--${key}${o.value ? ` ${o.value}` : ''}`;
+  const width = Math.max(20, ...Object.entries(options).map(([key, o]) => label(key, o).length + 1));
   const rows = Object.entries(options).map(
-    ([key, o]) =>
-      `  ${`--${key}${o.value ? ` ${o.value}` : ''}`.padEnd(20)} ${o.help}${o.required ? ' (required)' : ''}`,
+    ([key, o]) => `  ${label(key, o).padEnd(width)} ${o.help}${o.required ? ' (required)' : ''}`,
   );
-  return `usage: ${PROGRAM} ${synopsis(name)}\n\n${spec.summary}\n\n${rows.join('\n')}`;
+  const actions = actionsOf(name).map((action) => `  ${synopsis(action)}`);
+  return `usage: ${PROGRAM} ${synopsis(name)}\n\n${spec.summary}\n\n${rows.join('\n')}${
+    actions.length ? `\n\nactions (${PROGRAM} ${name} <action> --help for one):\n${actions.join('\n')}` : ''
+  }`;
 }
 
 class UsageError extends Error {
@@ -169,7 +261,7 @@ function parse(argv: string[]): Parsed {
   const options: Record<string, string | true> = {};
   for (let i = 0; i < argv.length; i++) {
     const token = argv[i]!;
-    const command = positionals[0];
+    const command = positionals.length ? resolveCommand(positionals).command : undefined;
     if (token === '--') {
       positionals.push(...argv.slice(i + 1));
       break;
@@ -182,6 +274,8 @@ function parse(argv: string[]): Parsed {
       const spec = lookupOption(command, name);
       if (!spec) {
         if (command && !COMMANDS[command]) throw new UsageError(`unknown command ${command}`);
+        if (command && actionsOf(command).length && positionals.length > 1)
+          throw new UsageError(unknownAction(command, positionals[1]!), command);
         throw new UsageError(`unknown option --${name}`, command);
       }
       if (spec.value) {
@@ -197,17 +291,56 @@ function parse(argv: string[]): Parsed {
       throw new UsageError(`unknown option ${token}`, command);
     } else positionals.push(token);
   }
-  const [command = '', ...args] = positionals;
-  return { command, args, options };
+  return { ...resolveCommand(positionals), options };
 }
 
 function lookupOption(command: string | undefined, name: string): OptionSpec | undefined {
   return GLOBAL_OPTIONS[name] ?? (command ? COMMANDS[command]?.options?.[name] : undefined);
 }
 
+const unknownAction = (group: string, action: string) =>
+  `${group}: unknown action ${action} (${actionsOf(group)
+    .map((name) => name.slice(group.length + 1))
+    .join(' or ')})`;
+
+const WHOLE = /^\d+$/;
+/** An instant with its offset (as the API takes it), e.g. 2027-01-31T23:59:59Z or 2027-01-31T12:00+02:00. */
+const ISO_INSTANT = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})$/i;
+const COUPON_CODE = /^[A-Za-z0-9_-]{3,64}$/;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** A whole number from 1 to max, or a usage error naming the option. */
+function checkWhole(command: string, name: string, value: string | true | undefined, max: number): void {
+  if (typeof value !== 'string') return;
+  if (!WHOLE.test(value) || Number(value) < 1 || Number(value) > max)
+    throw new UsageError(
+      `${command}: ${name} must be a whole number from 1 to ${max.toLocaleString('en-US')}, got ${value}`,
+      command,
+    );
+}
+
+function checkInstant(command: string, name: string, value: string | true | undefined): void {
+  if (typeof value !== 'string') return;
+  if (!ISO_INSTANT.test(value) || Number.isNaN(Date.parse(value)))
+    throw new UsageError(
+      `${command}: ${name} must be an ISO 8601 instant with its offset, e.g. 2027-01-31T23:59:59Z, got ${value}`,
+      command,
+    );
+}
+
+function checkPositiveCredits(command: string, name: string, value: string, hint = ''): void {
+  if (!WHOLE.test(value) || !Number.isSafeInteger(Number(value)) || Number(value) === 0)
+    throw new UsageError(
+      `${command}: ${name} must be a positive whole number of credits${hint}, got ${value}`,
+      command,
+    );
+}
+
 function validate({ command, args, options }: Parsed): void {
   const spec = COMMANDS[command];
   if (!spec) throw new UsageError(`unknown command ${command}`);
+  if (actionsOf(command).length && args.length > spec.positionals[1])
+    throw new UsageError(unknownAction(command, args[0]!), command);
   const [min, max] = spec.positionals;
   if (args.length < min)
     throw new UsageError(`${command}: ${spec.args.split(' ')[args.length]} is required`, command);
@@ -216,7 +349,8 @@ function validate({ command, args, options }: Parsed): void {
     if (o.required && options[name] === undefined)
       throw new UsageError(`${command}: --${name} is required`, command);
   }
-  if (command === 'help' && args[0] && !COMMANDS[args[0]]) throw new UsageError(`unknown command ${args[0]}`);
+  if (command === 'help' && args.length && !COMMANDS[args.join(' ')])
+    throw new UsageError(`unknown command ${args.join(' ')}`);
   if (command === 'dlq' && args[0] !== undefined && args[0] !== 'redrive')
     throw new UsageError(`dlq: unknown action ${args[0]} (only redrive)`, command);
   if (command === 'adjust') {
@@ -227,6 +361,44 @@ function validate({ command, args, options }: Parsed): void {
         command,
       );
   }
+  if (command === 'grant') {
+    checkPositiveCredits(command, '<amount>', args[1]!, ' (to remove credits, use adjust)');
+    const category = options.category;
+    if (typeof category === 'string' && !(CATEGORIES as readonly string[]).includes(category))
+      throw new UsageError(`grant: --category must be ${CATEGORIES.join(' or ')}, got ${category}`, command);
+    if (options['expires-at'] !== undefined && options['expires-in-days'] !== undefined)
+      throw new UsageError('grant: give --expires-at or --expires-in-days, not both', command);
+    checkInstant(command, '--expires-at', options['expires-at']);
+  }
+  if (command === 'grant' || command === 'coupons create')
+    checkWhole(command, '--expires-in-days', options['expires-in-days'], MAX_EXPIRY_DAYS);
+  const status = options.status;
+  if (typeof status === 'string' && !(APPROVAL_STATUSES as readonly string[]).includes(status))
+    throw new UsageError(
+      `approvals: --status must be ${APPROVAL_STATUSES.join(', ')}, got ${status}`,
+      command,
+    );
+  if ((command === 'approvals approve' || command === 'approvals reject') && !UUID.test(args[0]!))
+    throw new UsageError(`${command}: <approvalId> must be an approval id (a UUID), got ${args[0]}`, command);
+  if ((command === 'coupons create' || command === 'coupons disable') && !COUPON_CODE.test(args[0]!))
+    throw new UsageError(
+      `${command}: <CODE> must be 3-64 of A-Z, a-z, 0-9, _ and -, got ${args[0]}`,
+      command,
+    );
+  if (command === 'coupons create') {
+    checkPositiveCredits(command, '<credits>', args[1]!);
+    checkInstant(command, '--redeem-by', options['redeem-by']);
+    checkWhole(command, '--max-redemptions', options['max-redemptions'], 1_000_000_000);
+    const plans = options.plans;
+    if (typeof plans === 'string' && plans.split(',').some((plan) => !plan.trim()))
+      throw new UsageError(
+        `coupons create: --plans must be plan ids separated by commas, got ${plans}`,
+        command,
+      );
+  }
+  const as = options.as;
+  if (typeof as === 'string' && !(LOCAL_ADMINS as readonly string[]).includes(as))
+    throw new UsageError(`--as must be ${LOCAL_ADMINS.join(' or ')}, got ${as}`, command);
   const hours = options['window-hours'];
   if (typeof hours === 'string') {
     const n = Number(hours);
@@ -300,10 +472,11 @@ export async function runAdmin(
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<number> {
   let parsed: Parsed;
+  let target: Target;
   try {
     parsed = parse(argv);
     if (parsed.options.help || parsed.command === 'help' || parsed.command === '') {
-      const about = parsed.command === 'help' ? parsed.args[0] : parsed.command;
+      const about = parsed.command === 'help' ? parsed.args.join(' ') : parsed.command;
       if (about && !COMMANDS[about]) throw new UsageError(`unknown command ${about}`);
       if (!parsed.options.help && parsed.command === '') {
         io.err(overallHelp());
@@ -313,6 +486,12 @@ export async function runAdmin(
       return 0;
     }
     validate(parsed);
+    target = findTarget(parsed.options, env);
+    if (parsed.options.as !== undefined && !target.local)
+      throw new UsageError(
+        `--as chooses a local principal; against ${target.endpoint.origin} your AWS credentials sign (choose them with AWS_PROFILE)`,
+        parsed.command,
+      );
   } catch (error: unknown) {
     if (!(error instanceof UsageError)) throw error;
     const known = error.command && COMMANDS[error.command] ? error.command : undefined;
@@ -321,9 +500,8 @@ export async function runAdmin(
     );
     return 2;
   }
-  const target = findTarget(parsed.options, env);
   try {
-    const result = await execute(parsed, target, env);
+    const result = await execute(parsed, target, env, io);
     io.out(JSON.stringify(result, null, 2));
     return 0;
   } catch (error: unknown) {
@@ -346,7 +524,10 @@ class ApiError extends Error {
   }
 }
 
-async function localCredentials(target: Target): Promise<LocalPrincipal> {
+async function localCredentials(
+  target: Target,
+  name: (typeof LOCAL_ADMINS)[number],
+): Promise<LocalPrincipal> {
   const file = path.join(target.dataDir, 'local-auth.json');
   // LocalAuth.load would create new keys that the running stack does not know.
   if (!existsSync(file)) {
@@ -360,21 +541,28 @@ async function localCredentials(target: Target): Promise<LocalPrincipal> {
         : unreachable(target),
     );
   }
-  return (await LocalAuth.load(target.dataDir)).principal('admin');
+  return (await LocalAuth.load(target.dataDir)).principal(name);
 }
 
 async function execute(
   { command, args, options }: Parsed,
   target: Target,
   env: NodeJS.ProcessEnv,
+  io: AdminIo,
 ): Promise<unknown> {
   const { endpoint, local } = target;
-  const credentials = local ? await localCredentials(target) : await defaultProvider()();
+  const signer = (options.as as (typeof LOCAL_ADMINS)[number] | undefined) ?? 'admin';
+  const credentials = local ? await localCredentials(target, signer) : await defaultProvider()();
   const region = local
     ? LOCAL_REGION
     : ((options.region as string | undefined) ?? env.AWS_REGION ?? LOCAL_REGION);
 
-  async function call(method: 'GET' | 'POST', route: string, body?: unknown): Promise<unknown> {
+  /** The answer's status and body; a refusal (not 2xx) is thrown as an ApiError. */
+  async function request(
+    method: 'GET' | 'POST',
+    route: string,
+    body?: unknown,
+  ): Promise<{ status: number; body: unknown }> {
     const url = new URL(route, endpoint);
     const payload = body === undefined ? undefined : JSON.stringify(body);
     const headers = await signRequest(
@@ -392,7 +580,24 @@ async function execute(
       parsed = { status: response.status, body: text.slice(0, 500) };
     }
     if (!response.ok) throw new ApiError(await describeRefusal(response.status, parsed), parsed);
-    return parsed;
+    return { status: response.status, body: parsed };
+  }
+
+  const call = async (method: 'GET' | 'POST', route: string, body?: unknown) =>
+    (await request(method, route, body)).body;
+
+  /** An adjustment, and on stderr what happens next when it waits for a second admin (202). */
+  async function adjust(body: Record<string, unknown>): Promise<unknown> {
+    const answer = await request('POST', `/v1/admin/accounts/${user}/adjustments`, body);
+    if (answer.status === 202) {
+      const { approvalId } = answer.body as { approvalId: string };
+      io.err(
+        `${command}: above the approval threshold, so nothing is granted yet: it waits for a second admin.\n` +
+          `another admin approves it with: ${PROGRAM} approvals approve ${approvalId} --reason R` +
+          (local ? ' --as second-admin' : ''),
+      );
+    }
+    return answer.body;
   }
 
   async function describeRefusal(status: number, body: unknown): Promise<string> {
@@ -414,11 +619,55 @@ async function execute(
     case 'account':
       return call('GET', `/v1/admin/accounts/${user}`);
     case 'adjust':
-      return call('POST', `/v1/admin/accounts/${user}/adjustments`, {
+      return adjust({
         amount: Number(args[1]),
         reason,
         ...(typeof options.description === 'string' && { description: options.description }),
       });
+    case 'grant': {
+      const days = options['expires-in-days'];
+      const expiresAt =
+        typeof days === 'string'
+          ? new Date(Date.now() + Number(days) * 86_400_000)
+          : typeof options['expires-at'] === 'string'
+            ? new Date(options['expires-at'])
+            : undefined;
+      return adjust({
+        amount: Number(args[1]),
+        reason,
+        ...(typeof options.description === 'string' && { description: options.description }),
+        ...(typeof options.category === 'string' && { category: options.category }),
+        ...(expiresAt && { expiresAt: expiresAt.toISOString() }),
+      });
+    }
+    case 'approvals':
+      return call('GET', `/v1/admin/approvals?status=${(options.status as string | undefined) ?? 'pending'}`);
+    case 'approvals approve':
+    case 'approvals reject':
+      return call(
+        'POST',
+        `/v1/admin/approvals/${encodeURIComponent(args[0]!)}/${command === 'approvals approve' ? 'approve' : 'reject'}`,
+        { reason },
+      );
+    case 'coupons':
+      return call('GET', '/v1/admin/coupons');
+    case 'coupons create': {
+      const days = options['expires-in-days'];
+      const redeemBy = options['redeem-by'];
+      const max = options['max-redemptions'];
+      const plans = options.plans;
+      return call('POST', '/v1/admin/coupons', {
+        code: args[0],
+        credits: Number(args[1]),
+        reason,
+        ...(typeof days === 'string' && { grantExpiresInDays: Number(days) }),
+        ...(typeof redeemBy === 'string' && { redeemBy: new Date(redeemBy).toISOString() }),
+        ...(typeof max === 'string' && { maxRedemptions: Number(max) }),
+        ...(typeof plans === 'string' && { plans: plans.split(',').map((plan) => plan.trim()) }),
+      });
+    }
+    case 'coupons disable':
+      return call('POST', `/v1/admin/coupons/${encodeURIComponent(args[0]!)}/disable`, { reason });
     case 'freeze':
     case 'unfreeze':
     case 'anonymize':

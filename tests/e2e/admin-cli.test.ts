@@ -5,10 +5,15 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { freePort } from '../../local/postgres.js';
 import { StackAlreadyRunningError, startLocalStack } from '../../local/stack.js';
+import { expectInvariantsHold } from '../support/invariants.js';
 import { startStackForTest } from '../support/local-stack.js';
 
 // A stack on a free (so non-default) port; the CLI finds it through DATA_DIR/stack.json, never --endpoint.
-const { stack, dataDir, databaseUrl, admin, asUser } = await startStackForTest();
+// Grants above APPROVAL_THRESHOLD credits wait for a second admin.
+const APPROVAL_THRESHOLD = 1000;
+const { stack, db, dataDir, databaseUrl, admin, asUser } = await startStackForTest({
+  adminApprovalThreshold: APPROVAL_THRESHOLD,
+});
 const root = path.resolve(import.meta.dirname, '../..');
 const scratch = mkdtempSync(path.join(tmpdir(), 'credits-cli-'));
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
@@ -69,6 +74,7 @@ describe('the admin CLI against a running stack', () => {
     expect(granted.json.entry).toMatchObject({ amount: 500, description: 'Welcome bonus' });
     expect(removed.json.entry).toMatchObject({ amount: -100, balanceAfter: 400, description: null });
     expect(JSON.stringify(history.body)).not.toContain('ticket');
+    await expectInvariantsHold(db);
   });
 
   it.each([
@@ -103,6 +109,78 @@ describe('the admin CLI against a running stack', () => {
     [['account', 'alice', '-x'], 'unknown option -x'],
     [['bogus'], 'unknown command bogus'],
     [['help', 'bogus'], 'unknown command bogus'],
+    [
+      ['grant', 'alice', '-5', '--reason', 'x'],
+      'grant: <amount> must be a positive whole number of credits (to remove credits, use adjust), got -5',
+    ],
+    [['grant', 'alice', '5'], 'grant: --reason is required'],
+    [
+      ['grant', 'alice', '5', '--reason', 'x', '--category', 'free'],
+      'grant: --category must be paid or promotional, got free',
+    ],
+    [
+      ['grant', 'alice', '5', '--reason', 'x', '--expires-at', 'tomorrow'],
+      'grant: --expires-at must be an ISO 8601 instant with its offset, e.g. 2027-01-31T23:59:59Z, got tomorrow',
+    ],
+    [
+      ['grant', 'alice', '5', '--reason', 'x', '--expires-at', '2027-01-31T00:00:00'],
+      'grant: --expires-at must be an ISO 8601 instant with its offset, e.g. 2027-01-31T23:59:59Z, got 2027-01-31T00:00:00',
+    ],
+    [
+      ['grant', 'alice', '5', '--reason', 'x', '--expires-at', '2027-01-31T00:00Z', '--expires-in-days', '3'],
+      'grant: give --expires-at or --expires-in-days, not both',
+    ],
+    [
+      ['grant', 'alice', '5', '--reason', 'x', '--expires-in-days', '0'],
+      'grant: --expires-in-days must be a whole number from 1 to 3,650, got 0',
+    ],
+    [['approvals', '--status', 'done'], 'approvals: --status must be pending, approved, rejected, got done'],
+    [['approvals', 'bogus'], 'approvals: unknown action bogus (approve or reject)'],
+    [
+      ['approvals', 'approve', 'not-an-id', '--reason', 'x'],
+      'approvals approve: <approvalId> must be an approval id (a UUID), got not-an-id',
+    ],
+    [['approvals', 'reject', '--reason', 'x'], 'approvals reject: <approvalId> is required'],
+    [
+      ['approvals', 'approve', '6f1c7a52-0d7e-4c1b-9a51-2b6f0e1d4c3a'],
+      'approvals approve: --reason is required',
+    ],
+    [
+      ['approvals', 'approve', '6f1c7a52-0d7e-4c1b-9a51-2b6f0e1d4c3a', '--reason', 'x', '--as', 'root'],
+      '--as must be admin or second-admin, got root',
+    ],
+    [['coupons', 'bogus'], 'coupons: unknown action bogus (create or disable)'],
+    [
+      ['coupons', 'create', 'ab', '5', '--reason', 'x'],
+      'coupons create: <CODE> must be 3-64 of A-Z, a-z, 0-9, _ and -, got ab',
+    ],
+    [
+      ['coupons', 'create', 'WELCOME', '0', '--reason', 'x'],
+      'coupons create: <credits> must be a positive whole number of credits, got 0',
+    ],
+    [['coupons', 'create', 'WELCOME', '5'], 'coupons create: --reason is required'],
+    [['coupons', 'create', 'WELCOME', '--reason', 'x'], 'coupons create: <credits> is required'],
+    [
+      ['coupons', 'create', 'WELCOME', '5', '--reason', 'x', '--max-redemptions', '0'],
+      'coupons create: --max-redemptions must be a whole number from 1 to 1,000,000,000, got 0',
+    ],
+    [
+      ['coupons', 'create', 'WELCOME', '5', '--reason', 'x', '--redeem-by', 'friday'],
+      'coupons create: --redeem-by must be an ISO 8601 instant with its offset, e.g. 2027-01-31T23:59:59Z, got friday',
+    ],
+    [
+      ['coupons', 'create', 'WELCOME', '5', '--reason', 'x', '--plans', 'pro,,team'],
+      'coupons create: --plans must be plan ids separated by commas, got pro,,team',
+    ],
+    [
+      ['approvals', '--as', 'second-admin', '--endpoint', 'https://credits.example.com'],
+      '--as chooses a local principal; against https://credits.example.com your AWS credentials sign (choose them with AWS_PROFILE)',
+    ],
+    [['coupons', 'disable', 'WELCOME'], 'coupons disable: --reason is required'],
+    [
+      ['coupons', 'disable', 'no spaces', '--reason', 'x'],
+      'coupons disable: <CODE> must be 3-64 of A-Z, a-z, 0-9, _ and -, got no spaces',
+    ],
   ])('refuses %j with a usage line and exit 2', async (argv, message) => {
     const result = await admin(...argv);
 
@@ -122,6 +200,24 @@ describe('the admin CLI against a running stack', () => {
       /^usage: npm run -s admin -- adjust <userId> <amount> --reason R \[--description D\]/,
     ],
     [['dlq', '-h'], /^usage: npm run -s admin -- dlq \[redrive\]/],
+    [
+      ['grant', '--help'],
+      /^usage: npm run -s admin -- grant <userId> <amount> --reason R \[--description D\] \[--category paid\|promotional\] \[--expires-at ISO\] \[--expires-in-days N\]\n/,
+    ],
+    [
+      ['approvals', '--help'],
+      /\nactions .*\n {2}approvals approve <approvalId> --reason R\n {2}approvals reject/,
+    ],
+    [
+      ['approvals', 'approve', '--help'],
+      /^usage: npm run -s admin -- approvals approve <approvalId> --reason R\n/,
+    ],
+    [
+      ['help', 'coupons', 'create'],
+      /^usage: npm run -s admin -- coupons create <CODE> <credits> --reason R /,
+    ],
+    [['coupons', 'disable', '-h'], /^usage: npm run -s admin -- coupons disable <CODE> --reason R\n/],
+    [['grant', '--help'], /\n {2}--as P +local stack only: .*second-admin.*AWS credentials sign/],
   ])('prints help for %j on stdout, exit 0', async (argv, first) => {
     const out: string[] = [];
     const { runAdmin } = await import('../../bin/admin.js');
@@ -142,6 +238,7 @@ describe('the admin CLI against a running stack', () => {
     expect(one.json).toMatchObject({ id: reconcile.json.id });
     expect(others.map((r) => r.code)).toEqual([0, 0, 0]);
     expect(others[2]!.json).toMatchObject({ messages: 0, sample: [] });
+    await expectInvariantsHold(db);
   });
 
   it('freezes, unfreezes and anonymizes an account', async () => {
@@ -154,6 +251,284 @@ describe('the admin CLI against a running stack', () => {
     expect([frozen.code, unfrozen.code, anonymized.code]).toEqual([0, 0, 0]);
     expect(frozen.json).toMatchObject({ status: 'frozen' });
     expect(unfrozen.json).toMatchObject({ status: 'active' });
+    await expectInvariantsHold(db);
+  });
+});
+
+const DAY_MS = 86_400_000;
+const grantsOf = async (userId: string) =>
+  (await asUser(userId, 'GET', '/v1/me/grants')).body.items as Array<Record<string, unknown>>;
+const balanceOf = async (userId: string) => (await asUser(userId, 'GET', '/v1/me/credits')).body.balance;
+
+describe('grants from the admin CLI', () => {
+  it('grants paid credits that expire in N days, and promotional ones at an exact instant', async () => {
+    const before = Date.now();
+    const paid = await admin(
+      'grant',
+      'cli-lot-user',
+      '300',
+      '--reason',
+      'ticket 51: service credit',
+      '--category',
+      'paid',
+      '--expires-in-days',
+      '30',
+      '--description',
+      'Service credit',
+    );
+    const after = Date.now();
+    const promotional = await admin(
+      'grant',
+      'cli-lot-user',
+      '200',
+      '--reason=ticket 52',
+      '--expires-at',
+      '2099-06-30T12:00:00+02:00',
+    );
+    const grants = await grantsOf('cli-lot-user');
+
+    expect(paid).toMatchObject({
+      code: 0,
+      stderr: '',
+      json: { entry: { amount: 300, description: 'Service credit' } },
+    });
+    expect(promotional).toMatchObject({
+      code: 0,
+      stderr: '',
+      json: { entry: { amount: 200, balanceAfter: 500 } },
+    });
+    // Burn order: soonest expiry first.
+    expect(grants).toMatchObject([
+      { category: 'paid', source: 'admin', amount: 300, remaining: 300 },
+      {
+        category: 'promotional',
+        source: 'admin',
+        amount: 200,
+        remaining: 200,
+        expiresAt: '2099-06-30T10:00:00.000Z',
+      },
+    ]);
+    const expiresAt = Date.parse(grants[0]!.expiresAt as string);
+    expect(expiresAt).toBeGreaterThanOrEqual(before + 30 * DAY_MS);
+    expect(expiresAt).toBeLessThanOrEqual(after + 30 * DAY_MS);
+    await expectInvariantsHold(db);
+  });
+
+  it('passes the API refusal of a grant that would expire in the past on, exit 1', async () => {
+    const result = await admin(
+      'grant',
+      'cli-past-user',
+      '10',
+      '--reason',
+      'x',
+      '--expires-at',
+      '2020-01-01T00:00:00Z',
+    );
+
+    expect(result.code).toBe(1);
+    expect(result.json).toMatchObject({ status: 400, code: 'validation_error' });
+    expect(result.stderr).toMatch(/^grant: HTTP 400 validation_error/);
+    expect(await grantsOf('cli-past-user')).toEqual([]);
+  });
+
+  it('holds a grant above the threshold for a second admin: not the requester, once, and never twice', async () => {
+    const requested = await admin(
+      'grant',
+      'cli-four-eyes',
+      '5000',
+      '--reason',
+      'ticket 60: enterprise trial',
+    );
+    const approvalId = requested.json?.approvalId as string;
+    const balanceWhilePending = await balanceOf('cli-four-eyes');
+    const pending = await admin('approvals');
+
+    const bySelf = await admin('approvals', 'approve', approvalId, '--reason', 'looks fine');
+    const bySecond = await admin(
+      'approvals',
+      'approve',
+      approvalId,
+      '--reason',
+      'checked the contract',
+      '--as',
+      'second-admin',
+    );
+    const again = await admin(
+      'approvals',
+      'approve',
+      approvalId,
+      '--reason',
+      'again',
+      '--as',
+      'second-admin',
+    );
+    const rejectedLate = await admin(
+      'approvals',
+      'reject',
+      approvalId,
+      '--reason',
+      'too late',
+      '--as',
+      'second-admin',
+    );
+    const approved = await admin('approvals', '--status', 'approved');
+    const history = await asUser('cli-four-eyes', 'GET', '/v1/me/transactions');
+
+    expect(requested).toMatchObject({ code: 0, json: { approvalId: expect.any(String), status: 'pending' } });
+    expect(requested.stderr).toBe(
+      'grant: above the approval threshold, so nothing is granted yet: it waits for a second admin.\n' +
+        `another admin approves it with: npm run -s admin -- approvals approve ${approvalId} --reason R --as second-admin`,
+    );
+    expect(balanceWhilePending).toBe(0);
+    expect(pending.json.data).toContainEqual(
+      expect.objectContaining({ id: approvalId, userId: 'cli-four-eyes', amount: 5000, status: 'pending' }),
+    );
+    expect(bySelf.code).toBe(1);
+    expect(bySelf.json).toMatchObject({ status: 403, code: 'four_eyes_required' });
+    expect(bySelf.stderr).toMatch(/^approvals approve: HTTP 403 four_eyes_required/);
+    expect(bySecond).toMatchObject({
+      code: 0,
+      json: { approval: { id: approvalId, status: 'approved' }, entry: { amount: 5000, balanceAfter: 5000 } },
+    });
+    expect(bySecond.json.approval.decidedBy).not.toBe(bySecond.json.approval.requestedBy);
+    expect(again).toMatchObject({ code: 0, json: { entry: { id: bySecond.json.entry.id } } });
+    expect(rejectedLate).toMatchObject({ code: 1, json: { status: 409, code: 'approval_decided' } });
+    expect(approved.json.data).toContainEqual(
+      expect.objectContaining({ id: approvalId, status: 'approved' }),
+    );
+    expect(await balanceOf('cli-four-eyes')).toBe(5000);
+    expect((history.body.data as unknown[]).length).toBe(1);
+    await expectInvariantsHold(db);
+  });
+
+  it('writes nothing for a rejected grant, and grants at the threshold at once', async () => {
+    const requested = await admin(
+      'grant',
+      'cli-rejected',
+      String(APPROVAL_THRESHOLD + 1),
+      '--reason',
+      'typo?',
+    );
+    const rejected = await admin(
+      'approvals',
+      'reject',
+      requested.json.approvalId,
+      '--reason',
+      'typo',
+      '--as',
+      'second-admin',
+    );
+    const atThreshold = await admin(
+      'adjust',
+      'cli-rejected',
+      String(APPROVAL_THRESHOLD),
+      '--reason',
+      'the intended amount',
+    );
+    const unknown = await admin(
+      'approvals',
+      'approve',
+      '6f1c7a52-0d7e-4c1b-9a51-2b6f0e1d4c3a',
+      '--reason',
+      'x',
+      '--as',
+      'second-admin',
+    );
+
+    expect(requested.json).toMatchObject({ status: 'pending' });
+    expect(rejected).toMatchObject({ code: 0, json: { approval: { status: 'rejected' }, entry: null } });
+    expect(atThreshold).toMatchObject({
+      code: 0,
+      stderr: '',
+      json: { entry: { amount: APPROVAL_THRESHOLD } },
+    });
+    expect(await balanceOf('cli-rejected')).toBe(APPROVAL_THRESHOLD);
+    expect(unknown).toMatchObject({ code: 1, json: { status: 404 } });
+    await expectInvariantsHold(db);
+  });
+});
+
+describe('coupons from the admin CLI', () => {
+  it('creates a coupon a user redeems once through the API, lists it with its count, and disables it', async () => {
+    const created = await admin(
+      'coupons',
+      'create',
+      'CLI-WELCOME',
+      '250',
+      '--reason',
+      'spring campaign',
+      '--expires-in-days',
+      '14',
+      '--max-redemptions',
+      '100',
+      '--redeem-by',
+      '2099-01-01T00:00:00Z',
+    );
+    const before = Date.now();
+    const redeemed = await asUser('cli-coupon-user', 'POST', '/v1/me/coupons/redeem', {
+      code: 'cli-welcome',
+    });
+    const after = Date.now();
+    const twice = await asUser('cli-coupon-user', 'POST', '/v1/me/coupons/redeem', { code: 'CLI-WELCOME' });
+    const listed = await admin('coupons');
+    const disabled = await admin('coupons', 'disable', 'CLI-WELCOME', '--reason', 'campaign over');
+    const afterDisable = await asUser('cli-coupon-late', 'POST', '/v1/me/coupons/redeem', {
+      code: 'CLI-WELCOME',
+    });
+
+    expect(created).toMatchObject({
+      code: 0,
+      stderr: '',
+      json: {
+        code: 'CLI-WELCOME',
+        credits: 250,
+        grantExpiresInDays: 14,
+        maxRedemptions: 100,
+        redeemBy: '2099-01-01T00:00:00.000Z',
+        redemptions: 0,
+        disabled: false,
+      },
+    });
+    expect(redeemed).toMatchObject({ status: 201, body: { credits: 250 } });
+    const expiresAt = Date.parse(redeemed.body.expiresAt as string);
+    expect(expiresAt).toBeGreaterThanOrEqual(before - 1000 + 14 * DAY_MS);
+    expect(expiresAt).toBeLessThanOrEqual(after + 14 * DAY_MS);
+    expect(await grantsOf('cli-coupon-user')).toMatchObject([
+      { category: 'promotional', source: 'coupon', amount: 250, remaining: 250 },
+    ]);
+    expect(twice).toMatchObject({ status: 409, body: { code: 'coupon_already_redeemed' } });
+    expect(listed.json.data).toContainEqual(
+      expect.objectContaining({ code: 'CLI-WELCOME', redemptions: 1, disabled: false }),
+    );
+    expect(disabled).toMatchObject({
+      code: 0,
+      json: { code: 'CLI-WELCOME', disabled: true, redemptions: 1 },
+    });
+    expect(afterDisable).toMatchObject({ status: 410, body: { code: 'coupon_disabled' } });
+    expect(await balanceOf('cli-coupon-user')).toBe(250);
+    await expectInvariantsHold(db);
+  });
+
+  it('creates a coupon for some plans only, and passes the refusals of the API on, exit 1', async () => {
+    const created = await admin(
+      'coupons',
+      'create',
+      'CLI-PLANS',
+      '10',
+      '--reason',
+      'x',
+      '--plans',
+      'pro, team',
+    );
+    const duplicate = await admin('coupons', 'create', 'cli-plans', '10', '--reason', 'x');
+    const unknown = await admin('coupons', 'disable', 'CLI-NOSUCH', '--reason', 'x');
+
+    expect(created).toMatchObject({ code: 0, json: { plans: ['pro', 'team'], grantExpiresInDays: null } });
+    expect(duplicate).toMatchObject({ code: 1, json: { status: 409, code: 'coupon_exists' } });
+    expect(duplicate.stderr).toMatch(/^coupons create: HTTP 409 coupon_exists/);
+    expect(unknown).toMatchObject({ code: 1, json: { status: 404 } });
+    expect(unknown.stderr).toMatch(/^coupons disable: HTTP 404 /);
+    await expectInvariantsHold(db);
   });
 });
 
@@ -184,6 +559,31 @@ describe('the admin CLI as a process', () => {
 
     expect(result.code).toBe(0);
     expect(result.stderr).toBe('');
+    await expectInvariantsHold(db);
+  });
+
+  it('holds a grant for a second admin and takes --as second-admin from argv, with no stack trace', async () => {
+    const requested = await run('bin/admin.ts', ['grant', 'cli-process-grant', '2000', '--reason', 'trial'], {
+      DATA_DIR: dataDir,
+    });
+    const { approvalId } = JSON.parse(requested.stdout) as { approvalId: string };
+    const approved = await run(
+      'bin/admin.ts',
+      ['--as', 'second-admin', 'approvals', 'approve', approvalId, '--reason', 'checked'],
+      { DATA_DIR: dataDir },
+    );
+
+    expect(requested.code).toBe(0);
+    expect(requested.stderr).toContain('it waits for a second admin');
+    expect(approved.code).toBe(0);
+    expect(JSON.parse(approved.stdout)).toMatchObject({
+      approval: { status: 'approved' },
+      entry: { amount: 2000 },
+    });
+    expect(approved.stderr).toBe('');
+    expect(await balanceOf('cli-process-grant')).toBe(2000);
+    noTrace(requested.stderr);
+    await expectInvariantsHold(db);
   });
 
   it('says the stack is not running when nothing answers, whether it never ran or left a stale record', async () => {

@@ -2,6 +2,7 @@ import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { type Browser, chromium, type Page } from 'playwright-core';
 import { afterAll, describe, expect, it } from 'vitest';
+import { expectInvariantsHold } from '../support/invariants.js';
 import { startStackForTest } from '../support/local-stack.js';
 
 const executablePath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
@@ -11,7 +12,8 @@ if (!existsSync(executablePath)) {
   );
 }
 
-const { stack, admin } = await startStackForTest();
+// The sweeper every second, so a grant that expires shows up in the history soon after.
+const { stack, db, admin, asUser } = await startStackForTest({ sweepIntervalSeconds: 1 });
 const browser: Browser = await chromium.launch({
   executablePath,
   headless: true,
@@ -29,6 +31,15 @@ afterAll(() => browser.close());
 const screenshots = path.join(import.meta.dirname, 'screenshots');
 mkdirSync(screenshots, { recursive: true });
 const PHONE = { width: 390, height: 844 };
+// A user far from UTC: expiries must be shown in their own time.
+const AUCKLAND = { locale: 'en-GB', timezoneId: 'Pacific/Auckland' } as const;
+/** An instant as the page shows an expiry to a user in Auckland. */
+const inAuckland = (iso: string) =>
+  new Date(iso).toLocaleString('en-GB', {
+    timeZone: AUCKLAND.timezoneId,
+    dateStyle: 'medium',
+    timeStyle: 'short',
+  });
 
 async function signIn(page: Page, userId: string) {
   await page.goto(`${stack.url}/`);
@@ -48,6 +59,27 @@ async function buy(page: Page, pack: string, payButton: string) {
 
 const notice = (page: Page) =>
   page.$eval('#notice', (el) => ({ text: el.textContent, kind: el.getAttribute('data-kind') }));
+const couponMessage = (page: Page) =>
+  page.$eval('#coupon-message', (el) => ({
+    text: el.textContent,
+    kind: el.getAttribute('data-kind'),
+    visible: !el.hasAttribute('hidden'),
+  }));
+async function redeem(page: Page, code: string) {
+  await page.fill('#coupon-code', code);
+  await page.click('#redeem');
+  await expect.poll(() => page.isEnabled('#redeem')).toBe(true);
+}
+/** The grants view as the user reads it: one line of cells per grant. */
+const grantRows = (page: Page) =>
+  page.$$eval('#grants tr', (rows) =>
+    rows.map((row) => ({
+      category: row.getAttribute('data-category'),
+      cells: [...row.querySelectorAll('td')].map((td) => (td as unknown as { innerText: string }).innerText),
+    })),
+  );
+const grantsOf = async (userId: string) =>
+  (await asUser(userId, 'GET', '/v1/me/grants')).body.items as Array<{ expiresAt: string | null }>;
 const horizontalOverflow = (page: Page) =>
   page.evaluate<number>('document.documentElement.scrollWidth - document.documentElement.clientWidth');
 /** The emulator's webhook delivery, held and let go (so a payment stays pending as long as a test needs). */
@@ -74,6 +106,7 @@ describe('the demo page in headless Chromium', () => {
     expect(await page.textContent('#history tr td:nth-child(2)')).toBe('Credits bought');
     expect(await page.textContent('#payments tr .status')).toBe('Complete');
     await page.screenshot({ path: path.join(screenshots, 'purchase.png'), fullPage: true });
+    await expectInvariantsHold(db);
   });
 
   it('shows a delayed payment as pending, then as failed once it fails, with no credits', async () => {
@@ -99,6 +132,7 @@ describe('the demo page in headless Chromium', () => {
     expect(await page.textContent('#payments tr .status')).toBe('Failed');
     expect(await page.textContent('#balance')).toBe('0');
     await page.screenshot({ path: path.join(screenshots, 'failed-payment.png'), fullPage: true });
+    await expectInvariantsHold(db);
   });
 
   it('shows a checkout left unpaid as expired once Stripe expires it', async () => {
@@ -128,6 +162,7 @@ describe('the demo page in headless Chromium', () => {
         { timeout: 15_000 },
       )
       .toBe('Expired');
+    await expectInvariantsHold(db);
   });
 
   it('does not let a frozen account buy, says why, and shows support adjustments without their reason', async () => {
@@ -158,6 +193,7 @@ describe('the demo page in headless Chromium', () => {
     ).toEqual(['Adjustment by support', 'Welcome bonus']);
     expect(await page.textContent('body')).not.toContain('ticket');
     await page.screenshot({ path: path.join(screenshots, 'frozen.png'), fullPage: true });
+    await expectInvariantsHold(db);
   });
 
   it('tells a user frozen while the page was open why Buy failed, and disables it', async () => {
@@ -175,6 +211,7 @@ describe('the demo page in headless Chromium', () => {
       });
     await expect.poll(() => page.isDisabled('button[data-pack="pack_small"]')).toBe(true);
     expect(page.url()).toBe(`${stack.url}/`);
+    await expectInvariantsHold(db);
   });
 
   it('sends a user whose token the stack no longer accepts back to sign-in', async () => {
@@ -223,5 +260,183 @@ describe('the demo page in headless Chromium', () => {
     expect(card!.x + card!.width).toBeLessThanOrEqual(PHONE.width);
     expect(await page.isVisible('[data-testid="product"]')).toBe(true);
     await page.screenshot({ path: path.join(screenshots, 'checkout-390.png'), fullPage: true });
+    await expectInvariantsHold(db);
+  });
+});
+
+describe('grants and coupons on the demo page', () => {
+  it('redeems a coupon and shows the promotional grant with its expiry in the user’s own time', async () => {
+    await admin(
+      'coupons',
+      'create',
+      'BROWSER-SPRING',
+      '250',
+      '--reason',
+      'spring campaign',
+      '--expires-in-days',
+      '3',
+    );
+    await admin(
+      'grant',
+      'browser-coupon',
+      '100',
+      '--reason',
+      'setup',
+      '--category',
+      'paid',
+      '--description',
+      'Welcome bonus',
+    );
+    const page = await browser.newPage({ viewport: { width: 1000, height: 900 }, ...AUCKLAND });
+    await signIn(page, 'browser-coupon');
+
+    await redeem(page, 'browser-spring');
+
+    await expect.poll(() => page.textContent('#balance')).toBe('350');
+    const [coupon] = await grantsOf('browser-coupon');
+    const expiry = inAuckland(coupon!.expiresAt!);
+    expect(await couponMessage(page)).toEqual({
+      text: `Coupon redeemed: 250 credits added; they expire on ${expiry} (in 3 days).`,
+      kind: 'success',
+      visible: true,
+    });
+    expect(await page.inputValue('#coupon-code')).toBe('');
+    // Burn order: the expiring coupon credits first, the never-expiring paid ones last.
+    expect(await grantRows(page)).toEqual([
+      {
+        category: 'promotional',
+        cells: ['Promotional\nfrom a coupon', '250 of 250', `${expiry}\nexpires in 3 days`],
+      },
+      { category: 'paid', cells: ['Paid\nfrom support', '100 of 100', 'Never'] },
+    ]);
+    expect(await page.textContent('#grant-totals')).toBe('100 paid · 250 promotional');
+    expect(await page.textContent('#next-expiry')).toBe(
+      `Next expiry: 250 credits on ${expiry} (in 3 days). Credits that expire soonest are used first.`,
+    );
+    expect(await page.locator('#history tr').first().locator('td:nth-child(2)').innerText()).toBe(
+      'Coupon redeemed\nCoupon BROWSER-SPRING',
+    );
+    await page.screenshot({ path: path.join(screenshots, 'coupon-redeemed.png'), fullPage: true });
+    await expectInvariantsHold(db);
+  });
+
+  it('says in words why a code did not work, and changes nothing', async () => {
+    await admin('coupons', 'create', 'BROWSER-ONCE', '50', '--reason', 'x');
+    await admin('coupons', 'create', 'BROWSER-LIMITED', '50', '--reason', 'x', '--max-redemptions', '1');
+    await admin('coupons', 'create', 'BROWSER-OLD', '50', '--reason', 'x');
+    await admin('coupons', 'disable', 'BROWSER-OLD', '--reason', 'campaign over');
+    await asUser('browser-first-comer', 'POST', '/v1/me/coupons/redeem', { code: 'BROWSER-LIMITED' });
+    const page = await browser.newPage({ viewport: { width: 1000, height: 900 } });
+    await signIn(page, 'browser-wrong-code');
+    await redeem(page, 'BROWSER-ONCE');
+    await expect.poll(() => page.textContent('#balance')).toBe('50');
+    const messages: Array<Awaited<ReturnType<typeof couponMessage>>> = [];
+
+    for (const code of ['', 'no spaces!', 'BROWSER-ONCE', 'BROWSER-LIMITED', 'BROWSER-OLD', 'NOSUCH-CODE']) {
+      await redeem(page, code);
+      messages.push(await couponMessage(page));
+    }
+
+    expect(messages).toEqual(
+      [
+        'Type the coupon code first.',
+        'A coupon code is 3 to 64 letters, digits, dashes (-) or underscores (_). Check the code and try again.',
+        'You have already redeemed “BROWSER-ONCE”: each coupon works once per account.',
+        'The coupon “BROWSER-LIMITED” has been used up: all of its redemptions are taken.',
+        'The coupon “BROWSER-OLD” is no longer valid.',
+        'There is no coupon “NOSUCH-CODE”. Check the spelling and try again.',
+      ].map((text) => ({ text, kind: 'error', visible: true })),
+    );
+    expect(await page.getAttribute('#coupon-message', 'role')).toBe('alert');
+    expect(await page.textContent('#balance')).toBe('50');
+    expect(await grantRows(page)).toHaveLength(1);
+    await page.screenshot({ path: path.join(screenshots, 'coupon-wrong-code.png'), fullPage: true });
+    await expectInvariantsHold(db);
+  });
+
+  it('tells a user who tried too many wrong codes to wait, even with a good one', async () => {
+    await admin('coupons', 'create', 'BROWSER-LATER', '50', '--reason', 'x');
+    for (let attempt = 1; attempt <= 10; attempt++)
+      await asUser('browser-guesser', 'POST', '/v1/me/coupons/redeem', { code: `GUESS-${attempt}` });
+    const page = await browser.newPage({ viewport: { width: 1000, height: 900 } });
+    await signIn(page, 'browser-guesser');
+
+    await redeem(page, 'BROWSER-LATER');
+
+    expect(await couponMessage(page)).toEqual({
+      text: 'Too many codes that did not work in the last hour. Please check your code and try again later.',
+      kind: 'error',
+      visible: true,
+    });
+    expect(await page.textContent('#balance')).toBe('0');
+    expect(await page.isVisible('#no-grants')).toBe(true);
+    await expectInvariantsHold(db);
+  });
+
+  it('shows credits that expired in the history, and drops their grant from the list', async () => {
+    const expiresAt = new Date(Date.now() + 3000).toISOString();
+    await admin(
+      'grant',
+      'browser-expiry',
+      '40',
+      '--reason',
+      'trial',
+      '--expires-at',
+      expiresAt,
+      '--description',
+      'Trial credits',
+    );
+    await admin('grant', 'browser-expiry', '10', '--reason', 'setup', '--category', 'paid');
+    const page = await browser.newPage({ viewport: { width: 1000, height: 900 } });
+    await signIn(page, 'browser-expiry');
+
+    await expect
+      .poll(
+        async () => {
+          await page.reload();
+          await page.waitForSelector('#app:not([hidden])');
+          return page.$$eval('#history tr td:nth-child(2)', (cells) =>
+            cells.map((c) => (c as unknown as { innerText: string }).innerText),
+          );
+        },
+        { timeout: 20_000, interval: 1000 },
+      )
+      .toEqual(['Credits expired', 'Adjustment by support', 'Trial credits']);
+
+    expect(await page.textContent('#history tr td:nth-child(3)')).toBe('-40');
+    expect(await page.textContent('#balance')).toBe('10');
+    expect(await grantRows(page)).toEqual([
+      { category: 'paid', cells: ['Paid\nfrom support', '10 of 10', 'Never'] },
+    ]);
+    expect(await page.isHidden('#next-expiry')).toBe(true);
+    await expectInvariantsHold(db);
+  });
+
+  it('fits the grants and the coupon box on a 390 px phone', async () => {
+    await admin('coupons', 'create', 'BROWSER-PHONE', '1500', '--reason', 'x', '--expires-in-days', '2');
+    await admin('grant', 'browser-phone-grants', '200', '--reason', 'x', '--expires-in-days', '45');
+    await admin('grant', 'browser-phone-grants', '1000', '--reason', 'x', '--category', 'paid');
+    const page = await browser.newPage({ viewport: PHONE, ...AUCKLAND });
+    await signIn(page, 'browser-phone-grants');
+
+    await redeem(page, 'BROWSER-PHONE');
+    await expect.poll(() => page.textContent('#balance')).toBe('2,700');
+
+    expect(await horizontalOverflow(page)).toBe(0);
+    // The tables fit as they are: no column hidden behind a sideways scroll.
+    for (const table of ['#grants-table', '#history-table'])
+      expect(await page.$eval(table, (el) => el.scrollWidth - el.clientWidth)).toBe(0);
+    for (const selector of ['#grants-section', '#coupon', '#coupon-message']) {
+      const box = await page.locator(selector).boundingBox();
+      expect(box!.x).toBeGreaterThanOrEqual(0);
+      expect(box!.x + box!.width).toBeLessThanOrEqual(PHONE.width);
+    }
+    expect((await grantRows(page)).map((row) => row.cells[1])).toEqual([
+      '1,500 of 1,500',
+      '200 of 200',
+      '1,000 of 1,000',
+    ]);
+    await page.screenshot({ path: path.join(screenshots, 'grants-390.png'), fullPage: true });
+    await expectInvariantsHold(db);
   });
 });

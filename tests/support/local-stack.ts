@@ -4,14 +4,20 @@ import path from 'node:path';
 import { afterAll } from 'vitest';
 import { runAdmin } from '../../bin/admin.js';
 import { signRequest } from '../../local/auth.js';
-import { type LocalStack, startLocalStack } from '../../local/stack.js';
+import { type LocalStack, type LocalStackOptions, startLocalStack } from '../../local/stack.js';
 import { createTestDatabase } from './database.js';
 
 /**
- * The whole local stack on free ports, on a test database of its own; stopped after the file.
- * `allowPromotionCodes` is the stack's option of that name (ALLOW_PROMOTION_CODES).
+ * Stack options a test may set: `adminApprovalThreshold` for four-eyes grants, `sweepIntervalSeconds` to see
+ * expiries, `allowPromotionCodes` (ALLOW_PROMOTION_CODES).
  */
-export async function startStackForTest(options: { readonly allowPromotionCodes?: boolean } = {}) {
+export type StackTestOptions = Pick<
+  LocalStackOptions,
+  'adminApprovalThreshold' | 'sweepIntervalSeconds' | 'allowPromotionCodes'
+>;
+
+/** The whole local stack on free ports, on a test database of its own; stopped after the file. */
+export async function startStackForTest(options: StackTestOptions = {}) {
   const { db, url: databaseUrl, ownerUrl } = await createTestDatabase({ max: 4 });
   const dataDir = mkdtempSync(path.join(tmpdir(), 'credits-stack-'));
   const stack = await startLocalStack({
@@ -22,7 +28,7 @@ export async function startStackForTest(options: { readonly allowPromotionCodes?
     stripeEmulatorPort: 0,
     visibilityTimeoutSeconds: 0.2,
     webhookRetryBaseMs: 20,
-    allowPromotionCodes: options.allowPromotionCodes,
+    ...options,
   });
   afterAll(async () => {
     await stack.stop();

@@ -100,16 +100,17 @@ export async function decideGrant(
       .where('id', '=', id)
       .forUpdate()
       .executeTakeFirstOrThrow();
-    const wanted = decision === 'approve' ? 'approved' : 'rejected';
-    if (current.status === wanted) return;
-    if (current.status !== 'pending') {
-      throw new ServiceError('approval_decided', `approval ${id} was already ${current.status}`);
-    }
+    // The requester never decides their own grant, whatever its state.
     if (found.requested_by === actor.actorArn) {
       throw new ServiceError(
         'four_eyes_required',
         'a grant must be decided by an admin other than the one who asked',
       );
+    }
+    const wanted = decision === 'approve' ? 'approved' : 'rejected';
+    if (current.status === wanted) return;
+    if (current.status !== 'pending') {
+      throw new ServiceError('approval_decided', `approval ${id} was already ${current.status}`);
     }
     if (decision === 'approve' && current.expires_at && current.expires_at <= now) {
       throw new ValidationError(

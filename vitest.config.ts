@@ -1,3 +1,4 @@
+import path from 'node:path';
 import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
@@ -17,6 +18,9 @@ export default defineConfig({
       AWS_REGION: 'us-east-1',
       AWS_ACCESS_KEY_ID: 'test',
       AWS_SECRET_ACCESS_KEY: 'test',
+      // Node 22's module compile cache (enabled by tsx in the CLIs the tests spawn) lives in the repository,
+      // not in /tmp, so a test run leaves nothing behind there.
+      NODE_COMPILE_CACHE: path.resolve('node_modules/.cache/node-compile-cache'),
     },
   },
 });

@@ -6,14 +6,21 @@ import pg from 'pg';
 import { LocalAuth, type LocalPrincipal, signRequest } from '../auth.js';
 import { type BenchContext, latency, load } from './harness.js';
 
-/** The spend transaction as plain SQL: the ceiling for the same work without the service around it. */
+/**
+ * The spend transaction as plain SQL, the ceiling for the same work without the service around it: the
+ * account by user id, then under the lock the account, the idempotency read, the open grants in burn
+ * order, the balance, the entry, its allocation and the grant's remaining (as shared/ledger/ledger.ts does).
+ */
 const SPEND_SQL = {
   account: 'SELECT id FROM accounts WHERE external_user_id = $1',
   lock: 'SELECT pg_advisory_xact_lock(1, hashtext($1))',
   locked: 'SELECT * FROM accounts WHERE id = $1',
   previous: `SELECT * FROM ledger_entries WHERE account_id = $1 AND kind = 'spend' AND reference = $2`,
   move: 'UPDATE accounts SET balance = balance - $1::bigint, version = version + 1, updated_at = now() WHERE id = $2 RETURNING balance',
+  grants: `SELECT * FROM credit_grants WHERE account_id = $1 AND remaining > 0 ORDER BY expires_at ASC NULLS LAST, (category = 'paid') ASC, created_at, id`,
   entry: `INSERT INTO ledger_entries (account_id, amount, balance_after, kind, reference, request_hash) VALUES ($1, -$2::bigint, $3, 'spend', $4, 'bench') RETURNING id`,
+  allocate: 'INSERT INTO grant_allocations (entry_id, grant_id, amount) VALUES ($1, $2, $3)',
+  draw: 'UPDATE credit_grants g SET remaining = g.remaining - d.amount FROM (VALUES ($1::uuid, $2::bigint)) AS d (id, amount) WHERE g.id = d.id',
 };
 
 /** `npm start` (bin/start.ts) in a child process on free ports; resolves once it prints its URL. */
@@ -102,13 +109,17 @@ export async function benchHttp({ databaseUrl, scratch, scale, report }: BenchCo
           await connection.query(SPEND_SQL.lock, [id]);
           await connection.query(SPEND_SQL.locked, [id]);
           await connection.query(SPEND_SQL.previous, [id, `raw-${run}-${clients}-${i}`]);
+          const grants = await connection.query(SPEND_SQL.grants, [id]);
           const moved = await connection.query(SPEND_SQL.move, [1, id]);
-          await connection.query(SPEND_SQL.entry, [
+          const entry = await connection.query(SPEND_SQL.entry, [
             id,
             1,
             moved.rows[0].balance,
             `raw-${run}-${clients}-${i}`,
           ]);
+          // The bench accounts hold one large grant each: the spend of 1 draws on the first in burn order.
+          await connection.query(SPEND_SQL.allocate, [entry.rows[0].id, grants.rows[0].id, 1]);
+          await connection.query(SPEND_SQL.draw, [grants.rows[0].id, 1]);
           await connection.query('COMMIT');
         } finally {
           connection.release();

@@ -220,7 +220,7 @@ describe('the admin CLI against a running stack', () => {
     [['grant', '--help'], /\n {2}--as P +local stack only: .*second-admin.*AWS credentials sign/],
   ])('prints help for %j on stdout, exit 0', async (argv, first) => {
     const out: string[] = [];
-    const { runAdmin } = await import('../../bin/admin.js');
+    const { runAdmin } = await import('../../local/admin-cli.js');
     const code = await runAdmin(argv, { out: (t) => out.push(t), err: () => {} }, { DATA_DIR: dataDir });
 
     expect(code).toBe(0);

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll } from 'vitest';
-import { runAdmin } from '../../bin/admin.js';
+import { runAdmin } from '../../local/admin-cli.js';
 import { signRequest } from '../../local/auth.js';
 import { type LocalStack, type LocalStackOptions, startLocalStack } from '../../local/stack.js';
 import { createTestDatabase } from './database.js';

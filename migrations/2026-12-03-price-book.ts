@@ -31,9 +31,9 @@ export async function up(db: Kysely<unknown>): Promise<void> {
       CHECK ((status = 'retired') = (retired_at IS NOT NULL)),
       CHECK (retired_at >= activated_at),
       -- No two versions were ever active at the same instant (an empty interval overlaps nothing).
-      EXCLUDE USING gist (tstzrange(activated_at, retired_at, '[)') WITH &&) WHERE (activated_at IS NOT NULL)
+      CONSTRAINT price_books_no_overlap EXCLUDE USING gist (tstzrange(activated_at, retired_at, '[)') WITH &&) WHERE (activated_at IS NOT NULL)
     );
-    -- At most one active version.
+    -- At most one active version (the no-overlap rule implies it; this says it plainly).
     CREATE UNIQUE INDEX price_books_one_active_idx ON price_books (status) WHERE status = 'active';
 
     CREATE TABLE price_items (

@@ -54,10 +54,11 @@ export function rateProblem(value: string | number): string | undefined {
     d = fromNumber(value);
     if (!d) return 'has more digits than a JSON number carries exactly: send it as a decimal string';
   } else {
-    if (!PLAIN.test(value)) return 'must be a decimal number such as "2.5" (no exponent, no sign but -)';
+    if (!PLAIN.test(value)) return 'must be a decimal number in plain notation, such as "2.5"';
     d = new Decimal(value);
   }
-  if (d.lt('0')) return 'must not be negative';
+  // Big keeps the sign of -0: refused with the negatives rather than stored as "-0".
+  if (d.s < 0) return 'must not be negative';
   if (d.round(RATE_DECIMALS, Decimal.roundDown).cmp(d) !== 0) {
     return `must have at most ${RATE_DECIMALS} decimal places`;
   }

@@ -273,6 +273,7 @@ describe('price items', () => {
     const cases: Array<[PriceItemInput[], string, RegExp]> = [
       [[item({ input: '-1' })], 'items.0.rates.input', /must not be negative/],
       [[item({ output: -0.5 })], 'items.0.rates.output', /must not be negative/],
+      [[item({ reasoning: '-0' })], 'items.0.rates.reasoning', /must not be negative/],
       [[item({ cacheWrite: '0.0000000001' })], 'items.0.rates.cacheWrite', /at most 9 decimal places/],
       [[item({ input: 0.12345678901234568 })], 'items.0.rates.input', /send it as a decimal string/],
       [[item({ input: '1e3' })], 'items.0.rates.input', /decimal number/],

@@ -21,6 +21,7 @@ export interface HttpApiProps {
 const PUBLIC_ROUTE_REASONS: Partial<Record<RouteKey, string>> = {
   'GET /health': 'Liveness probe; answers only whether the database is reachable',
   'GET /v1/packages': 'The public price list shown before sign-in',
+  'GET /v1/prices': 'The active price book (credits per SKU), public like the packs; it holds no user data',
   'GET /openapi.json': 'The public API description',
   'POST /webhooks/stripe':
     'Stripe cannot present AWS credentials; every request is authenticated by its Stripe-Signature over the raw body',

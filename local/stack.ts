@@ -13,6 +13,7 @@ import type { ApiConfig } from '../shared/config.js';
 import { createDb } from '../shared/db/client.js';
 import { migrateToLatest } from '../shared/db/migrate.js';
 import { parsePackages } from '../shared/packages.js';
+import { ensureActivePriceBook, type NewPriceBook } from '../shared/pricing/price-book.js';
 import { executeRun } from '../shared/reconcile/reconcile.js';
 import { lazyStripe } from '../shared/stripe/api-client.js';
 import { createLocalGateway, type Handler } from './api-gateway.js';
@@ -244,6 +245,12 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
     stops.push(() => db.destroy());
 
     const auth = await LocalAuth.load(dataDir);
+    // Usage can be priced from the first start: the sample price book, activated when no version is active.
+    const samplePrices = JSON.parse(readFileSync(new URL('./sample-prices.json', import.meta.url), 'utf8'));
+    await ensureActivePriceBook(db, samplePrices as NewPriceBook, {
+      actorArn: auth.principal('admin').arn,
+      reason: 'local stack: sample prices from local/sample-prices.json',
+    });
     const queue = new LocalQueue(() => baseUrl, {
       visibilityTimeoutSeconds: options.visibilityTimeoutSeconds ?? 30,
       auth,

@@ -4,6 +4,7 @@ import * as ledgerEventIndex from './2026-11-22-ledger-event-index.js';
 import * as databaseRoles from './2026-12-01-database-roles.js';
 import * as dropLedgerEventIndex from './2026-12-01-drop-ledger-event-index.js';
 import * as creditGrants from './2026-12-02-credit-grants.js';
+import * as priceBook from './2026-12-03-price-book.js';
 
 /** Every migration, in order. Static imports so the set survives bundling into a Lambda. */
 const migrations: Record<string, Migration> = {
@@ -12,6 +13,7 @@ const migrations: Record<string, Migration> = {
   '2026-12-01-database-roles': databaseRoles,
   '2026-12-01-drop-ledger-event-index': dropLedgerEventIndex,
   '2026-12-02-credit-grants': creditGrants,
+  '2026-12-03-price-book': priceBook,
 };
 
 /** A kysely migration provider over the static set above. */

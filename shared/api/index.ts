@@ -14,7 +14,15 @@ import { createAdminCoupon, disableAdminCoupon, listAdminCoupons } from './coupo
 import type { Endpoint } from './endpoint.js';
 import { listMyGrants, redeemMyCoupon } from './grants.js';
 import { getMyCredits, listMyPayments, listMyTransactions } from './me.js';
+import {
+  activateAdminPrices,
+  createAdminPrices,
+  getAdminPrices,
+  getPrices,
+  listAdminPrices,
+} from './prices.js';
 import { health, listPackages } from './public.js';
+import { createQuote } from './quotes.js';
 import { getRun, listRuns, startRun } from './reconciliation.js';
 import { spend } from './spend.js';
 
@@ -22,6 +30,7 @@ import { spend } from './spend.js';
 export const ENDPOINTS: readonly Endpoint[] = [
   health,
   listPackages,
+  getPrices,
   getMyCredits,
   listMyTransactions,
   listMyPayments,
@@ -29,6 +38,7 @@ export const ENDPOINTS: readonly Endpoint[] = [
   redeemMyCoupon,
   createCheckout,
   spend,
+  createQuote,
   getAccount,
   adjustAccount,
   freezeAccount,
@@ -40,6 +50,10 @@ export const ENDPOINTS: readonly Endpoint[] = [
   listAdminCoupons,
   createAdminCoupon,
   disableAdminCoupon,
+  listAdminPrices,
+  getAdminPrices,
+  createAdminPrices,
+  activateAdminPrices,
   listRuns,
   startRun,
   getRun,

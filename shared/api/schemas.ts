@@ -1,6 +1,8 @@
 import * as z from 'zod';
 import { isStorableText } from '../credits.js';
 import type { EntryKind } from '../db/schema.js';
+import { rateProblem } from '../pricing/decimal.js';
+import { SKU_PATTERN, VERSION_PATTERN } from '../pricing/price-book.js';
 
 /** A string of 1..max characters that Postgres stores and returns exactly. */
 export const storableText = (max: number) =>
@@ -103,3 +105,91 @@ export const ENTRY_KINDS = [
 
 /** A coupon code: 3-64 of A-Z, a-z, 0-9, _ and - (compared case-insensitively). */
 export const couponCode = z.string().regex(/^[A-Za-z0-9_-]{3,64}$/, 'must be 3-64 of A-Z, a-z, 0-9, _ and -');
+
+/** A rate in credits: a decimal string ("2.5") or a JSON number of up to 15 significant digits. */
+export const rateInput = z
+  .union([z.string(), z.number()])
+  .superRefine((value, ctx) => {
+    const problem = rateProblem(value);
+    if (problem) ctx.addIssue({ code: 'custom', message: problem });
+  })
+  .meta({ description: 'credits: non-negative, at most 9 decimal places; a string keeps every digit exact' });
+
+/** A price book version name, as in paths. */
+export const priceVersion = z
+  .string()
+  .regex(VERSION_PATTERN, 'must be 1-64 of A-Z, a-z, 0-9, ".", "_" and "-", starting with a letter or digit');
+
+export const sku = z
+  .string()
+  .regex(SKU_PATTERN, 'must be 1-200 of A-Z, a-z, 0-9 and ._:/@~+- starting with a letter or digit');
+
+const tokenRates = <R extends z.ZodType>(r: R) =>
+  z
+    .object({
+      input: r,
+      cacheRead: r.optional(),
+      cacheWrite: r.optional(),
+      output: r,
+      reasoning: r.optional(),
+    })
+    .strict();
+
+/** A price item as an admin writes it: per 1,000,000 tokens (token SKUs) or per unit (unit SKUs). */
+export const priceItemInput = z.discriminatedUnion('kind', [
+  z
+    .object({
+      sku,
+      kind: z.literal('tokens'),
+      rates: tokenRates(rateInput),
+      perRequest: rateInput.optional(),
+    })
+    .strict(),
+  z.object({ sku, kind: z.literal('unit'), unitCredits: rateInput }).strict(),
+]);
+
+/** A stored price item; rates are exact decimal strings. The same shape is accepted back as a new draft. */
+export const priceItemSchema = z.discriminatedUnion('kind', [
+  z.object({
+    sku: z.string(),
+    kind: z.literal('tokens'),
+    rates: tokenRates(z.string()),
+    perRequest: z.string().optional(),
+  }),
+  z.object({ sku: z.string(), kind: z.literal('unit'), unitCredits: z.string() }),
+]);
+
+export const priceBookSummarySchema = z.object({
+  version: z.string(),
+  status: z.enum(['draft', 'active', 'retired']),
+  itemCount: z.number().int(),
+  createdAt: z.string(),
+  activatedAt: z.string().nullable(),
+  retiredAt: z.string().nullable(),
+});
+
+export const priceBookSchema = priceBookSummarySchema.extend({ items: z.array(priceItemSchema) });
+
+const tokenCount = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+
+/**
+ * Usage as genai-prices counts it: inputTokens is the whole input (cache reads and writes are parts of it),
+ * reasoningTokens part of outputTokens; or units for a unit SKU. Which fields a SKU needs is checked with it.
+ */
+export const usageSchema = z
+  .object({
+    inputTokens: tokenCount.optional(),
+    cacheReadTokens: tokenCount.optional(),
+    cacheWriteTokens: tokenCount.optional(),
+    outputTokens: tokenCount.optional(),
+    reasoningTokens: tokenCount.optional(),
+    units: tokenCount.optional(),
+  })
+  .strict();
+
+export const costLineSchema = z.object({
+  pool: z.enum(['input', 'cacheRead', 'cacheWrite', 'output', 'reasoning', 'request', 'units']),
+  quantity: z.number().int(),
+  rate: z.string(),
+  credits: z.string(),
+});

@@ -37,7 +37,9 @@ export type AdminActionKind =
   | 'approve_grant'
   | 'reject_grant'
   | 'create_coupon'
-  | 'disable_coupon';
+  | 'disable_coupon'
+  | 'create_prices'
+  | 'activate_prices';
 export type GrantCategory = 'paid' | 'promotional';
 export type GrantSource =
   | 'purchase'
@@ -48,6 +50,8 @@ export type GrantSource =
   | 'reinstatement'
   | 'opening_balance';
 export type ApprovalStatus = 'pending' | 'approved' | 'rejected';
+export type PriceBookStatus = 'draft' | 'active' | 'retired';
+export type PriceItemKind = 'tokens' | 'unit';
 export type EventOutcome = 'applied' | 'ignored' | 'parked';
 export type RunStatus = 'running' | 'succeeded' | 'partial' | 'failed';
 
@@ -213,6 +217,35 @@ export interface CouponFailuresTable {
   created_at: Date;
 }
 
+export interface PriceBooksTable {
+  version: string;
+  status: ColumnType<PriceBookStatus, PriceBookStatus | undefined, PriceBookStatus>;
+  created_action_id: string;
+  activated_action_id: string | null;
+  created_at: CreatedAt;
+  /** null while a draft; [activated_at, retired_at) is when this version was the active one. */
+  activated_at: Date | null;
+  retired_at: Date | null;
+}
+
+/** Rates are numeric(21, 9): pg returns them as decimal strings, exactly (never a binary float). */
+type Rate = string | null;
+
+export interface PriceItemsTable {
+  version: string;
+  sku: string;
+  kind: PriceItemKind;
+  /** Token SKUs: credits per 1,000,000 tokens of each pool, and per request. */
+  input: Rate;
+  cache_read: Rate;
+  cache_write: Rate;
+  output: Rate;
+  reasoning: Rate;
+  per_request: Rate;
+  /** Unit SKUs: credits per unit. */
+  unit_credits: Rate;
+}
+
 /** The whole schema as kysely sees it; the migrations are the source of truth. */
 export interface Database {
   accounts: AccountsTable;
@@ -229,6 +262,8 @@ export interface Database {
   coupons: CouponsTable;
   coupon_redemptions: CouponRedemptionsTable;
   coupon_failures: CouponFailuresTable;
+  price_books: PriceBooksTable;
+  price_items: PriceItemsTable;
 }
 
 export type Account = Selectable<AccountsTable>;
@@ -240,3 +275,5 @@ export type ReconciliationRun = Selectable<ReconciliationRunsTable>;
 export type CreditGrant = Selectable<CreditGrantsTable>;
 export type GrantApproval = Selectable<GrantApprovalsTable>;
 export type Coupon = Selectable<CouponsTable>;
+export type PriceBookRow = Selectable<PriceBooksTable>;
+export type PriceItemRow = Selectable<PriceItemsTable>;

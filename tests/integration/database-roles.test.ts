@@ -27,6 +27,8 @@ const EXPECTED_TABLE_PRIVILEGES: Record<string, string[]> = {
   kysely_migration_lock: [],
   ledger_entries: ['INSERT', 'SELECT'],
   payments: ['INSERT', 'SELECT', 'UPDATE'],
+  price_books: ['INSERT', 'SELECT', 'UPDATE'],
+  price_items: ['INSERT', 'SELECT'],
   processed_events: ['INSERT', 'SELECT', 'UPDATE'],
   reconciliation_findings: ['INSERT', 'SELECT'],
   reconciliation_runs: ['INSERT', 'SELECT', 'UPDATE'],

@@ -14,7 +14,7 @@ import { benchHttp } from '../local/bench/http.js';
 import { benchIntake } from '../local/bench/intake.js';
 import { benchReconciliation } from '../local/bench/reconciliation.js';
 import { benchWorker } from '../local/bench/worker.js';
-import { checkInvariants } from '../shared/ledger/invariants.js';
+import { checkInvariants } from '../shared/invariants.js';
 
 const USAGE = `usage: npm run bench [-- --quick] [--out FILE] [--only SECTION,...]
 

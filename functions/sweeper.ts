@@ -3,7 +3,7 @@ import type { Kysely } from 'kysely';
 import { loadDatabaseConfig } from '../shared/config.js';
 import { createDb } from '../shared/db/client.js';
 import type { Database } from '../shared/db/schema.js';
-import { type SweepResult, sweepExpiredGrants } from '../shared/grants/sweep.js';
+import { type SweepResult, sweepExpiredGrants } from '../shared/ledger/sweep.js';
 import { METRICS } from '../shared/metrics.js';
 import { coldStart, createObservability, wrapHandler } from '../shared/observability.js';
 

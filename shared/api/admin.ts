@@ -6,14 +6,14 @@ import {
   requireAccountByUserId,
   setAccountStatus,
 } from '../accounts/accounts.js';
-import { anonymizeAccount } from '../accounts/erasure.js';
+import { requestGrant } from '../approvals/approvals.js';
 import { listAdminActions, recordAdminAction } from '../audit/audit.js';
 import { ServiceError, ValidationError } from '../errors.js';
 import { applyStripeEvent } from '../events/apply-event.js';
 import { findParkedEvent, listParkedEvents as parkedEvents } from '../events/processed-events.js';
-import { requestGrant } from '../grants/approvals.js';
 import { grantTotals, listGrants } from '../grants/grants.js';
-import { checkInvariants } from '../ledger/invariants.js';
+import { checkInvariants } from '../invariants.js';
+import { anonymizeAccount } from '../ledger/erasure.js';
 import { adjustCredits, listEntries } from '../ledger/ledger.js';
 import { listPayments } from '../payments/payments.js';
 import { stripeEventSchema } from '../stripe/events.js';

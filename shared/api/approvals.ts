@@ -1,5 +1,5 @@
 import * as z from 'zod';
-import { type ApprovalWithActors, decideGrant, listApprovals } from '../grants/approvals.js';
+import { type ApprovalWithActors, decideGrant, listApprovals } from '../approvals/approvals.js';
 import { adminActor, defineEndpoint, nowOf, ok } from './endpoint.js';
 import { entrySchema, reasonBody } from './schemas.js';
 import { entryView } from './views.js';

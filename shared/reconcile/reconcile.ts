@@ -2,7 +2,7 @@ import type { Kysely } from 'kysely';
 import type Stripe from 'stripe';
 import type { Database } from '../db/schema.js';
 import { applyStripeEvent } from '../events/apply-event.js';
-import { checkInvariants } from '../ledger/invariants.js';
+import { checkInvariants } from '../invariants.js';
 import type { CreditPackage } from '../packages.js';
 import { listAwaitingSessions, listCreditedInWindow } from '../payments/payments.js';
 import type { StripeEvent } from '../stripe/events.js';

@@ -2,7 +2,7 @@ import { sql } from 'kysely';
 import { describe, expect, it } from 'vitest';
 import { APP_ROLE } from '../../local/postgres.js';
 import { inAccountTransaction } from '../../shared/accounts/accounts.js';
-import { anonymizeAccount } from '../../shared/accounts/erasure.js';
+import { anonymizeAccount } from '../../shared/ledger/erasure.js';
 import { spendCredits } from '../../shared/ledger/ledger.js';
 import { createTestDatabase } from '../support/database.js';
 import { ADMIN_ARN, givenFundedAccount } from '../support/factories.js';

@@ -5,7 +5,6 @@ import {
   inAccountTransaction,
   setAccountStatus,
 } from '../../shared/accounts/accounts.js';
-import { anonymizeAccount } from '../../shared/accounts/erasure.js';
 import {
   AccountFrozenError,
   AccountNotFoundError,
@@ -14,7 +13,8 @@ import {
   LedgerRuleError,
   ValidationError,
 } from '../../shared/errors.js';
-import { checkInvariants } from '../../shared/ledger/invariants.js';
+import { checkInvariants } from '../../shared/invariants.js';
+import { anonymizeAccount } from '../../shared/ledger/erasure.js';
 import { adjustCredits, movePaymentCredits, spendCredits } from '../../shared/ledger/ledger.js';
 import { creditPurchase } from '../../shared/payments/payments.js';
 import { createTestDatabase } from '../support/database.js';

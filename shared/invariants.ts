@@ -1,6 +1,6 @@
 import { type Kysely, sql } from 'kysely';
-import type { Database } from '../db/schema.js';
-import { CREDITED_STATUSES } from '../payments/payments.js';
+import type { Database } from './db/schema.js';
+import { CREDITED_STATUSES } from './payments/payments.js';
 
 export interface InvariantViolation {
   /** The invariant's number in DESIGN.md. */

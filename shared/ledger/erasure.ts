@@ -1,8 +1,8 @@
+import { markAnonymized } from '../accounts/accounts.js';
 import { type AdminActor, recordAdminAction } from '../audit/audit.js';
 import type { Trx } from '../db/locks.js';
 import type { Account } from '../db/schema.js';
-import { eraseEntryText } from '../ledger/ledger.js';
-import { markAnonymized } from './accounts.js';
+import { eraseEntryText } from './ledger.js';
 
 /**
  * GDPR erasure: drops the external user id, the Stripe customer id and every free-text field of the

@@ -1,8 +1,8 @@
 import type { Kysely } from 'kysely';
 import { inAccountTransaction } from '../accounts/accounts.js';
 import type { Database } from '../db/schema.js';
-import { expireDueGrants } from '../ledger/ledger.js';
-import { accountsWithDueGrants } from './grants.js';
+import { accountsWithDueGrants } from '../grants/grants.js';
+import { expireDueGrants } from './ledger.js';
 
 export interface SweepResult {
   /** Accounts whose expired grants were written off. */

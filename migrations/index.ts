@@ -5,6 +5,7 @@ import * as databaseRoles from './2026-12-01-database-roles.js';
 import * as dropLedgerEventIndex from './2026-12-01-drop-ledger-event-index.js';
 import * as creditGrants from './2026-12-02-credit-grants.js';
 import * as priceBook from './2026-12-03-price-book.js';
+import * as holds from './2026-12-04-holds.js';
 
 /** Every migration, in order. Static imports so the set survives bundling into a Lambda. */
 const migrations: Record<string, Migration> = {
@@ -14,6 +15,7 @@ const migrations: Record<string, Migration> = {
   '2026-12-01-drop-ledger-event-index': dropLedgerEventIndex,
   '2026-12-02-credit-grants': creditGrants,
   '2026-12-03-price-book': priceBook,
+  '2026-12-04-holds': holds,
 };
 
 /** A kysely migration provider over the static set above. */

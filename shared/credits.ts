@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { ValidationError } from './errors.js';
 
 /** Returns `value` when it is a positive safe integer; otherwise throws a ValidationError naming `field`. */
@@ -31,4 +32,19 @@ export function requireText(value: unknown, field: string, max: number): string 
     throw new ValidationError(field, 'must not contain NUL or unpaired surrogate characters');
   }
   return value;
+}
+
+/** JSON with object keys sorted, so equal requests serialize equally whatever their key order. */
+function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (value !== null && typeof value === 'object') {
+    const keys = Object.keys(value).sort();
+    return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson((value as Record<string, unknown>)[k])}`).join(',')}}`;
+  }
+  return JSON.stringify(value) ?? 'null';
+}
+
+/** The hash an idempotent request is remembered by: equal requests (any key order) hash equally. */
+export function requestHashOf(request: unknown): string {
+  return createHash('sha256').update(canonicalJson(request)).digest('base64url');
 }

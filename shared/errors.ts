@@ -28,6 +28,8 @@ export const ERROR_STATUS = {
   approval_decided: 409,
   coupon_exists: 409,
   coupon_already_redeemed: 409,
+  hold_already_captured: 409,
+  hold_voided: 409,
   price_book_exists: 409,
   price_book_not_draft: 409,
   coupon_disabled: 410,
@@ -85,11 +87,16 @@ export class InsufficientCreditsError extends ServiceError {
   constructor(
     readonly balance: number,
     readonly requested: number,
+    /** Credits reserved by active holds: what is available is the balance less these. */
+    readonly held = 0,
   ) {
-    super('insufficient_credits', `balance ${balance} cannot cover ${requested} credits`, {
-      balance,
-      requested,
-    });
+    super(
+      'insufficient_credits',
+      held > 0
+        ? `available ${balance - held} (balance ${balance} less ${held} held) cannot cover ${requested} credits`
+        : `balance ${balance} cannot cover ${requested} credits`,
+      { balance, requested, available: balance - held },
+    );
   }
 }
 

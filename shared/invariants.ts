@@ -160,6 +160,33 @@ const CHECKS: Check[] = [
       GROUP BY e.id HAVING count(g.id) <> 1 OR bool_or(g.amount <> e.amount OR g.account_id <> e.account_id)`,
   },
   {
+    invariant: 11,
+    rule: 'active holds never exceed the balance',
+    query: (now) => sql`
+      SELECT a.id AS account_id, format('active holds reserve %s of a balance of %s', held, a.balance - due) AS detail
+      FROM accounts a
+      JOIN LATERAL (SELECT coalesce(sum(credits), 0) AS held FROM holds h
+        WHERE h.account_id = a.id AND h.status = 'active' AND h.expires_at > ${now}) h ON true
+      JOIN LATERAL (SELECT coalesce(sum(remaining) FILTER (WHERE expires_at <= ${now}), 0) AS due
+        FROM credit_grants g WHERE g.account_id = a.id) g ON true
+      WHERE held > greatest(a.balance - due, 0)`,
+  },
+  {
+    invariant: 11,
+    rule: 'a captured hold has one capture entry of what it took, and nothing else does',
+    query: () => sql`
+      SELECT h.account_id, format('hold %s: %s, captured %s, entry %s', h.id, h.status, h.captured_credits,
+        coalesce(e.amount::text, 'none')) AS detail
+      FROM holds h LEFT JOIN ledger_entries e ON e.id = h.entry_id
+      WHERE (h.status = 'captured' AND h.captured_credits > 0 AND (e.id IS NULL OR e.kind <> 'hold_capture'
+          OR e.amount <> -h.captured_credits OR e.reference <> h.id::text))
+        OR (h.entry_id IS NOT NULL AND h.status <> 'captured')
+      UNION ALL
+      SELECT e.account_id, format('capture entry %s names no captured hold', e.id)
+      FROM ledger_entries e LEFT JOIN holds h ON h.entry_id = e.id
+      WHERE e.kind = 'hold_capture' AND h.id IS NULL`,
+  },
+  {
     invariant: 13,
     rule: 'a coupon is redeemed at most once per account, within its limit, each with its grant',
     query: () => sql`

@@ -32,6 +32,7 @@ export const METRICS = {
   reconciliationFailed: 'ReconciliationFailed',
   // sweeper
   grantsExpired: 'GrantsExpired',
+  holdsExpired: 'HoldsExpired',
 } as const;
 
 export type MetricName = (typeof METRICS)[keyof typeof METRICS];
@@ -62,4 +63,5 @@ export const METRIC_SERVICE = {
   ReconciliationSucceeded: 'reconcile',
   ReconciliationFailed: 'reconcile',
   GrantsExpired: 'sweeper',
+  HoldsExpired: 'sweeper',
 } as const satisfies Record<MetricName, 'webhook-intake' | 'credit-worker' | 'api' | 'reconcile' | 'sweeper'>;

@@ -113,3 +113,15 @@ export async function markAnonymized(trx: Trx, account: Account): Promise<Accoun
     .executeTakeFirstOrThrow();
   return Object.assign(account, updated);
 }
+
+/** Credits the account's active holds reserve at `now`: a hold past its expiry stops counting at once. */
+export async function heldCredits(db: Kysely<Database>, accountId: string, now: Date): Promise<number> {
+  const row = await db
+    .selectFrom('holds')
+    .select(sql<number>`coalesce(sum(credits), 0)::bigint`.as('held'))
+    .where('account_id', '=', accountId)
+    .where('status', '=', 'active')
+    .where('expires_at', '>', now)
+    .executeTakeFirstOrThrow();
+  return row.held;
+}

@@ -2,6 +2,7 @@ import * as z from 'zod';
 import {
   findAccountByUserId,
   findOrCreateAccount,
+  heldCredits,
   inAccountTransaction,
   requireAccountByUserId,
   setAccountStatus,
@@ -65,15 +66,17 @@ export const getAccount = defineEndpoint({
   async handle({ params }, deps) {
     const { db } = deps;
     const account = await requireAccountByUserId(db, params.userId);
-    const [totals, grants, entries, payments, actions] = await Promise.all([
-      grantTotals(db, account.id, nowOf(deps)),
+    const now = nowOf(deps);
+    const [totals, held, grants, entries, payments, actions] = await Promise.all([
+      grantTotals(db, account.id, now),
+      heldCredits(db, account.id, now),
       listGrants(db, account.id, 100),
       listEntries(db, account.id, { limit: 50 }),
       listPayments(db, account.id, { limit: 50 }),
       listAdminActions(db, account.id, 50),
     ]);
     return ok({
-      account: { ...accountView(account), ...balanceView(account, totals) },
+      account: { ...accountView(account), ...balanceView(account, totals, held) },
       grants: grants.map(grantView),
       entries: entries.map(entryView),
       payments: payments.map(paymentView),

@@ -13,6 +13,7 @@ import { createCheckout } from './checkout.js';
 import { createAdminCoupon, disableAdminCoupon, listAdminCoupons } from './coupons.js';
 import type { Endpoint } from './endpoint.js';
 import { listMyGrants, redeemMyCoupon } from './grants.js';
+import { captureHoldEndpoint, createHoldEndpoint, getHold, voidHoldEndpoint } from './holds.js';
 import { getMyCredits, listMyPayments, listMyTransactions } from './me.js';
 import {
   activateAdminPrices,
@@ -38,6 +39,10 @@ export const ENDPOINTS: readonly Endpoint[] = [
   redeemMyCoupon,
   createCheckout,
   spend,
+  createHoldEndpoint,
+  getHold,
+  captureHoldEndpoint,
+  voidHoldEndpoint,
   createQuote,
   getAccount,
   adjustAccount,

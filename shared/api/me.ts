@@ -1,5 +1,5 @@
 import * as z from 'zod';
-import { findOrCreateAccount } from '../accounts/accounts.js';
+import { findOrCreateAccount, heldCredits } from '../accounts/accounts.js';
 import { ValidationError } from '../errors.js';
 import { grantTotals } from '../grants/grants.js';
 import { listEntries } from '../ledger/ledger.js';
@@ -18,8 +18,12 @@ export const getMyCredits = defineEndpoint({
   errors: { 401: 'no user token' },
   async handle({ caller }, deps) {
     const account = await findOrCreateAccount(deps.db, userId(caller));
-    const totals = await grantTotals(deps.db, account.id, nowOf(deps));
-    return ok({ ...accountView(account), ...balanceView(account, totals) });
+    const now = nowOf(deps);
+    const [totals, held] = await Promise.all([
+      grantTotals(deps.db, account.id, now),
+      heldCredits(deps.db, account.id, now),
+    ]);
+    return ok({ ...accountView(account), ...balanceView(account, totals, held) });
   },
 });
 

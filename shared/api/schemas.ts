@@ -101,6 +101,7 @@ export const ENTRY_KINDS = [
   'admin_adjustment',
   'grant_expiry',
   'coupon_redemption',
+  'hold_capture',
 ] as const satisfies readonly EntryKind[];
 
 /** A coupon code: 3-64 of A-Z, a-z, 0-9, _ and - (compared case-insensitively). */

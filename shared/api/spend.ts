@@ -7,6 +7,15 @@ import { credits, metadata, storableText, userIdParams } from './schemas.js';
 
 const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/;
 
+/** The Idempotency-Key header, required: 1-255 visible ASCII characters. */
+export function idempotencyKeyOf(headers: Readonly<Record<string, string | undefined>>): string {
+  const key = headers['idempotency-key'];
+  if (!key || !IDEMPOTENCY_KEY.test(key)) {
+    throw new ValidationError('Idempotency-Key', 'header is required: 1-255 visible ASCII characters');
+  }
+  return key;
+}
+
 export const spend = defineEndpoint({
   route: 'POST /v1/accounts/{userId}/spend',
   summary: "Spends a user's credits (service callers). Idempotency-Key makes retries safe",
@@ -41,10 +50,7 @@ export const spend = defineEndpoint({
     409: 'Idempotency-Key used before with another body',
   },
   async handle({ params, body, headers }, { db }) {
-    const key = headers['idempotency-key'];
-    if (!key || !IDEMPOTENCY_KEY.test(key)) {
-      throw new ValidationError('Idempotency-Key', 'header is required: 1-255 visible ASCII characters');
-    }
+    const key = idempotencyKeyOf(headers);
     const account = await requireAccountByUserId(db, params.userId);
     const result = await inAccountTransaction(db, account.id, (trx, locked) =>
       spendCredits(trx, locked, {

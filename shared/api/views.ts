@@ -31,13 +31,13 @@ export const paymentView = (p: Payment) => ({
   createdAt: p.created_at.toISOString(),
 });
 
-/** What an account holds: expired credits not yet written off by the sweeper count for nothing. */
-export const balanceView = (a: Account, totals: GrantTotals) => {
+/** What an account holds: expired credits not yet written off by the sweeper count for nothing; holds reserve. */
+export const balanceView = (a: Account, totals: GrantTotals, held: number) => {
   const balance = a.balance - totals.expiredUnswept;
   return {
     balance,
-    available: balance,
-    held: 0,
+    available: balance - held,
+    held,
     grants: {
       paid: totals.paid,
       promotional: totals.promotional,

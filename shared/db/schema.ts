@@ -25,7 +25,8 @@ export type EntryKind =
   | 'dispute_reinstatement'
   | 'admin_adjustment'
   | 'grant_expiry'
-  | 'coupon_redemption';
+  | 'coupon_redemption'
+  | 'hold_capture';
 export type AdminActionKind =
   | 'adjust'
   | 'freeze'
@@ -246,6 +247,32 @@ export interface PriceItemsTable {
   unit_credits: Rate;
 }
 
+export type HoldStatus = 'active' | 'captured' | 'voided' | 'expired';
+
+export interface HoldsTable {
+  id: Generated<string>;
+  account_id: string;
+  idempotency_key: string;
+  request_hash: string;
+  sku: string | null;
+  price_version: string | null;
+  requested_credits: Int8;
+  /** Reserved now: what was asked for, unless a clawback below the holds shrank it. */
+  credits: Int8;
+  status: ColumnType<HoldStatus, HoldStatus | undefined, HoldStatus>;
+  description: string | null;
+  metadata: Json | null;
+  expires_at: Date;
+  created_at: CreatedAt;
+  settled_at: Date | null;
+  capture_hash: string | null;
+  captured_credits: Int8 | null;
+  shortfall: Int8 | null;
+  released: Int8 | null;
+  captured_after_expiry: boolean | null;
+  entry_id: number | null;
+}
+
 /** The whole schema as kysely sees it; the migrations are the source of truth. */
 export interface Database {
   accounts: AccountsTable;
@@ -262,6 +289,7 @@ export interface Database {
   coupons: CouponsTable;
   coupon_redemptions: CouponRedemptionsTable;
   coupon_failures: CouponFailuresTable;
+  holds: HoldsTable;
   price_books: PriceBooksTable;
   price_items: PriceItemsTable;
 }
@@ -277,3 +305,4 @@ export type GrantApproval = Selectable<GrantApprovalsTable>;
 export type Coupon = Selectable<CouponsTable>;
 export type PriceBookRow = Selectable<PriceBooksTable>;
 export type PriceItemRow = Selectable<PriceItemsTable>;
+export type Hold = Selectable<HoldsTable>;

@@ -1,8 +1,7 @@
-import { createHash } from 'node:crypto';
 import { type Kysely, sql } from 'kysely';
-import { moveBalance } from '../accounts/accounts.js';
+import { heldCredits, moveBalance } from '../accounts/accounts.js';
 import { type AdminActor, recordAdminAction } from '../audit/audit.js';
-import { requireNonZeroCredits, requirePositiveCredits, requireText } from '../credits.js';
+import { requestHashOf, requireNonZeroCredits, requirePositiveCredits, requireText } from '../credits.js';
 import type { Trx } from '../db/locks.js';
 import type { Account, CreditGrant, Database, EntryKind, GrantCategory, LedgerEntry } from '../db/schema.js';
 import {
@@ -94,6 +93,20 @@ export async function expireDueGrants(
     await recordAllocations(trx, entry.id, [{ grantId: grant.id, amount: grant.remaining }]);
   }
   return { live: open.filter((g) => !isExpired(g, now)), expired: due.length };
+}
+
+/**
+ * A hold's capture: one `hold_capture` entry of `credits` drawing on `live` (what expireDueGrants returned)
+ * in burn order. The caller (shared/holds) has bounded `credits` by what is available.
+ */
+export function debitCapture(
+  trx: Trx,
+  account: Account,
+  holdId: string,
+  credits: number,
+  live: readonly CreditGrant[],
+): Promise<LedgerEntry> {
+  return debitEntry(trx, account, { amount: -credits, kind: 'hold_capture', reference: holdId }, live);
 }
 
 /**
@@ -235,16 +248,6 @@ export interface SpendResult {
   readonly replayed: boolean;
 }
 
-/** JSON with object keys sorted, so equal requests hash equally whatever their key order. */
-function canonicalJson(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
-  if (value !== null && typeof value === 'object') {
-    const keys = Object.keys(value).sort();
-    return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson((value as Record<string, unknown>)[k])}`).join(',')}}`;
-  }
-  return JSON.stringify(value) ?? 'null';
-}
-
 function spendResult(entry: LedgerEntry, replayed: boolean): SpendResult {
   return {
     entryId: entry.id,
@@ -270,9 +273,7 @@ export async function spendCredits(
   const description =
     request.description == null ? null : requireText(request.description, 'description', 500);
   const metadata = request.metadata ?? null;
-  const requestHash = createHash('sha256')
-    .update(canonicalJson({ amount, description, metadata }))
-    .digest('base64url');
+  const requestHash = requestHashOf({ amount, description, metadata });
   const previous = await findEntry(trx, account.id, 'spend', key);
   if (previous) {
     if (previous.request_hash !== requestHash) throw new IdempotencyConflictError(key);
@@ -280,7 +281,8 @@ export async function spendCredits(
   }
   if (account.status === 'frozen') throw new AccountFrozenError();
   const { live } = await expireDueGrants(trx, account, now);
-  if (account.balance < amount) throw new InsufficientCreditsError(account.balance, amount);
+  const held = await heldCredits(trx, account.id, now);
+  if (account.balance - held < amount) throw new InsufficientCreditsError(account.balance, amount, held);
   const entry = await debitEntry(
     trx,
     account,
@@ -324,8 +326,11 @@ export async function adjustCredits(
   const amount = requireNonZeroCredits(input.amount, 'amount');
   const description = input.description == null ? null : requireText(input.description, 'description', 500);
   const live = amount < 0 ? (await expireDueGrants(trx, account, now)).live : [];
-  if (amount < 0 && account.balance + amount < 0)
-    throw new InsufficientCreditsError(account.balance, -amount);
+  // A removal never takes what active holds reserve: available stays non-negative.
+  const held = amount < 0 ? await heldCredits(trx, account.id, now) : 0;
+  if (amount < 0 && account.balance - held + amount < 0) {
+    throw new InsufficientCreditsError(account.balance, -amount, held);
+  }
   const actionId =
     input.adminActionId ??
     (await recordAdminAction(trx, 'adjust', input, {

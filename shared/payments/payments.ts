@@ -3,6 +3,7 @@ import { requirePositiveCredits, requireText } from '../credits.js';
 import type { Trx } from '../db/locks.js';
 import type { Account, Database, LedgerEntry, Payment, PaymentStatus } from '../db/schema.js';
 import { LedgerRuleError, ParkEventError } from '../errors.js';
+import { shrinkHoldsToBalance } from '../holds/holds.js';
 import {
   creditEntry,
   type EntryResult,
@@ -237,6 +238,8 @@ export async function settlePayment(
     });
     if (!result.duplicate) written.push(result.entry);
   }
+  // Holds cannot reserve credits a clawback took: they shrink to what the balance still covers.
+  if (written.some((e) => e.amount < 0)) await shrinkHoldsToBalance(trx, account, new Date());
   const status: PaymentStatus = chargeback
     ? 'CHARGEBACK'
     : refunded >= payment.amount_total && refunded > 0

@@ -250,6 +250,21 @@ export async function findPrice(db: Kysely<Database>, sku: string, at?: Date): P
   return row && { version: row.version, item: itemOf(row) };
 }
 
+/** The price of one SKU in a given version (a hold's), or undefined. Reads one row of price_items. */
+export async function findPriceInVersion(
+  db: Kysely<Database>,
+  sku: string,
+  version: string,
+): Promise<Price | undefined> {
+  const row = await db
+    .selectFrom('price_items')
+    .selectAll()
+    .where('sku', '=', sku)
+    .where('version', '=', version)
+    .executeTakeFirst();
+  return row && { version: row.version, item: itemOf(row) };
+}
+
 export interface NewPriceBook {
   readonly version: string;
   readonly items: readonly PriceItemInput[];

@@ -23,6 +23,7 @@ const EXPECTED_TABLE_PRIVILEGES: Record<string, string[]> = {
   credit_grants: ['INSERT', 'SELECT', 'UPDATE'],
   grant_allocations: ['INSERT', 'SELECT'],
   grant_approvals: ['INSERT', 'SELECT', 'UPDATE'],
+  holds: ['INSERT', 'SELECT', 'UPDATE'],
   kysely_migration: [],
   kysely_migration_lock: [],
   ledger_entries: ['INSERT', 'SELECT'],

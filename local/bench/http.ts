@@ -9,7 +9,8 @@ import { type BenchContext, latency, load } from './harness.js';
 /**
  * The spend transaction as plain SQL, the ceiling for the same work without the service around it: the
  * account by user id, then under the lock the account, the idempotency read, the open grants in burn
- * order, the balance, the entry, its allocation and the grant's remaining (as shared/ledger/ledger.ts does).
+ * order, the credits held, the balance, the entry, its allocation and the grant's remaining (as
+ * shared/ledger/ledger.ts does).
  */
 const SPEND_SQL = {
   account: 'SELECT id FROM accounts WHERE external_user_id = $1',
@@ -18,6 +19,7 @@ const SPEND_SQL = {
   previous: `SELECT * FROM ledger_entries WHERE account_id = $1 AND kind = 'spend' AND reference = $2`,
   move: 'UPDATE accounts SET balance = balance - $1::bigint, version = version + 1, updated_at = now() WHERE id = $2 RETURNING balance',
   grants: `SELECT * FROM credit_grants WHERE account_id = $1 AND remaining > 0 ORDER BY expires_at ASC NULLS LAST, (category = 'paid') ASC, created_at, id`,
+  held: `SELECT coalesce(sum(credits), 0)::bigint AS held FROM holds WHERE account_id = $1 AND status = 'active' AND expires_at > now()`,
   entry: `INSERT INTO ledger_entries (account_id, amount, balance_after, kind, reference, request_hash) VALUES ($1, -$2::bigint, $3, 'spend', $4, 'bench') RETURNING id`,
   allocate: 'INSERT INTO grant_allocations (entry_id, grant_id, amount) VALUES ($1, $2, $3)',
   draw: 'UPDATE credit_grants g SET remaining = g.remaining - d.amount FROM (VALUES ($1::uuid, $2::bigint)) AS d (id, amount) WHERE g.id = d.id',
@@ -110,6 +112,7 @@ export async function benchHttp({ databaseUrl, scratch, scale, report }: BenchCo
           await connection.query(SPEND_SQL.locked, [id]);
           await connection.query(SPEND_SQL.previous, [id, `raw-${run}-${clients}-${i}`]);
           const grants = await connection.query(SPEND_SQL.grants, [id]);
+          await connection.query(SPEND_SQL.held, [id]);
           const moved = await connection.query(SPEND_SQL.move, [1, id]);
           const entry = await connection.query(SPEND_SQL.entry, [
             id,

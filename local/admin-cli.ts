@@ -7,6 +7,7 @@ import {
   StartMessageMoveTaskCommand,
 } from '@aws-sdk/client-sqs';
 import { defaultProvider } from '@aws-sdk/credential-provider-node';
+import { importFromGenaiPrices } from '../shared/pricing/import.js';
 import { LOCAL_REGION, LocalAuth, type LocalPrincipal, signRequest } from './auth.js';
 import type { StackFile } from './stack.js';
 
@@ -113,6 +114,50 @@ const COMMANDS: Record<string, CommandSpec> = {
       'redeem-by': { value: 'ISO', help: 'last moment it can be redeemed (default: no end)' },
       'max-redemptions': { value: 'N', help: 'how many accounts in all may redeem it (default: no limit)' },
       plans: { value: 'a,b', help: 'only accounts on these plans may redeem it (default: any plan)' },
+    },
+  },
+  prices: {
+    args: '',
+    summary: 'price book versions (draft, active, retired), newest first',
+    positionals: [0, 0],
+  },
+  'prices show': {
+    args: '<version>',
+    summary: 'one price book version with its items',
+    positionals: [1, 1],
+  },
+  'prices create': {
+    args: '<FILE>',
+    summary: 'a draft from a JSON file {version, items: [...]} (see the README for the item shapes)',
+    positionals: [1, 1],
+    options: { reason: reasonOption },
+  },
+  'prices activate': {
+    args: '<version>',
+    summary: 'make a draft the active price book (the active one is retired at the same instant)',
+    positionals: [1, 1],
+    options: { reason: reasonOption },
+  },
+  'prices import': {
+    args: '',
+    summary:
+      'a draft from the @pydantic/genai-prices data set (USD per token), for the models or providers named',
+    positionals: [0, 0],
+    options: {
+      reason: reasonOption,
+      version: { value: 'V', help: 'the new version name', required: true },
+      'credits-per-usd': {
+        value: 'N',
+        help: 'credits one US dollar buys (a positive decimal)',
+        required: true,
+      },
+      markup: {
+        value: 'M',
+        help: 'multiplier on the provider price, e.g. 1.2 (a positive decimal)',
+        required: true,
+      },
+      model: { value: 'p/m,...', help: 'the models to import, comma-separated, e.g. openai/gpt-4o' },
+      provider: { value: 'p,...', help: 'every model of these providers, comma-separated, e.g. anthropic' },
     },
   },
   'coupons disable': {
@@ -307,6 +352,7 @@ const WHOLE = /^\d+$/;
 /** An instant with its offset (as the API takes it), e.g. 2027-01-31T23:59:59Z or 2027-01-31T12:00+02:00. */
 const ISO_INSTANT = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})$/i;
 const COUPON_CODE = /^[A-Za-z0-9_-]{3,64}$/;
+const POSITIVE_DECIMAL = /^\d+(\.\d+)?$/;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** A whole number from 1 to max, or a usage error naming the option. */
@@ -380,6 +426,18 @@ function validate({ command, args, options }: Parsed): void {
     );
   if ((command === 'approvals approve' || command === 'approvals reject') && !UUID.test(args[0]!))
     throw new UsageError(`${command}: <approvalId> must be an approval id (a UUID), got ${args[0]}`, command);
+  if (command === 'prices import') {
+    for (const name of ['credits-per-usd', 'markup'] as const) {
+      const value = options[name];
+      if (typeof value === 'string' && !(POSITIVE_DECIMAL.test(value) && Number(value) > 0))
+        throw new UsageError(`prices import: --${name} must be a positive decimal, got ${value}`, command);
+    }
+    if (options.model === undefined && options.provider === undefined)
+      throw new UsageError(
+        'prices import: name the models (--model) or providers (--provider) to import',
+        command,
+      );
+  }
   if ((command === 'coupons create' || command === 'coupons disable') && !COUPON_CODE.test(args[0]!))
     throw new UsageError(
       `${command}: <CODE> must be 3-64 of A-Z, a-z, 0-9, _ and -, got ${args[0]}`,
@@ -649,6 +707,47 @@ async function execute(
         `/v1/admin/approvals/${encodeURIComponent(args[0]!)}/${command === 'approvals approve' ? 'approve' : 'reject'}`,
         { reason },
       );
+    case 'prices':
+      return call('GET', '/v1/admin/prices');
+    case 'prices show':
+      return call('GET', `/v1/admin/prices/${encodeURIComponent(args[0]!)}`);
+    case 'prices create': {
+      let book: unknown;
+      try {
+        // Relative to where the operator typed the command (npm runs scripts from the package root).
+        book = JSON.parse(
+          readFileSync(path.resolve(process.env.INIT_CWD ?? process.cwd(), args[0]!), 'utf8'),
+        );
+      } catch (error: unknown) {
+        throw new AdminError(
+          `cannot read ${args[0]} as JSON: ${error instanceof Error ? error.message : error}`,
+        );
+      }
+      return call('POST', '/v1/admin/prices', { ...(book as object), reason });
+    }
+    case 'prices activate':
+      return call('POST', `/v1/admin/prices/${encodeURIComponent(args[0]!)}/activate`, { reason });
+    case 'prices import': {
+      const list = (value: string | true | undefined) =>
+        typeof value === 'string'
+          ? value
+              .split(',')
+              .map((v) => v.trim())
+              .filter(Boolean)
+          : undefined;
+      const imported = await importFromGenaiPrices({
+        creditsPerUsd: options['credits-per-usd'] as string,
+        markup: options.markup as string,
+        models: list(options.model),
+        providers: list(options.provider),
+      });
+      if (imported.items.length === 0) {
+        throw new AdminError('prices import: no model of the data set matched --model / --provider');
+      }
+      for (const skipped of imported.skipped) io.err(`skipped ${skipped.sku}: ${skipped.reason}`);
+      for (const note of imported.notes) io.err(`note ${note.sku}: ${note.note}`);
+      return call('POST', '/v1/admin/prices', { version: options.version, items: imported.items, reason });
+    }
     case 'coupons':
       return call('GET', '/v1/admin/coupons');
     case 'coupons create': {

@@ -449,6 +449,85 @@ describe('grants from the admin CLI', () => {
 });
 
 describe('coupons from the admin CLI', () => {
+  it('imports a draft price book from genai-prices, creates one from a file, activates it, lists and shows them', async () => {
+    const imported = await admin(
+      'prices',
+      'import',
+      '--version',
+      'cli-import-1',
+      '--credits-per-usd',
+      '200',
+      '--markup',
+      '1.2',
+      '--model',
+      'openai/gpt-4o',
+      '--reason',
+      'new prices',
+    );
+    expect(imported).toMatchObject({ code: 0, json: { version: 'cli-import-1', status: 'draft' } });
+    const shown = await admin('prices', 'show', 'cli-import-1');
+    expect(shown.json.items).toEqual([
+      expect.objectContaining({
+        sku: 'openai/gpt-4o',
+        kind: 'tokens',
+        rates: expect.objectContaining({ input: '600' }),
+      }),
+    ]);
+    const file = path.join(scratch, 'book.json');
+    writeFileSync(
+      file,
+      JSON.stringify({
+        version: 'cli-file-1',
+        items: [{ sku: 'image.generate', kind: 'unit', unitCredits: '7' }],
+      }),
+    );
+    expect((await admin('prices', 'create', file, '--reason', 'from a file')).code).toBe(0);
+    expect(await admin('prices', 'activate', 'cli-file-1', '--reason', 'go live')).toMatchObject({ code: 0 });
+    const listed = await admin('prices');
+    expect(listed.json.data).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ version: 'cli-file-1', status: 'active' }),
+        expect.objectContaining({ version: 'cli-import-1', status: 'draft' }),
+      ]),
+    );
+    const again = await admin('prices', 'activate', 'cli-file-1', '--reason', 'twice');
+    expect(again.code).toBe(1);
+    expect(again.stderr).toMatch(/409/);
+    const missing = await admin('prices', 'create', path.join(scratch, 'nope.json'), '--reason', 'x');
+    expect(missing).toMatchObject({ code: 1 });
+    expect(missing.stderr).toMatch(/cannot read .*nope\.json as JSON/);
+    const usage = await admin(
+      'prices',
+      'import',
+      '--version',
+      'v',
+      '--credits-per-usd',
+      'ten',
+      '--markup',
+      '1',
+      '--model',
+      'x/y',
+      '--reason',
+      'r',
+    );
+    expect(usage.code).toBe(2);
+    expect(usage.stderr).toMatch(/--credits-per-usd must be a positive decimal, got ten/);
+    const nothing = await admin(
+      'prices',
+      'import',
+      '--version',
+      'v',
+      '--credits-per-usd',
+      '10',
+      '--markup',
+      '1',
+      '--reason',
+      'r',
+    );
+    expect(nothing.code).toBe(2);
+    await expectInvariantsHold(db);
+  });
+
   it('creates a coupon a user redeems once through the API, lists it with its count, and disables it', async () => {
     const created = await admin(
       'coupons',

@@ -198,6 +198,27 @@ const CHECKS: Check[] = [
       HAVING c.redemptions <> count(r.account_id) OR count(g.id) <> count(r.account_id)
         OR (c.max_redemptions IS NOT NULL AND count(r.account_id) > c.max_redemptions)`,
   },
+  {
+    invariant: 13,
+    rule: 'a usage event is applied once, with its entry; each hourly rollup equals the events it counts',
+    query: () => sql`
+      SELECT coalesce(r.account_id, e.account_id) AS account_id,
+        format('rollup %s %s counts %s events, %s credits; the events say %s, %s', coalesce(r.hour, e.hour),
+          coalesce(r.sku, e.sku), coalesce(r.events, 0), coalesce(r.credits, 0), coalesce(e.events, 0),
+          coalesce(e.credits, 0)) AS detail
+      FROM usage_rollups r
+      FULL JOIN (SELECT account_id, date_trunc('hour', occurred_at, 'UTC') AS hour, coalesce(sku, '') AS sku,
+          sum(credits) AS credits, count(*) AS events
+        FROM usage_events GROUP BY 1, 2, 3) e
+        ON e.account_id = r.account_id AND e.hour = r.hour AND e.sku = r.sku
+      WHERE coalesce(r.credits, 0) <> coalesce(e.credits, 0) OR coalesce(r.events, 0) <> coalesce(e.events, 0)
+      UNION ALL
+      SELECT u.account_id, format('usage event %s of %s credits has entry %s', u.event_id, u.credits,
+        coalesce(l.amount::text, 'none'))
+      FROM usage_events u LEFT JOIN ledger_entries l ON l.id = u.entry_id
+      WHERE u.credits > 0 AND (l.id IS NULL OR l.kind <> 'usage' OR l.amount <> -u.credits
+        OR l.reference <> u.event_id OR l.account_id <> u.account_id)`,
+  },
 ];
 
 /**

@@ -26,6 +26,7 @@ import { health, listPackages } from './public.js';
 import { createQuote } from './quotes.js';
 import { getRun, listRuns, startRun } from './reconciliation.js';
 import { spend } from './spend.js';
+import { getAccountUsage, getMyUsage, recordUsage } from './usage.js';
 
 /** Every endpoint of the api function (the OpenAPI document lists exactly these). */
 export const ENDPOINTS: readonly Endpoint[] = [
@@ -36,6 +37,7 @@ export const ENDPOINTS: readonly Endpoint[] = [
   listMyTransactions,
   listMyPayments,
   listMyGrants,
+  getMyUsage,
   redeemMyCoupon,
   createCheckout,
   spend,
@@ -43,6 +45,8 @@ export const ENDPOINTS: readonly Endpoint[] = [
   getHold,
   captureHoldEndpoint,
   voidHoldEndpoint,
+  recordUsage,
+  getAccountUsage,
   createQuote,
   getAccount,
   adjustAccount,

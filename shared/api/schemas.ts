@@ -102,6 +102,7 @@ export const ENTRY_KINDS = [
   'grant_expiry',
   'coupon_redemption',
   'hold_capture',
+  'usage',
 ] as const satisfies readonly EntryKind[];
 
 /** A coupon code: 3-64 of A-Z, a-z, 0-9, _ and - (compared case-insensitively). */

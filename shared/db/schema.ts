@@ -26,7 +26,8 @@ export type EntryKind =
   | 'admin_adjustment'
   | 'grant_expiry'
   | 'coupon_redemption'
-  | 'hold_capture';
+  | 'hold_capture'
+  | 'usage';
 export type AdminActionKind =
   | 'adjust'
   | 'freeze'
@@ -273,6 +274,33 @@ export interface HoldsTable {
   entry_id: number | null;
 }
 
+export interface UsageEventsTable {
+  account_id: string;
+  event_id: string;
+  payload_hash: string;
+  sku: string | null;
+  price_version: string | null;
+  credits: Int8;
+  entry_id: number | null;
+  occurred_at: Date;
+  created_at: CreatedAt;
+}
+
+export interface UsageRollupsTable {
+  account_id: string;
+  hour: Date;
+  /** '' for raw debits that name no SKU. */
+  sku: string;
+  credits: Int8;
+  events: number;
+  input_tokens: Int8;
+  cache_read_tokens: Int8;
+  cache_write_tokens: Int8;
+  output_tokens: Int8;
+  reasoning_tokens: Int8;
+  units: Int8;
+}
+
 /** The whole schema as kysely sees it; the migrations are the source of truth. */
 export interface Database {
   accounts: AccountsTable;
@@ -290,6 +318,8 @@ export interface Database {
   coupon_redemptions: CouponRedemptionsTable;
   coupon_failures: CouponFailuresTable;
   holds: HoldsTable;
+  usage_events: UsageEventsTable;
+  usage_rollups: UsageRollupsTable;
   price_books: PriceBooksTable;
   price_items: PriceItemsTable;
 }

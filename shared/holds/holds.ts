@@ -9,7 +9,7 @@ import {
   InsufficientCreditsError,
   ServiceError,
 } from '../errors.js';
-import { debitCapture, expireDueGrants } from '../ledger/ledger.js';
+import { debitMetered, expireDueGrants } from '../ledger/ledger.js';
 
 /**
  * The only writer of `holds`: credits reserved before a long call and settled after it. A hold counts against
@@ -137,7 +137,7 @@ export async function captureHold(
     const { live } = await expireDueGrants(trx, account, now);
     const heldByOthers = (await heldCredits(trx, account.id, now)) - (expired ? 0 : hold.credits);
     const take = Math.min(actual, Math.max(account.balance - heldByOthers, 0));
-    const entry = take > 0 ? await debitCapture(trx, account, hold.id, take, live) : null;
+    const entry = take > 0 ? await debitMetered(trx, account, 'hold_capture', hold.id, take, live) : null;
     const captured = await trx
       .updateTable('holds')
       .set({

@@ -96,17 +96,19 @@ export async function expireDueGrants(
 }
 
 /**
- * A hold's capture: one `hold_capture` entry of `credits` drawing on `live` (what expireDueGrants returned)
- * in burn order. The caller (shared/holds) has bounded `credits` by what is available.
+ * A metered debit: one `hold_capture` (reference: the hold) or `usage` (reference: the event id) entry of
+ * `credits`, drawing on `live` (what expireDueGrants returned) in burn order. The caller (shared/holds,
+ * shared/usage) has bounded `credits` by what is available.
  */
-export function debitCapture(
+export function debitMetered(
   trx: Trx,
   account: Account,
-  holdId: string,
+  kind: 'hold_capture' | 'usage',
+  reference: string,
   credits: number,
   live: readonly CreditGrant[],
 ): Promise<LedgerEntry> {
-  return debitEntry(trx, account, { amount: -credits, kind: 'hold_capture', reference: holdId }, live);
+  return debitEntry(trx, account, { amount: -credits, kind, reference }, live);
 }
 
 /**

@@ -34,6 +34,8 @@ const EXPECTED_TABLE_PRIVILEGES: Record<string, string[]> = {
   reconciliation_findings: ['INSERT', 'SELECT'],
   reconciliation_runs: ['INSERT', 'SELECT', 'UPDATE'],
   stripe_charge_facts: ['INSERT', 'SELECT', 'UPDATE'],
+  usage_events: ['INSERT', 'SELECT'],
+  usage_rollups: ['INSERT', 'SELECT', 'UPDATE'],
 };
 const EXPECTED_SEQUENCE_PRIVILEGES: Record<string, string[]> = {
   coupon_failures_id_seq: ['USAGE'],

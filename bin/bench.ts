@@ -12,13 +12,14 @@ import {
 } from '../local/bench/harness.js';
 import { benchHttp } from '../local/bench/http.js';
 import { benchIntake } from '../local/bench/intake.js';
+import { benchMetering } from '../local/bench/metering.js';
 import { benchReconciliation } from '../local/bench/reconciliation.js';
 import { benchWorker } from '../local/bench/worker.js';
 import { checkInvariants } from '../shared/invariants.js';
 
 const USAGE = `usage: npm run bench [-- --quick] [--out FILE] [--only SECTION,...]
 
-sections: reconciliation, worker, http, intake, bundles (default: all)
+sections: reconciliation, worker, http, metering, intake, bundles (default: all)
 
 Measures the service against a baseline taken in the same run on the same machine, and prints a table
 with ratios. Uses DATABASE_URL's server when set (it creates and drops a database of its own), otherwise
@@ -29,6 +30,7 @@ const SECTIONS: Record<string, (context: BenchContext) => Promise<void>> = {
   reconciliation: benchReconciliation,
   worker: benchWorker,
   http: benchHttp,
+  metering: benchMetering,
   intake: benchIntake,
   bundles: benchBundles,
 };

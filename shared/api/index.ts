@@ -8,6 +8,7 @@ import {
   replayParkedEvent,
   unfreezeAccount,
 } from './admin.js';
+import { getAnalytics } from './analytics.js';
 import { approveGrant, listGrantApprovals, rejectGrant } from './approvals.js';
 import { createCheckout } from './checkout.js';
 import { createAdminCoupon, disableAdminCoupon, listAdminCoupons } from './coupons.js';
@@ -47,6 +48,7 @@ export const ENDPOINTS: readonly Endpoint[] = [
   voidHoldEndpoint,
   recordUsage,
   getAccountUsage,
+  getAnalytics,
   createQuote,
   getAccount,
   adjustAccount,

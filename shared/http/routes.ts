@@ -31,6 +31,7 @@ export const ROUTES = {
   'POST /v1/admin/accounts/{userId}/unfreeze': { fn: 'api', auth: 'admin' },
   'POST /v1/admin/accounts/{userId}/anonymize': { fn: 'api', auth: 'admin' },
   'GET /v1/admin/accounts/{userId}/usage': { fn: 'api', auth: 'admin' },
+  'GET /v1/admin/analytics': { fn: 'api', auth: 'admin' },
   'GET /v1/admin/approvals': { fn: 'api', auth: 'admin' },
   'POST /v1/admin/approvals/{approvalId}/approve': { fn: 'api', auth: 'admin' },
   'POST /v1/admin/approvals/{approvalId}/reject': { fn: 'api', auth: 'admin' },

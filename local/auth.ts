@@ -5,6 +5,7 @@ import { Hash } from '@smithy/hash-node';
 import { HttpRequest } from '@smithy/protocol-http';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { exportJWK, generateKeyPair, importJWK, type JWK, jwtVerify, SignJWT } from 'jose';
+import { signRequest as signWithClient } from '../shared/client/credits-client.js';
 
 const Sha256 = Hash.bind(null, 'sha256');
 
@@ -250,27 +251,14 @@ export class LocalAuth {
 const SIGNATURE_MISMATCH =
   'The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.';
 
-/** Signs a request with SigV4 for execute-api: what `npm run admin` and service callers do. */
-export async function signRequest(
+/** Signs a request with SigV4 for execute-api, as the typed client does (its signer: one implementation). */
+export function signRequest(
   url: URL,
   init: { method: string; body?: string; headers?: Record<string, string> },
   credentials: { accessKeyId: string; secretAccessKey: string; sessionToken?: string },
   region = LOCAL_REGION,
 ): Promise<Record<string, string>> {
-  const signer = new SignatureV4({ credentials, region, service: 'execute-api', sha256: Sha256 });
-  const signed = await signer.sign(
-    new HttpRequest({
-      method: init.method,
-      protocol: url.protocol,
-      hostname: url.hostname,
-      ...(url.port && { port: Number(url.port) }),
-      path: url.pathname,
-      query: queryBag(url.searchParams),
-      headers: { host: url.host, ...init.headers },
-      body: init.body,
-    }),
-  );
-  return signed.headers as Record<string, string>;
+  return signWithClient(url, init, credentials, region);
 }
 
 /** Every query pair, repeated keys included (a plain object would keep only the last value). */

@@ -18,6 +18,7 @@ import { anonymizeAccount } from '../ledger/erasure.js';
 import { adjustCredits, listEntries } from '../ledger/ledger.js';
 import { listPayments } from '../payments/payments.js';
 import { stripeEventSchema } from '../stripe/events.js';
+import { usageOf } from '../usage/usage.js';
 import { adminActor, type Caller, defineEndpoint, nowOf, ok } from './endpoint.js';
 import {
   accountSchema,
@@ -56,6 +57,20 @@ export const getAccount = defineEndpoint({
       schema: z.object({
         account: creditsSchema,
         grants: z.array(grantSchema),
+        /** Usage of the last 30 days by SKU, as GET /v1/admin/accounts/{userId}/usage?groupBy=sku answers it. */
+        usage: z.array(
+          z.object({
+            key: z.string(),
+            credits: z.number().int(),
+            events: z.number().int(),
+            inputTokens: z.number().int(),
+            cacheReadTokens: z.number().int(),
+            cacheWriteTokens: z.number().int(),
+            outputTokens: z.number().int(),
+            reasoningTokens: z.number().int(),
+            units: z.number().int(),
+          }),
+        ),
         entries: z.array(entrySchema),
         payments: z.array(paymentSchema),
         adminActions: z.array(auditSchema),
@@ -67,9 +82,15 @@ export const getAccount = defineEndpoint({
     const { db } = deps;
     const account = await requireAccountByUserId(db, params.userId);
     const now = nowOf(deps);
-    const [totals, held, grants, entries, payments, actions] = await Promise.all([
+    const [totals, held, usage, grants, entries, payments, actions] = await Promise.all([
       grantTotals(db, account.id, now),
       heldCredits(db, account.id, now),
+      usageOf(db, account.id, {
+        from: new Date(now.getTime() - 30 * 86_400_000),
+        to: now,
+        groupBy: 'sku',
+        tz: 'UTC',
+      }),
       listGrants(db, account.id, 100),
       listEntries(db, account.id, { limit: 50 }),
       listPayments(db, account.id, { limit: 50 }),
@@ -78,6 +99,7 @@ export const getAccount = defineEndpoint({
     return ok({
       account: { ...accountView(account), ...balanceView(account, totals, held) },
       grants: grants.map(grantView),
+      usage,
       entries: entries.map(entryView),
       payments: payments.map(paymentView),
       adminActions: actions.map((a) => ({

@@ -236,6 +236,11 @@ describe('usage statistics', () => {
       query: { groupBy: 'sku' },
     });
     expect(admin.body.items).toEqual(bySku);
+    const view = await call('GET /v1/admin/accounts/{userId}', {
+      auth: { iam: 'arn:aws:sts::123456789012:assumed-role/credits-admin/alice' },
+      params: { userId },
+    });
+    expect(view.body.usage).toEqual(bySku);
     expect((await usage({ tz: 'Mars/Olympus' })).body).toMatchObject({ status: 400, field: 'tz' });
     expect((await usage({ groupBy: 'week' })).body).toMatchObject({ status: 400, field: 'groupBy' });
     await expectInvariantsHold(db, clock.now());

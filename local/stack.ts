@@ -245,12 +245,18 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
     stops.push(() => db.destroy());
 
     const auth = await LocalAuth.load(dataDir);
-    // Usage can be priced from the first start: the sample price book, activated when no version is active.
+    // Usage can be priced from the first start: the sample price book, activated when no version is active,
+    // as of 35 days back, so usage events may be dated as far back as the API accepts.
     const samplePrices = JSON.parse(readFileSync(new URL('./sample-prices.json', import.meta.url), 'utf8'));
-    await ensureActivePriceBook(db, samplePrices as NewPriceBook, {
-      actorArn: auth.principal('admin').arn,
-      reason: 'local stack: sample prices from local/sample-prices.json',
-    });
+    await ensureActivePriceBook(
+      db,
+      samplePrices as NewPriceBook,
+      {
+        actorArn: auth.principal('admin').arn,
+        reason: 'local stack: sample prices from local/sample-prices.json',
+      },
+      new Date(Date.now() - 35 * 86_400_000),
+    );
     const queue = new LocalQueue(() => baseUrl, {
       visibilityTimeoutSeconds: options.visibilityTimeoutSeconds ?? 30,
       auth,

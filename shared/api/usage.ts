@@ -77,6 +77,8 @@ const usageQuery = z
     from: instant.optional(),
     to: instant.optional(),
     groupBy: z.enum(['day', 'hour', 'sku', 'provider']).default('day'),
+    /** Only this SKU (for a chart per model over time). */
+    sku: sku.optional(),
     tz: z
       .string()
       .max(64)
@@ -121,7 +123,13 @@ async function usageAnswer(
   const to = query.to ?? now;
   const from = query.from ?? new Date(to.getTime() - 30 * 86_400_000);
   if (!(from < to)) throw new ValidationError('from', 'must be before to');
-  const items = await usageOf(db, accountId, { from, to, groupBy: query.groupBy, tz: query.tz });
+  const items = await usageOf(db, accountId, {
+    from,
+    to,
+    groupBy: query.groupBy,
+    tz: query.tz,
+    sku: query.sku,
+  });
   return { from: from.toISOString(), to: to.toISOString(), groupBy: query.groupBy, tz: query.tz, items };
 }
 
@@ -130,7 +138,7 @@ const userId = (caller: Caller) => (caller.kind === 'user' ? caller.userId : '')
 export const getMyUsage = defineEndpoint({
   route: 'GET /v1/me/usage',
   summary:
-    "The caller's usage from the hourly rollups in [from, to) (default: the last 30 days), by day or hour in tz, SKU or provider",
+    "The caller's usage from the hourly rollups in [from, to) (default: the last 30 days), by day or hour in tz, SKU or provider; optionally of one SKU",
   query: usageQuery,
   responses: { 200: { description: 'usage', schema: usageResponse } },
   errors: { 400: 'bad range, groupBy or tz', 401: 'no user token' },

@@ -204,7 +204,14 @@ export interface UsageRow {
 export async function usageOf(
   db: Kysely<Database>,
   accountId: string,
-  range: { readonly from: Date; readonly to: Date; readonly groupBy: UsageGrouping; readonly tz: string },
+  range: {
+    readonly from: Date;
+    readonly to: Date;
+    readonly groupBy: UsageGrouping;
+    readonly tz: string;
+    /** Only this SKU's rollups. */
+    readonly sku?: string;
+  },
 ): Promise<UsageRow[]> {
   const key = {
     hour: sql<string>`to_char(hour AT TIME ZONE ${range.tz}, 'YYYY-MM-DD"T"HH24:00')`,
@@ -213,7 +220,7 @@ export async function usageOf(
     provider: sql<string>`CASE WHEN position('/' in sku) > 1 THEN split_part(sku, '/', 1) ELSE '(none)' END`,
   }[range.groupBy];
   const sum = (column: string) => sql<number>`sum(${sql.ref(column)})::bigint`;
-  const rows = await db
+  let query = db
     .selectFrom('usage_rollups')
     .select([
       key.as('key'),
@@ -230,7 +237,7 @@ export async function usageOf(
     .where('hour', '>=', range.from)
     .where('hour', '<', range.to)
     .groupBy(sql`1`)
-    .orderBy(sql`1`)
-    .execute();
-  return rows;
+    .orderBy(sql`1`);
+  if (range.sku !== undefined) query = query.where('sku', '=', range.sku);
+  return query.execute();
 }

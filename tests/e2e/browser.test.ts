@@ -13,7 +13,7 @@ if (!existsSync(executablePath)) {
 }
 
 // The sweeper every second, so a grant that expires shows up in the history soon after.
-const { stack, db, admin, asUser } = await startStackForTest({ sweepIntervalSeconds: 1 });
+const { stack, db, admin, asUser, signed } = await startStackForTest({ sweepIntervalSeconds: 1 });
 const browser: Browser = await chromium.launch({
   executablePath,
   headless: true,
@@ -242,6 +242,44 @@ describe('the demo page in headless Chromium', () => {
       text: 'A user id is 1 to 64 characters: letters, digits, and _ . @ - (no spaces).',
       kind: 'error',
     });
+  });
+
+  it('charts the usage of the last 14 days per model, and fits a phone', async () => {
+    const page = await browser.newPage({ viewport: PHONE });
+    await admin('adjust', 'browser-usage', '100000', '--reason', 'setup');
+    const now = Date.now();
+    const events = [
+      {
+        eventId: 'b-1',
+        sku: 'openai/gpt-4o',
+        usage: { inputTokens: 8000, outputTokens: 2000 },
+        at: now - 2 * 86_400_000,
+      },
+      { eventId: 'b-2', sku: 'openai/gpt-4o', usage: { inputTokens: 4000, outputTokens: 1000 }, at: now },
+      { eventId: 'b-3', sku: 'image.generate', usage: { units: 3 }, at: now - 86_400_000 },
+    ].map(({ at, ...event }) => ({
+      ...event,
+      userId: 'browser-usage',
+      occurredAt: new Date(at).toISOString(),
+    }));
+    const recorded = await signed('service', 'POST', '/v1/usage', { events });
+    expect((recorded.body.results as Array<{ status: string }>).map((r) => r.status)).toEqual([
+      'applied',
+      'applied',
+      'applied',
+    ]);
+    await signIn(page, 'browser-usage');
+    await page.waitForSelector('#usage-chart svg rect');
+    expect(await page.locator('#usage-chart svg rect').count()).toBe(3);
+    // Most used first: 3 images at 10 credits, then 15 credits of gpt-4o tokens at the sample prices.
+    expect(await page.locator('#usage-legend li').allTextContents()).toEqual([
+      'image.generate: 30 credits',
+      'openai/gpt-4o: 15 credits',
+    ]);
+    expect(await horizontalOverflow(page)).toBe(0);
+    await page.locator('#usage-section').screenshot({ path: path.join(screenshots, 'usage-390.png') });
+    await page.close();
+    await expectInvariantsHold(db);
   });
 
   it('fits a 390 px phone: the demo page and the checkout page, with nothing cut off', async () => {

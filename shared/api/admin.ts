@@ -30,6 +30,7 @@ import {
   reasonBody,
   signedCredits,
   storableText,
+  usageRowSchema,
   userIdParams,
 } from './schemas.js';
 import { accountView, balanceView, entryView, grantView, paymentView } from './views.js';
@@ -58,19 +59,7 @@ export const getAccount = defineEndpoint({
         account: creditsSchema,
         grants: z.array(grantSchema),
         /** Usage of the last 30 days by SKU, as GET /v1/admin/accounts/{userId}/usage?groupBy=sku answers it. */
-        usage: z.array(
-          z.object({
-            key: z.string(),
-            credits: z.number().int(),
-            events: z.number().int(),
-            inputTokens: z.number().int(),
-            cacheReadTokens: z.number().int(),
-            cacheWriteTokens: z.number().int(),
-            outputTokens: z.number().int(),
-            reasoningTokens: z.number().int(),
-            units: z.number().int(),
-          }),
-        ),
+        usage: z.array(usageRowSchema),
         entries: z.array(entrySchema),
         payments: z.array(paymentSchema),
         adminActions: z.array(auditSchema),

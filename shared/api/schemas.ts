@@ -195,3 +195,16 @@ export const costLineSchema = z.object({
   rate: z.string(),
   credits: z.string(),
 });
+
+/** One group of usage statistics: credits, events and each token pool. */
+export const usageRowSchema = z.object({
+  key: z.string(),
+  credits: z.number().int(),
+  events: z.number().int(),
+  inputTokens: z.number().int(),
+  cacheReadTokens: z.number().int(),
+  cacheWriteTokens: z.number().int(),
+  outputTokens: z.number().int(),
+  reasoningTokens: z.number().int(),
+  units: z.number().int(),
+});

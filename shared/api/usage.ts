@@ -3,7 +3,16 @@ import { findOrCreateAccount, requireAccountByUserId } from '../accounts/account
 import { ValidationError } from '../errors.js';
 import { recordUsageEvent, type UsageOutcome, usageOf } from '../usage/usage.js';
 import { type Caller, defineEndpoint, nowOf, ok } from './endpoint.js';
-import { credits, instant, metadata, sku, storableText, usageSchema, userIdParams } from './schemas.js';
+import {
+  credits,
+  instant,
+  metadata,
+  sku,
+  storableText,
+  usageRowSchema,
+  usageSchema,
+  userIdParams,
+} from './schemas.js';
 
 /** How far ahead of the server's clock an event may say it occurred, and how far back. */
 const AHEAD_MS = 5 * 60_000;
@@ -93,18 +102,6 @@ const usageQuery = z
       }, 'must be an IANA time zone, e.g. Europe/Berlin'),
   })
   .strict();
-
-const usageRowSchema = z.object({
-  key: z.string(),
-  credits: z.number().int(),
-  events: z.number().int(),
-  inputTokens: z.number().int(),
-  cacheReadTokens: z.number().int(),
-  cacheWriteTokens: z.number().int(),
-  outputTokens: z.number().int(),
-  reasoningTokens: z.number().int(),
-  units: z.number().int(),
-});
 
 const usageResponse = z.object({
   from: z.string(),

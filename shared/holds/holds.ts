@@ -89,10 +89,23 @@ export function findHold(db: Kysely<Database>, holdId: string): Promise<Hold | u
   return db.selectFrom('holds').selectAll().where('id', '=', holdId).executeTakeFirst();
 }
 
-async function requireHold(db: Kysely<Database>, holdId: string): Promise<Hold> {
-  const hold = await findHold(db, holdId);
-  if (!hold) throw new ServiceError('not_found', `no hold ${holdId}`);
-  return hold;
+/** Runs `work` in the hold's account transaction, with the hold's row locked and read after the lock. */
+async function inHoldTransaction<T>(
+  db: Kysely<Database>,
+  holdId: string,
+  work: (trx: Trx, account: Account, hold: Hold) => Promise<T>,
+): Promise<T> {
+  const found = await findHold(db, holdId);
+  if (!found) throw new ServiceError('not_found', `no hold ${holdId}`);
+  return inAccountTransaction(db, found.account_id, async (trx, account) => {
+    const hold = await trx
+      .selectFrom('holds')
+      .selectAll()
+      .where('id', '=', holdId)
+      .forUpdate()
+      .executeTakeFirstOrThrow();
+    return work(trx, account, hold);
+  });
 }
 
 export interface Settlement {
@@ -116,14 +129,7 @@ export async function captureHold(
   cost: (hold: Hold) => Promise<number>,
   now: Date,
 ): Promise<Settlement> {
-  const found = await requireHold(db, holdId);
-  return inAccountTransaction(db, found.account_id, async (trx, account) => {
-    const hold = await trx
-      .selectFrom('holds')
-      .selectAll()
-      .where('id', '=', holdId)
-      .forUpdate()
-      .executeTakeFirstOrThrow();
+  return inHoldTransaction(db, holdId, async (trx, account, hold) => {
     const captureHash = requestHashOf(request);
     if (hold.status === 'captured') {
       if (hold.capture_hash !== captureHash) {
@@ -159,14 +165,7 @@ export async function captureHold(
 
 /** Releases an active hold. Voiding it again, or voiding an expired hold, changes nothing; a captured one is 409. */
 export async function voidHold(db: Kysely<Database>, holdId: string, now: Date): Promise<Settlement> {
-  const found = await requireHold(db, holdId);
-  return inAccountTransaction(db, found.account_id, async (trx, account) => {
-    const hold = await trx
-      .selectFrom('holds')
-      .selectAll()
-      .where('id', '=', holdId)
-      .forUpdate()
-      .executeTakeFirstOrThrow();
+  return inHoldTransaction(db, holdId, async (trx, account, hold) => {
     if (hold.status === 'captured')
       throw new ServiceError('hold_already_captured', `hold ${holdId} was captured`);
     if (statusAt(hold, now) !== 'active') return settled(trx, account, hold, now, true);

@@ -3,7 +3,7 @@ import { findAccountByUserId, heldCredits, inAccountTransaction } from '../accou
 import { requestHashOf } from '../credits.js';
 import type { Trx } from '../db/locks.js';
 import type { Account, Database } from '../db/schema.js';
-import { type ErrorCode, ServiceError } from '../errors.js';
+import { AccountFrozenError, type ErrorCode, InsufficientCreditsError, ServiceError } from '../errors.js';
 import { debitMetered, expireDueGrants } from '../ledger/ledger.js';
 import { costOf, type Usage } from '../pricing/cost.js';
 import { findPrice } from '../pricing/price-book.js';
@@ -110,16 +110,11 @@ async function applyUsageEvent(
         balance: account.balance,
       };
     }
-    if (account.status === 'frozen') throw new ServiceError('account_frozen', 'account is frozen');
+    if (account.status === 'frozen') throw new AccountFrozenError();
     const { credits, priceVersion } = await priceOf(trx, input);
     const { live } = await expireDueGrants(trx, account, now);
     const held = await heldCredits(trx, account.id, now);
-    if (account.balance - held < credits) {
-      throw new ServiceError(
-        'insufficient_credits',
-        `available ${account.balance - held} cannot cover ${credits} credits`,
-      );
-    }
+    if (account.balance - held < credits) throw new InsufficientCreditsError(account.balance, credits, held);
     const entry =
       credits > 0 ? await debitMetered(trx, account, 'usage', input.eventId, credits, live) : null;
     await trx

@@ -3,6 +3,7 @@ import { App, Validations } from 'aws-cdk-lib';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { StatefulStack } from '../infra/stateful-stack.js';
 import { StatelessStack } from '../infra/stateless-stack.js';
+import { parsePlans } from '../shared/plans/catalog.js';
 
 /**
  * The CDK app: `npm run synth` offline, `npx cdk deploy --all -c adminPrincipals=...` to deploy. Context
@@ -38,12 +39,24 @@ export function createApp(app = new App({ outdir: process.env.CDK_OUTDIR ?? 'cdk
     adminPrincipals: list('adminPrincipals'),
     alarmEmail: app.node.tryGetContext('alarmEmail') || undefined,
     creditPackages: app.node.tryGetContext('creditPackages') || undefined,
+    plans: plansContext(app.node.tryGetContext('plans')),
     stripeLivemode:
       app.node.tryGetContext('stripeLivemode') === true ||
       app.node.tryGetContext('stripeLivemode') === 'true',
   });
   Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
   return { app, stateful, stateless };
+}
+
+/**
+ * The `plans` context (a JSON array in cdk.json, or its text with -c plans='[...]') as the PLANS the
+ * functions read, checked here so a bad plan stops the synth with the field named, not a cold start.
+ */
+function plansContext(value: unknown): string | undefined {
+  if (value === undefined || value === '') return undefined;
+  const json = typeof value === 'string' ? value : JSON.stringify(value);
+  parsePlans(json);
+  return json;
 }
 
 /**

@@ -1,12 +1,14 @@
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import type { Kysely } from 'kysely';
-import { loadDatabaseConfig } from '../shared/config.js';
+import { loadSweeperConfig } from '../shared/config.js';
 import { createDb } from '../shared/db/client.js';
 import type { Database } from '../shared/db/schema.js';
 import { expireDueHolds } from '../shared/holds/holds.js';
 import { type SweepResult, sweepExpiredGrants } from '../shared/ledger/sweep.js';
 import { METRICS } from '../shared/metrics.js';
 import { coldStart, createObservability, wrapHandler } from '../shared/observability.js';
+import { DEFAULT_CATALOG, type PlanCatalog } from '../shared/plans/catalog.js';
+import { grantDueAllowances } from '../shared/plans/plans.js';
 
 export interface SweeperDependencies {
   readonly db: Kysely<Database>;
@@ -14,27 +16,42 @@ export interface SweeperDependencies {
   readonly clock?: () => Date;
   /** How long one sweep may run before it leaves the rest to the next. @default 40 s (the function has 50) */
   readonly budgetMs?: number;
+  /** The plans, for the month's allowances granted ahead. @default one plan with none */
+  readonly plans?: PlanCatalog;
 }
 
 /**
  * The sweeper, every minute from EventBridge Scheduler (locally every SWEEP_INTERVAL_SECONDS): marks holds
  * past their expiry expired and writes off expired grants' remainders as `grant_expiry` entries. Reads and
- * debits already treat both as expired; the sweeper makes idle accounts' rows and entries catch up.
+ * debits already treat both as expired; the sweeper makes idle accounts' rows and entries catch up. It also
+ * grants each month's allowances ahead (a debit or a read grants one the sweeper has not reached yet).
  */
 export function createSweeper(deps: SweeperDependencies) {
   const obs = createObservability('sweeper');
   const { logger, metrics } = obs;
 
-  async function sweep(): Promise<SweepResult & { expiredHolds: number }> {
+  async function sweep(): Promise<SweepResult & { expiredHolds: number; allowancesGranted: number }> {
     const now = deps.clock?.() ?? new Date();
+    const budgetMs = deps.budgetMs ?? 40_000;
+    const started = Date.now();
     const expiredHolds = await expireDueHolds(deps.db, now);
-    const result = await sweepExpiredGrants(deps.db, now, { budgetMs: deps.budgetMs ?? 40_000 });
+    const result = await sweepExpiredGrants(deps.db, now, { budgetMs });
+    const allowances = await grantDueAllowances(deps.db, deps.plans ?? DEFAULT_CATALOG, now, {
+      budgetMs: Math.max(budgetMs - (Date.now() - started), 0),
+    });
     metrics.addMetric(METRICS.holdsExpired, MetricUnit.Count, expiredHolds);
     metrics.addMetric(METRICS.grantsExpired, MetricUnit.Count, result.expiredGrants);
-    if (expiredHolds > 0 || result.expiredGrants > 0 || result.unfinished) {
-      logger.info('expired holds and grants written off', { ...result, expiredHolds });
+    metrics.addMetric(METRICS.allowancesGranted, MetricUnit.Count, allowances.granted);
+    const unfinished = result.unfinished || allowances.unfinished;
+    if (expiredHolds > 0 || result.expiredGrants > 0 || allowances.granted > 0 || unfinished) {
+      logger.info('expired holds and grants written off, allowances granted', {
+        ...result,
+        unfinished,
+        expiredHolds,
+        allowancesGranted: allowances.granted,
+      });
     }
-    return { ...result, expiredHolds };
+    return { ...result, unfinished, expiredHolds, allowancesGranted: allowances.granted };
   }
 
   return wrapHandler(obs, sweep);
@@ -42,8 +59,9 @@ export function createSweeper(deps: SweeperDependencies) {
 
 /** The Lambda entry point. */
 export const handler = coldStart(() => {
-  const config = loadDatabaseConfig();
+  const config = loadSweeperConfig();
   return createSweeper({
     db: createDb(config.database, { max: config.poolMax, applicationName: 'sweeper' }),
+    plans: config.plans,
   });
 });

@@ -26,6 +26,8 @@ export interface StatelessStackProps extends StackProps {
   readonly alarmEmail?: string;
   /** JSON array of credit packs (CREDIT_PACKAGES). @default the built-in packs */
   readonly creditPackages?: string;
+  /** JSON array of plans (PLANS): allowances, caps, rate limits. bin/app.ts checks it. @default one plan with none */
+  readonly plans?: string;
   /** Accept livemode events (production with an sk_live key). @default false */
   readonly stripeLivemode?: boolean;
   /**
@@ -121,6 +123,7 @@ export class StatelessStack extends Stack {
         ...appEnvironment,
         RECONCILE_FUNCTION_NAME: reconcile.functionName,
         ADMIN_PRINCIPALS: props.adminPrincipals.join(','),
+        ...(props.plans && { PLANS: props.plans }),
       },
     })
       .bindDatabase(stateful.proxy, app)
@@ -138,6 +141,7 @@ export class StatelessStack extends Stack {
       // One sweep at a time: a second would only wait on the first's account locks.
       reservedConcurrentExecutions: 1,
       ...inVpc,
+      environment: { ...(props.plans && { PLANS: props.plans }) },
     }).bindDatabase(stateful.proxy, app);
 
     const migrate = new CreditsFunction(this, 'Migrate', {

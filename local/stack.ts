@@ -13,6 +13,7 @@ import type { ApiConfig } from '../shared/config.js';
 import { createDb } from '../shared/db/client.js';
 import { migrateToLatest } from '../shared/db/migrate.js';
 import { parsePackages } from '../shared/packages.js';
+import { type PlanCatalog, parsePlans } from '../shared/plans/catalog.js';
 import { ensureActivePriceBook, type NewPriceBook } from '../shared/pricing/price-book.js';
 import { executeRun } from '../shared/reconcile/reconcile.js';
 import { lazyStripe } from '../shared/stripe/api-client.js';
@@ -48,6 +49,8 @@ export interface LocalStackOptions {
   readonly allowPromotionCodes?: boolean;
   /** How often the sweeper writes off expired grants. @default 60 */
   readonly sweepIntervalSeconds?: number;
+  /** The `PLANS` JSON (allowances, caps, rate limits). @default one plan with none */
+  readonly plans?: string;
 }
 
 export interface LocalStack {
@@ -197,8 +200,18 @@ function send(res: ServerResponse, result: APIGatewayProxyStructuredResultV2) {
  * API driving the same handler modules with API Gateway v2 events, the local queue feeding the worker,
  * the Stripe emulator delivering signed webhooks to the local intake, and the demo page.
  */
+/** The plans option, checked before anything starts: a bad `PLANS` stops the start with the field named. */
+function parsePlanOption(json: string | undefined): PlanCatalog {
+  try {
+    return parsePlans(json);
+  } catch (error: unknown) {
+    throw new StackStartError((error as Error).message);
+  }
+}
+
 export async function startLocalStack(options: LocalStackOptions = {}): Promise<LocalStack> {
   const dataDir = path.resolve(options.dataDir ?? '.data');
+  const plans = parsePlanOption(options.plans);
   const stops: Array<() => Promise<void>> = [];
   const record = claimDataDir(dataDir);
   const stop = async () => {
@@ -295,6 +308,7 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
       adminPrincipals: [auth.principal('admin').arn, auth.principal('second-admin').arn],
       adminApprovalThreshold: options.adminApprovalThreshold,
       allowPromotionCodes: options.allowPromotionCodes ?? false,
+      plans,
     };
     const stripe = lazyStripe({
       secretKey: config.stripeSecretKey,
@@ -328,7 +342,7 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
     const worker = createCreditWorker({ db, packages });
     queue.startPolling(async (event) => worker(event, context('credit-worker')));
     // EventBridge Scheduler's part: the sweeper on a timer, one run at a time.
-    const sweeper = createSweeper({ db });
+    const sweeper = createSweeper({ db, plans });
     let sweeping: Promise<unknown> = Promise.resolve();
     const sweepTimer = setInterval(
       () => {

@@ -2,6 +2,7 @@ import { en } from 'zod/locales';
 import * as z from 'zod/mini';
 import type { DatabaseTarget } from './db/client.js';
 import { type CreditPackage, parsePackages } from './packages.js';
+import { type PlanCatalog, parsePlans } from './plans/catalog.js';
 
 // zod/mini keeps the intake bundle small (classic zod would add 60 KB), but carries no messages of its own:
 // with the English locale, errors name the variable and say what is wrong.
@@ -70,7 +71,11 @@ const apiSchema = z.object({
   ADMIN_APPROVAL_THRESHOLD: z.optional(z.coerce.number().check(z.int(), z.nonnegative())),
   /** Checkout sessions accept Stripe promotion codes. */
   ALLOW_PROMOTION_CODES: flag,
+  /** JSON array of plans (allowances, caps, rate limits); unset: one plan with none. */
+  PLANS: z.optional(z.string()),
 });
+
+const plansSchema = z.object({ PLANS: z.optional(z.string()) });
 
 export type IntakeConfig = z.infer<typeof intakeSchema>;
 export interface DatabaseConfig {
@@ -93,6 +98,10 @@ export interface ApiConfig extends ReconcileConfig {
   readonly adminPrincipals: readonly string[];
   readonly adminApprovalThreshold?: number;
   readonly allowPromotionCodes: boolean;
+  readonly plans: PlanCatalog;
+}
+export interface SweeperConfig extends DatabaseConfig {
+  readonly plans: PlanCatalog;
 }
 
 /** Parses `schema` from `env`; the error names every missing or invalid variable. */
@@ -170,5 +179,11 @@ export function loadApiConfig(env: NodeJS.ProcessEnv = process.env): ApiConfig {
     adminPrincipals: config.ADMIN_PRINCIPALS,
     adminApprovalThreshold: config.ADMIN_APPROVAL_THRESHOLD,
     allowPromotionCodes: config.ALLOW_PROMOTION_CODES,
+    plans: parsePlans(config.PLANS),
   };
+}
+
+/** The sweeper's configuration: the database and the plans (for allowances granted ahead). */
+export function loadSweeperConfig(env: NodeJS.ProcessEnv = process.env): SweeperConfig {
+  return { ...loadDatabaseConfig(env), plans: parsePlans(parseEnv(plansSchema, env).PLANS) };
 }

@@ -32,6 +32,7 @@ export const METRICS = {
   reconciliationFailed: 'ReconciliationFailed',
   // sweeper
   grantsExpired: 'GrantsExpired',
+  allowancesGranted: 'AllowancesGranted',
   holdsExpired: 'HoldsExpired',
 } as const;
 
@@ -63,5 +64,6 @@ export const METRIC_SERVICE = {
   ReconciliationSucceeded: 'reconcile',
   ReconciliationFailed: 'reconcile',
   GrantsExpired: 'sweeper',
+  AllowancesGranted: 'sweeper',
   HoldsExpired: 'sweeper',
 } as const satisfies Record<MetricName, 'webhook-intake' | 'credit-worker' | 'api' | 'reconcile' | 'sweeper'>;

@@ -6,6 +6,7 @@ import { createApiRouter } from '../../shared/api/router.js';
 import type { ApiConfig } from '../../shared/config.js';
 import { adjustCredits } from '../../shared/ledger/ledger.js';
 import { DEFAULT_PACKAGES } from '../../shared/packages.js';
+import { DEFAULT_CATALOG } from '../../shared/plans/catalog.js';
 import { activatePriceBook, createPriceBookDraft } from '../../shared/pricing/price-book.js';
 import { fixture } from './events.js';
 import { type BenchContext, fmt, latency, load } from './harness.js';
@@ -76,6 +77,7 @@ export async function benchMetering({ db, scale, report }: BenchContext): Promis
     maxOpenCheckouts: 5,
     adminPrincipals: [],
     allowPromotionCodes: false,
+    plans: DEFAULT_CATALOG,
   };
   const route = createApiRouter({
     db,

@@ -17,9 +17,11 @@ import { checkInvariants } from '../invariants.js';
 import { anonymizeAccount } from '../ledger/erasure.js';
 import { adjustCredits, listEntries } from '../ledger/ledger.js';
 import { listPayments } from '../payments/payments.js';
+import { currentPlan } from '../plans/plans.js';
 import { stripeEventSchema } from '../stripe/events.js';
 import { usageOf } from '../usage/usage.js';
 import { adminActor, type Caller, defineEndpoint, nowOf, ok } from './endpoint.js';
+import { planView } from './plans.js';
 import {
   accountSchema,
   creditsSchema,
@@ -71,6 +73,7 @@ export const getAccount = defineEndpoint({
     const { db } = deps;
     const account = await requireAccountByUserId(db, params.userId);
     const now = nowOf(deps);
+    const { plan } = await currentPlan(db, deps.config.plans, account, now);
     const [totals, held, usage, grants, entries, payments, actions] = await Promise.all([
       grantTotals(db, account.id, now),
       heldCredits(db, account.id, now),
@@ -86,7 +89,7 @@ export const getAccount = defineEndpoint({
       listAdminActions(db, account.id, 50),
     ]);
     return ok({
-      account: { ...accountView(account), ...balanceView(account, totals, held) },
+      account: { ...accountView(account), plan: planView(plan), ...balanceView(account, totals, held) },
       grants: grants.map(grantView),
       usage,
       entries: entries.map(entryView),

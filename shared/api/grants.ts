@@ -42,7 +42,7 @@ export const redeemMyCoupon = defineEndpoint({
   },
   async handle({ caller, body }, deps) {
     const account = await findOrCreateAccount(deps.db, userId(caller));
-    const redemption = await redeemCoupon(deps.db, account, body.code, nowOf(deps));
+    const redemption = await redeemCoupon(deps.db, account, body.code, nowOf(deps), deps.config.plans);
     return ok({ ...redemption, expiresAt: redemption.expiresAt?.toISOString() ?? null }, 201);
   },
 });

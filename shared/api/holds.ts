@@ -11,6 +11,7 @@ import {
   statusAt,
   voidHold,
 } from '../holds/holds.js';
+import { planGuard } from '../plans/plans.js';
 import { costOf, quoteUsage } from '../pricing/cost.js';
 import { findPriceInVersion } from '../pricing/price-book.js';
 import { defineEndpoint, nowOf, ok } from './endpoint.js';
@@ -96,8 +97,10 @@ export const createHoldEndpoint = defineEndpoint({
     ...serviceErrors,
     400: 'invalid body or Idempotency-Key; a TTL outside 1 s to 24 h',
     402: 'not enough credits available (the body carries the balance and what is available)',
+    403: "account frozen, the plan's spend cap or the user's budget reached (spend_cap_reached), or not an IAM caller",
     404: 'no account for this user',
     409: 'Idempotency-Key used before with another body',
+    429: "the plan's rate limit (rate_limited; Retry-After says when)",
     422: 'a SKU the active price book does not list (unknown_sku)',
   },
   async handle({ params, body, headers }, deps) {
@@ -121,6 +124,7 @@ export const createHoldEndpoint = defineEndpoint({
           metadata: body.metadata ?? null,
         },
         now,
+        planGuard(deps.config.plans, now),
       ).then((created) => ({ ...created, balance: locked.balance })),
     );
     return ok(
@@ -215,6 +219,7 @@ export const captureHoldEndpoint = defineEndpoint({
         return costOf(price, body.usage!).credits;
       },
       now,
+      planGuard(deps.config.plans, now),
     );
     return ok(
       settlementView(settlement, now),

@@ -16,6 +16,7 @@ import type { Endpoint } from './endpoint.js';
 import { listMyGrants, redeemMyCoupon } from './grants.js';
 import { captureHoldEndpoint, createHoldEndpoint, getHold, voidHoldEndpoint } from './holds.js';
 import { getMyCredits, listMyPayments, listMyTransactions } from './me.js';
+import { changeAccountPlan, getMyLimits, putMyLimits } from './plans.js';
 import {
   activateAdminPrices,
   createAdminPrices,
@@ -39,6 +40,8 @@ export const ENDPOINTS: readonly Endpoint[] = [
   listMyPayments,
   listMyGrants,
   getMyUsage,
+  getMyLimits,
+  putMyLimits,
   redeemMyCoupon,
   createCheckout,
   spend,
@@ -55,6 +58,7 @@ export const ENDPOINTS: readonly Endpoint[] = [
   freezeAccount,
   unfreezeAccount,
   anonymize,
+  changeAccountPlan,
   listGrantApprovals,
   approveGrant,
   rejectGrant,

@@ -4,7 +4,9 @@ import { ValidationError } from '../errors.js';
 import { grantTotals } from '../grants/grants.js';
 import { listEntries } from '../ledger/ledger.js';
 import { listPayments } from '../payments/payments.js';
+import { currentPlan } from '../plans/plans.js';
 import { type Caller, defineEndpoint, nowOf, ok } from './endpoint.js';
+import { planView } from './plans.js';
 import { creditsSchema, ENTRY_KINDS, entrySchema, instant, paymentSchema } from './schemas.js';
 import { accountView, balanceView, entryView, paymentView } from './views.js';
 
@@ -13,17 +15,18 @@ const userId = (caller: Caller) => (caller.kind === 'user' ? caller.userId : '')
 export const getMyCredits = defineEndpoint({
   route: 'GET /v1/me/credits',
   summary:
-    "The caller's balance (expired credits excluded from the second they expire), what is available, the grants by category and the next expiry; creates the account on first sight",
+    "The caller's balance (expired credits excluded from the second they expire), what is available, the plan, the grants by category and the next expiry; creates the account on first sight (and grants the month's allowance if it is due)",
   responses: { 200: { description: 'the account', schema: creditsSchema } },
   errors: { 401: 'no user token' },
   async handle({ caller }, deps) {
     const account = await findOrCreateAccount(deps.db, userId(caller));
     const now = nowOf(deps);
+    const { plan } = await currentPlan(deps.db, deps.config.plans, account, now);
     const [totals, held] = await Promise.all([
       grantTotals(deps.db, account.id, now),
       heldCredits(deps.db, account.id, now),
     ]);
-    return ok({ ...accountView(account), ...balanceView(account, totals, held) });
+    return ok({ ...accountView(account), plan: planView(plan), ...balanceView(account, totals, held) });
   },
 });
 

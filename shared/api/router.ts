@@ -138,7 +138,7 @@ export function createApiRouter(deps: ApiDependencies, hooks: RouterHooks = {}) 
           statusCode: 204,
           headers: {
             ...cors,
-            'access-control-allow-methods': 'GET, POST, OPTIONS',
+            'access-control-allow-methods': 'GET, POST, PUT, OPTIONS',
             'access-control-allow-headers': ALLOWED_HEADERS,
             'access-control-max-age': '600',
           },

@@ -67,7 +67,10 @@ export const accountSchema = z.object({
   updatedAt: z.string(),
 });
 
+export const planSchema = z.object({ id: z.string(), name: z.string() });
+
 export const creditsSchema = accountSchema.extend({
+  plan: planSchema,
   available: z.number().int(),
   held: z.number().int(),
   grants: z.object({

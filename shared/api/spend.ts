@@ -2,7 +2,8 @@ import * as z from 'zod';
 import { inAccountTransaction, requireAccountByUserId } from '../accounts/accounts.js';
 import { ValidationError } from '../errors.js';
 import { spendCredits } from '../ledger/ledger.js';
-import { defineEndpoint, ok } from './endpoint.js';
+import { planGuard } from '../plans/plans.js';
+import { defineEndpoint, nowOf, ok } from './endpoint.js';
 import { credits, metadata, storableText, userIdParams } from './schemas.js';
 
 const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/;
@@ -45,20 +46,28 @@ export const spend = defineEndpoint({
     400: 'invalid body or Idempotency-Key',
     401: 'no IAM identity',
     402: 'insufficient credits (the body carries the balance)',
-    403: 'account frozen, or not an IAM caller',
+    403: "account frozen, the plan's spend cap or the user's budget reached (spend_cap_reached), or not an IAM caller",
     404: 'no account for this user',
     409: 'Idempotency-Key used before with another body',
+    429: "the plan's rate limit (rate_limited; Retry-After says when)",
   },
-  async handle({ params, body, headers }, { db }) {
+  async handle({ params, body, headers }, deps) {
     const key = idempotencyKeyOf(headers);
-    const account = await requireAccountByUserId(db, params.userId);
-    const result = await inAccountTransaction(db, account.id, (trx, locked) =>
-      spendCredits(trx, locked, {
-        amount: body.amount,
-        idempotencyKey: key,
-        description: body.description ?? null,
-        metadata: body.metadata ?? null,
-      }),
+    const now = nowOf(deps);
+    const account = await requireAccountByUserId(deps.db, params.userId);
+    const result = await inAccountTransaction(deps.db, account.id, (trx, locked) =>
+      spendCredits(
+        trx,
+        locked,
+        {
+          amount: body.amount,
+          idempotencyKey: key,
+          description: body.description ?? null,
+          metadata: body.metadata ?? null,
+        },
+        now,
+        planGuard(deps.config.plans, now),
+      ),
     );
     return ok(
       { ...result, createdAt: result.createdAt.toISOString() },

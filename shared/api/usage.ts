@@ -1,6 +1,7 @@
 import * as z from 'zod';
 import { findOrCreateAccount, requireAccountByUserId } from '../accounts/accounts.js';
 import { ValidationError } from '../errors.js';
+import { planGuard } from '../plans/plans.js';
 import { recordUsageEvent, type UsageOutcome, usageOf } from '../usage/usage.js';
 import { type Caller, defineEndpoint, nowOf, ok } from './endpoint.js';
 import {
@@ -76,7 +77,8 @@ export const recordUsage = defineEndpoint({
     });
     const results: UsageOutcome[] = [];
     // One event at a time: each in its own account's transaction, never two account locks at once.
-    for (const event of events) results.push(await recordUsageEvent(deps.db, event, now));
+    const guard = planGuard(deps.config.plans, now);
+    for (const event of events) results.push(await recordUsageEvent(deps.db, event, now, guard));
     return ok({ results });
   },
 });

@@ -4,13 +4,13 @@ import { type AdminActor, recordAdminAction } from '../audit/audit.js';
 import type { Account, Coupon, Database } from '../db/schema.js';
 import { ServiceError } from '../errors.js';
 import { creditEntry } from '../ledger/ledger.js';
+import { DEFAULT_CATALOG, type PlanCatalog } from '../plans/catalog.js';
+import { planOf } from '../plans/plans.js';
 
 /** The only writer of `coupons`, `coupon_redemptions` and `coupon_failures`. */
 
 /** Failed redemption attempts an account may make per hour before every attempt answers 429. */
 export const MAX_FAILED_ATTEMPTS_PER_HOUR = 10;
-/** The plan every account is on until plans exist. */
-const DEFAULT_PLAN = 'default';
 
 /** Codes compare case-insensitively: stored and looked up upper-cased. */
 export const normalizeCode = (code: string) => code.toUpperCase();
@@ -104,6 +104,7 @@ export async function redeemCoupon(
   account: Account,
   rawCode: string,
   now = new Date(),
+  plans: PlanCatalog = DEFAULT_CATALOG,
 ): Promise<Redemption> {
   const code = normalizeCode(rawCode);
   const since = new Date(now.getTime() - 3_600_000);
@@ -141,8 +142,11 @@ export async function redeemCoupon(
           `coupon ${code} could be redeemed until ${coupon.redeem_by.toISOString()}`,
         );
       }
-      if (coupon.plans && !coupon.plans.includes(DEFAULT_PLAN)) {
-        throw new ServiceError('coupon_not_for_plan', `coupon ${code} is not for this account's plan`);
+      if (coupon.plans) {
+        const plan = await planOf(trx, plans, locked.id);
+        if (!coupon.plans.includes(plan.id)) {
+          throw new ServiceError('coupon_not_for_plan', `coupon ${code} is not for plan ${plan.id}`);
+        }
       }
       // The row lock of this UPDATE serializes concurrent redemptions; its condition keeps the limit.
       const counted = await trx

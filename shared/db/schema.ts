@@ -27,7 +27,8 @@ export type EntryKind =
   | 'grant_expiry'
   | 'coupon_redemption'
   | 'hold_capture'
-  | 'usage';
+  | 'usage'
+  | 'allowance';
 export type AdminActionKind =
   | 'adjust'
   | 'freeze'
@@ -41,7 +42,8 @@ export type AdminActionKind =
   | 'create_coupon'
   | 'disable_coupon'
   | 'create_prices'
-  | 'activate_prices';
+  | 'activate_prices'
+  | 'change_plan';
 export type GrantCategory = 'paid' | 'promotional';
 export type GrantSource =
   | 'purchase'
@@ -286,6 +288,26 @@ export interface UsageEventsTable {
   created_at: CreatedAt;
 }
 
+export interface AccountPlansTable {
+  account_id: string;
+  /** null: the configured default plan. */
+  plan_id: string | null;
+  monthly_budget: number | null;
+  /** The UTC month (YYYY-MM) whose allowance has been granted. */
+  allowance_month: string | null;
+  allowance_granted: Int8;
+  /** When the latest rate-limited debits were admitted, oldest first. */
+  recent_debits: ColumnType<Date[], Date[] | undefined, Date[]>;
+  updated_at: UpdatedAt;
+}
+
+export interface DebitDaysTable {
+  account_id: string;
+  /** A UTC day, written and compared as YYYY-MM-DD. */
+  day: ColumnType<string, string, string>;
+  credits: Int8;
+}
+
 export interface UsageRollupsTable {
   account_id: string;
   hour: Date;
@@ -320,6 +342,8 @@ export interface Database {
   holds: HoldsTable;
   usage_events: UsageEventsTable;
   usage_rollups: UsageRollupsTable;
+  account_plans: AccountPlansTable;
+  debit_days: DebitDaysTable;
   price_books: PriceBooksTable;
   price_items: PriceItemsTable;
 }

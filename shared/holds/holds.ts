@@ -9,7 +9,7 @@ import {
   InsufficientCreditsError,
   ServiceError,
 } from '../errors.js';
-import { debitMetered, expireDueGrants } from '../ledger/ledger.js';
+import { type DebitGuard, debitMetered, expireDueGrants, UNLIMITED } from '../ledger/ledger.js';
 
 /**
  * The only writer of `holds`: credits reserved before a long call and settled after it. A hold counts against
@@ -44,6 +44,7 @@ export async function createHold(
   account: Account,
   input: NewHold,
   now: Date,
+  guard: DebitGuard = UNLIMITED,
 ): Promise<{ hold: Hold; replayed: boolean; available: number }> {
   const requestHash = requestHashOf(input.request);
   const previous = await trx
@@ -61,8 +62,9 @@ export async function createHold(
     };
   }
   if (account.status === 'frozen') throw new AccountFrozenError();
-  await expireDueGrants(trx, account, now);
   const held = await heldCredits(trx, account.id, now);
+  await guard.admit(trx, account, { credits: input.credits, held, kind: 'hold' });
+  await expireDueGrants(trx, account, now);
   if (account.balance - held < input.credits) {
     throw new InsufficientCreditsError(account.balance, input.credits, held);
   }
@@ -119,8 +121,8 @@ export interface Settlement {
 /**
  * Captures a hold with its actual cost (`cost(hold)` resolves it: explicit credits, or usage priced at the
  * hold's price version), once. Up to the hold, the rest is released; above it, it takes what `available`
- * allows and reports the `shortfall`. A capture after the expiry charges like a spend (what is available)
- * and says so. The same request again replays; another request, or a voided hold, is 409.
+ * and the plan's caps allow and reports the `shortfall`. A capture after the expiry charges like a spend
+ * (what is available) and says so. The same request again replays; another request, or a voided hold, is 409.
  */
 export async function captureHold(
   db: Kysely<Database>,
@@ -128,6 +130,7 @@ export async function captureHold(
   request: unknown,
   cost: (hold: Hold) => Promise<number>,
   now: Date,
+  guard: DebitGuard = UNLIMITED,
 ): Promise<Settlement> {
   return inHoldTransaction(db, holdId, async (trx, account, hold) => {
     const captureHash = requestHashOf(request);
@@ -140,10 +143,16 @@ export async function captureHold(
     if (hold.status === 'voided') throw new ServiceError('hold_voided', `hold ${holdId} was voided`);
     const actual = await cost(hold);
     const expired = statusAt(hold, now) === 'expired';
-    const { live } = await expireDueGrants(trx, account, now);
     const heldByOthers = (await heldCredits(trx, account.id, now)) - (expired ? 0 : hold.credits);
-    const take = Math.min(actual, Math.max(account.balance - heldByOthers, 0));
-    const entry = take > 0 ? await debitMetered(trx, account, 'hold_capture', hold.id, take, live) : null;
+    const admitted = await guard.admit(trx, account, {
+      credits: actual,
+      held: heldByOthers,
+      kind: 'capture',
+    });
+    const { live } = await expireDueGrants(trx, account, now);
+    const take = Math.min(admitted, Math.max(account.balance - heldByOthers, 0));
+    const entry =
+      take > 0 ? await debitMetered(trx, account, 'hold_capture', hold.id, take, live, now) : null;
     const captured = await trx
       .updateTable('holds')
       .set({

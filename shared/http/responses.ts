@@ -16,7 +16,8 @@ export function json(
 
 /**
  * An `application/problem+json` (RFC 9457) response for a ServiceError; anything else becomes a generic 500
- * that says nothing about the cause. `requestId` (API Gateway's) lets a caller quote the failed request.
+ * that says nothing about the cause. `requestId` (API Gateway's) lets a caller quote the failed request; a
+ * `retryAfterSeconds` detail is also sent as `Retry-After`.
  */
 export function problem(
   error: unknown,
@@ -26,9 +27,14 @@ export function problem(
     error instanceof ServiceError
       ? error
       : new ServiceError('internal_error', 'An internal error occurred. It has been logged.');
+  const retryAfter = known.details.retryAfterSeconds;
   return {
     statusCode: known.status,
-    headers: { 'content-type': 'application/problem+json', ...options.headers },
+    headers: {
+      'content-type': 'application/problem+json',
+      ...(typeof retryAfter === 'number' && { 'retry-after': String(retryAfter) }),
+      ...options.headers,
+    },
     body: JSON.stringify({
       type: `https://credits.dev/problems/${known.code.replaceAll('_', '-')}`,
       title: known.code.replaceAll('_', ' '),

@@ -98,7 +98,7 @@ export async function expireDueGrants(
 /**
  * A metered debit: one `hold_capture` (reference: the hold) or `usage` (reference: the event id) entry of
  * `credits`, drawing on `live` (what expireDueGrants returned) in burn order. The caller (shared/holds,
- * shared/usage) has bounded `credits` by what is available.
+ * shared/usage) has bounded `credits` by what is available and admitted it through its DebitGuard.
  */
 export function debitMetered(
   trx: Trx,
@@ -107,25 +107,89 @@ export function debitMetered(
   reference: string,
   credits: number,
   live: readonly CreditGrant[],
+  now: Date,
 ): Promise<LedgerEntry> {
-  return debitEntry(trx, account, { amount: -credits, kind, reference }, live);
+  return debitEntry(trx, account, { amount: -credits, kind, reference }, live, now);
 }
+
+/** The kinds that are the app's use of credits: what caps count, per UTC day, in `debit_days`. */
+const USE_KINDS: ReadonlySet<EntryKind> = new Set(['spend', 'hold_capture', 'usage']);
+
+/** A UTC day as `debit_days` keys it. */
+const utcDay = (at: Date) => at.toISOString().slice(0, 10);
 
 /**
  * Appends a negative entry drawing on `live` (the grants expireDueGrants returned): `preferGrantId` first,
  * then burn order. The caller has checked the balance; what the grants cannot cover is debt (clawbacks only).
+ * A use of credits (spend, capture, usage) is counted in its UTC day (at `now`) for the caps.
  */
 async function debitEntry(
   trx: Trx,
   account: Account,
   entry: NewEntry,
   live: readonly CreditGrant[],
+  now: Date,
   preferGrantId?: string,
 ): Promise<LedgerEntry> {
   const written = await writeEntry(trx, account, entry);
   await recordAllocations(trx, written.id, planAllocation(live, -entry.amount, preferGrantId).allocations);
+  if (USE_KINDS.has(entry.kind)) {
+    await trx
+      .insertInto('debit_days')
+      .values({ account_id: account.id, day: utcDay(now), credits: -entry.amount })
+      .onConflict((oc) =>
+        oc
+          .columns(['account_id', 'day'])
+          .doUpdateSet({ credits: sql`debit_days.credits + excluded.credits` }),
+      )
+      .execute();
+  }
   return written;
 }
+
+/** Credits the account used (spends, captures, usage) in the UTC month of `now`, and on its UTC day. */
+export async function creditsUsed(
+  db: Kysely<Database>,
+  accountId: string,
+  now: Date,
+): Promise<{ month: number; day: number }> {
+  const today = utcDay(now);
+  const row = await db
+    .selectFrom('debit_days')
+    .select([
+      sql<number>`coalesce(sum(credits), 0)::bigint`.as('month'),
+      sql<number>`coalesce(sum(credits) FILTER (WHERE day = ${today}::date), 0)::bigint`.as('day'),
+    ])
+    .where('account_id', '=', accountId)
+    .where('day', '>=', `${today.slice(0, 7)}-01`)
+    .executeTakeFirstOrThrow();
+  return row;
+}
+
+/**
+ * What a debit asks of the account's plan before its balance check, under the account lock: grant what is
+ * due (the month's allowance), refuse what must not pass (rate limit, caps), and say how many of `credits`
+ * the caps admit. `shared/plans` implements it; the ledger, holds and usage call it without knowing plans.
+ */
+export interface DebitGuard {
+  admit(
+    trx: Trx,
+    account: Account,
+    debit: {
+      readonly credits: number;
+      /** Credits active holds reserve, this debit's own hold excluded. */
+      readonly held: number;
+      /**
+       * `spend` and `hold` are rate-limited and refused past a cap; `usage` is refused past a cap; `capture`
+       * is admitted up to what the caps leave (its hold was admitted already).
+       */
+      readonly kind: 'spend' | 'hold' | 'usage' | 'capture';
+    },
+  ): Promise<number>;
+}
+
+/** No plan: every debit admitted as asked (direct callers: the tests of the ledger itself, scripts). */
+export const UNLIMITED: DebitGuard = { admit: async (_trx, _account, debit) => debit.credits };
 
 function findEntry(trx: Trx, accountId: string, kind: EntryKind, reference: string) {
   return trx
@@ -230,7 +294,14 @@ export async function movePaymentCredits(
   }
   // A clawback takes from the purchase's own grant first, then burn order, then into debt.
   const { live } = await expireDueGrants(trx, account, now);
-  const entry = await debitEntry(trx, account, movement, live, await purchaseGrantId(trx, input.paymentId));
+  const entry = await debitEntry(
+    trx,
+    account,
+    movement,
+    live,
+    now,
+    await purchaseGrantId(trx, input.paymentId),
+  );
   return { entry, duplicate: false };
 }
 
@@ -269,6 +340,7 @@ export async function spendCredits(
   account: Account,
   request: SpendRequest,
   now = new Date(),
+  guard: DebitGuard = UNLIMITED,
 ): Promise<SpendResult> {
   const amount = requirePositiveCredits(request.amount, 'amount');
   const key = requireText(request.idempotencyKey, 'idempotencyKey', 255);
@@ -282,8 +354,9 @@ export async function spendCredits(
     return spendResult(previous, true);
   }
   if (account.status === 'frozen') throw new AccountFrozenError();
-  const { live } = await expireDueGrants(trx, account, now);
   const held = await heldCredits(trx, account.id, now);
+  await guard.admit(trx, account, { credits: amount, held, kind: 'spend' });
+  const { live } = await expireDueGrants(trx, account, now);
   if (account.balance - held < amount) throw new InsufficientCreditsError(account.balance, amount, held);
   const entry = await debitEntry(
     trx,
@@ -297,6 +370,7 @@ export async function spendCredits(
       metadata: metadata ?? undefined,
     },
     live,
+    now,
   );
   return spendResult(entry, false);
 }
@@ -350,7 +424,7 @@ export async function adjustCredits(
     adminActionId: actionId,
     description,
   };
-  if (amount < 0) return debitEntry(trx, account, entry, live);
+  if (amount < 0) return debitEntry(trx, account, entry, live, now);
   const credited = await creditEntry(trx, account, entry, {
     category: input.category ?? 'promotional',
     source: 'admin',

@@ -4,7 +4,7 @@ import { requestHashOf } from '../credits.js';
 import type { Trx } from '../db/locks.js';
 import type { Account, Database } from '../db/schema.js';
 import { AccountFrozenError, type ErrorCode, InsufficientCreditsError, ServiceError } from '../errors.js';
-import { debitMetered, expireDueGrants } from '../ledger/ledger.js';
+import { type DebitGuard, debitMetered, expireDueGrants, UNLIMITED } from '../ledger/ledger.js';
 import { costOf, type Usage } from '../pricing/cost.js';
 import { findPrice } from '../pricing/price-book.js';
 
@@ -47,6 +47,7 @@ const ITEM_CODES: readonly ErrorCode[] = [
   'account_not_found',
   'account_frozen',
   'invalid_usage',
+  'spend_cap_reached',
 ];
 
 const TOKEN_COLUMNS = {
@@ -63,9 +64,10 @@ export async function recordUsageEvent(
   db: Kysely<Database>,
   input: UsageEventInput,
   now: Date,
+  guard: DebitGuard = UNLIMITED,
 ): Promise<UsageOutcome> {
   try {
-    return await applyUsageEvent(db, input, now);
+    return await applyUsageEvent(db, input, now, guard);
   } catch (error: unknown) {
     if (error instanceof ServiceError && ITEM_CODES.includes(error.code)) {
       return { eventId: input.eventId, status: 'rejected', code: error.code, message: error.message };
@@ -78,6 +80,7 @@ async function applyUsageEvent(
   db: Kysely<Database>,
   input: UsageEventInput,
   now: Date,
+  guard: DebitGuard,
 ): Promise<UsageOutcome> {
   const found = await findAccountByUserId(db, input.userId);
   if (!found)
@@ -112,11 +115,12 @@ async function applyUsageEvent(
     }
     if (account.status === 'frozen') throw new AccountFrozenError();
     const { credits, priceVersion } = await priceOf(trx, input);
-    const { live } = await expireDueGrants(trx, account, now);
     const held = await heldCredits(trx, account.id, now);
+    if (credits > 0) await guard.admit(trx, account, { credits, held, kind: 'usage' });
+    const { live } = await expireDueGrants(trx, account, now);
     if (account.balance - held < credits) throw new InsufficientCreditsError(account.balance, credits, held);
     const entry =
-      credits > 0 ? await debitMetered(trx, account, 'usage', input.eventId, credits, live) : null;
+      credits > 0 ? await debitMetered(trx, account, 'usage', input.eventId, credits, live, now) : null;
     await trx
       .insertInto('usage_events')
       .values({

@@ -36,6 +36,8 @@ const EXPECTED_TABLE_PRIVILEGES: Record<string, string[]> = {
   stripe_charge_facts: ['INSERT', 'SELECT', 'UPDATE'],
   usage_events: ['INSERT', 'SELECT'],
   usage_rollups: ['INSERT', 'SELECT', 'UPDATE'],
+  account_plans: ['INSERT', 'SELECT', 'UPDATE'],
+  debit_days: ['INSERT', 'SELECT', 'UPDATE'],
 };
 const EXPECTED_SEQUENCE_PRIVILEGES: Record<string, string[]> = {
   coupon_failures_id_seq: ['USAGE'],

@@ -11,6 +11,7 @@ import type { ApiConfig } from '../../shared/config.js';
 import type { Database } from '../../shared/db/schema.js';
 import type { RouteKey } from '../../shared/http/routes.js';
 import { DEFAULT_PACKAGES } from '../../shared/packages.js';
+import { DEFAULT_CATALOG } from '../../shared/plans/catalog.js';
 import { executeRun } from '../../shared/reconcile/reconcile.js';
 import { fixture } from './events.js';
 
@@ -141,6 +142,7 @@ export function testApi(
     maxOpenCheckouts: 3,
     adminPrincipals: ['arn:aws:sts::123456789012:assumed-role/credits-admin/*'],
     allowPromotionCodes: false,
+    plans: DEFAULT_CATALOG,
     ...options.config,
   };
   const runs: Promise<unknown>[] = [];

@@ -178,6 +178,12 @@ const COMMANDS: Record<string, CommandSpec> = {
     positionals: [1, 1],
     options: { reason: reasonOption },
   },
+  plan: {
+    args: '<userId> <planId>',
+    summary: "move an account to a plan (PLANS); moving up mid-month grants the allowances' difference",
+    positionals: [2, 2],
+    options: { reason: reasonOption },
+  },
   anonymize: {
     args: '<userId>',
     summary: 'GDPR erasure (idempotent)',
@@ -617,7 +623,7 @@ async function execute(
 
   /** The answer's status and body; a refusal (not 2xx) is thrown as an ApiError. */
   async function request(
-    method: 'GET' | 'POST',
+    method: 'GET' | 'POST' | 'PUT' | 'DELETE',
     route: string,
     body?: unknown,
   ): Promise<{ status: number; body: unknown }> {
@@ -641,7 +647,7 @@ async function execute(
     return { status: response.status, body: parsed };
   }
 
-  const call = async (method: 'GET' | 'POST', route: string, body?: unknown) =>
+  const call = async (method: 'GET' | 'POST' | 'PUT' | 'DELETE', route: string, body?: unknown) =>
     (await request(method, route, body)).body;
 
   /** An adjustment, and on stderr what happens next when it waits for a second admin (202). */
@@ -767,6 +773,8 @@ async function execute(
     }
     case 'coupons disable':
       return call('POST', `/v1/admin/coupons/${encodeURIComponent(args[0]!)}/disable`, { reason });
+    case 'plan':
+      return call('PUT', `/v1/admin/accounts/${user}/plan`, { planId: args[1], reason });
     case 'freeze':
     case 'unfreeze':
     case 'anonymize':

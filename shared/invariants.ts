@@ -187,6 +187,17 @@ const CHECKS: Check[] = [
       WHERE e.kind = 'hold_capture' AND h.id IS NULL`,
   },
   {
+    invariant: 12,
+    rule: 'the credits caps count (debit_days) equal the spends, captures and usage entries, per account',
+    query: () => sql`
+      SELECT coalesce(d.account_id, e.account_id) AS account_id,
+        format('caps count %s credits used; the entries say %s', coalesce(d.used, 0), coalesce(e.used, 0)) AS detail
+      FROM (SELECT account_id, sum(credits) AS used FROM debit_days GROUP BY 1) d
+      FULL JOIN (SELECT account_id, -sum(amount) AS used FROM ledger_entries
+          WHERE kind IN ('spend', 'hold_capture', 'usage') GROUP BY 1) e ON e.account_id = d.account_id
+      WHERE coalesce(d.used, 0) <> coalesce(e.used, 0)`,
+  },
+  {
     invariant: 13,
     rule: 'a coupon is redeemed at most once per account, within its limit, each with its grant',
     query: () => sql`

@@ -2,6 +2,7 @@ import * as z from 'zod';
 import { findOrCreateAccount } from '../accounts/accounts.js';
 import { redeemCoupon } from '../coupons/coupons.js';
 import { listLiveGrants } from '../grants/grants.js';
+import { currentPlan } from '../plans/plans.js';
 import { type Caller, defineEndpoint, nowOf, ok } from './endpoint.js';
 import { couponCode, grantSchema } from './schemas.js';
 import { grantView } from './views.js';
@@ -10,14 +11,17 @@ const userId = (caller: Caller) => (caller.kind === 'user' ? caller.userId : '')
 
 export const listMyGrants = defineEndpoint({
   route: 'GET /v1/me/grants',
-  summary: "The caller's spendable grants (lots), in the order spends draw on them",
+  summary:
+    "The caller's spendable grants (lots), in the order spends draw on them (the month's allowance granted first if it is due)",
   responses: {
     200: { description: 'grants in burn order', schema: z.object({ items: z.array(grantSchema) }) },
   },
   errors: { 401: 'no user token' },
   async handle({ caller }, deps) {
     const account = await findOrCreateAccount(deps.db, userId(caller));
-    return ok({ items: (await listLiveGrants(deps.db, account.id, nowOf(deps))).map(grantView) });
+    const now = nowOf(deps);
+    await currentPlan(deps.db, deps.config.plans, account, now);
+    return ok({ items: (await listLiveGrants(deps.db, account.id, now)).map(grantView) });
   },
 });
 

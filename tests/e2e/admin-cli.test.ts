@@ -13,6 +13,10 @@ import { startStackForTest } from '../support/local-stack.js';
 const APPROVAL_THRESHOLD = 1000;
 const { stack, db, dataDir, databaseUrl, admin, asUser } = await startStackForTest({
   adminApprovalThreshold: APPROVAL_THRESHOLD,
+  plans: JSON.stringify([
+    { id: 'free', name: 'Free', default: true },
+    { id: 'pro', name: 'Pro', monthlyAllowance: 500, caps: { monthly: 20_000 } },
+  ]),
 });
 const root = path.resolve(import.meta.dirname, '../..');
 const scratch = mkdtempSync(path.join(tmpdir(), 'credits-cli-'));
@@ -607,6 +611,29 @@ describe('coupons from the admin CLI', () => {
     expect(duplicate.stderr).toMatch(/^coupons create: HTTP 409 coupon_exists/);
     expect(unknown).toMatchObject({ code: 1, json: { status: 404 } });
     expect(unknown.stderr).toMatch(/^coupons disable: HTTP 404 /);
+    await expectInvariantsHold(db);
+  });
+
+  it("moves an account to a plan, granting the month's allowance; an unknown plan is 404, exit 1", async () => {
+    const moved = await admin('plan', 'cli-plan-user', 'pro', '--reason', 'upgrade');
+    const again = await admin('plan', 'cli-plan-user', 'pro', '--reason', 'upgrade');
+    const unknown = await admin('plan', 'cli-plan-user', 'gold', '--reason', 'x');
+    const missing = await admin('plan', 'cli-plan-user', '--reason', 'x');
+
+    expect(moved).toMatchObject({
+      code: 0,
+      json: { plan: { id: 'pro', name: 'Pro' }, previousPlan: { id: 'free' }, allowanceGranted: 500 },
+    });
+    expect(again).toMatchObject({ code: 0, json: { changed: false, allowanceGranted: 0 } });
+    expect(unknown).toMatchObject({ code: 1, json: { status: 404, code: 'plan_not_found' } });
+    expect(unknown.stderr).toMatch(/^plan: HTTP 404 plan_not_found: no plan "gold"; plans: free, pro/);
+    expect(missing.code).toBe(2);
+    const limits = await asUser('cli-plan-user', 'GET', '/v1/me/limits');
+    expect(limits.body).toMatchObject({
+      plan: { id: 'pro' },
+      caps: [{ period: 'month', limit: 20_000, used: 0 }],
+      allowance: { credits: 500 },
+    });
     await expectInvariantsHold(db);
   });
 });

@@ -12,8 +12,21 @@ if (!existsSync(executablePath)) {
   );
 }
 
-// The sweeper every second, so a grant that expires shows up in the history soon after.
-const { stack, db, admin, asUser, signed } = await startStackForTest({ sweepIntervalSeconds: 1 });
+// The sweeper every second, so a grant that expires shows up in the history soon after. The default plan
+// has nothing to show; `pro` has an allowance, both caps and a rate limit.
+const { stack, db, admin, asUser, signed } = await startStackForTest({
+  sweepIntervalSeconds: 1,
+  plans: JSON.stringify([
+    { id: 'free', name: 'Free', default: true },
+    {
+      id: 'pro',
+      name: 'Pro',
+      monthlyAllowance: 500,
+      caps: { daily: 20_000, monthly: 50_000 },
+      rateLimitPerMinute: 120,
+    },
+  ]),
+});
 const browser: Browser = await chromium.launch({
   executablePath,
   headless: true,
@@ -278,6 +291,42 @@ describe('the demo page in headless Chromium', () => {
     ]);
     expect(await horizontalOverflow(page)).toBe(0);
     await page.locator('#usage-section').screenshot({ path: path.join(screenshots, 'usage-390.png') });
+    await page.close();
+    await expectInvariantsHold(db);
+  });
+
+  it("shows the plan, this month's allowance and each cap with what is used, reserved and when it resets", async () => {
+    const page = await browser.newPage({ viewport: PHONE });
+    expect((await admin('plan', 'browser-plan', 'pro', '--reason', 'upgrade')).code).toBe(0);
+    const spent = await signed(
+      'service',
+      'POST',
+      '/v1/accounts/browser-plan/spend',
+      { amount: 120 },
+      { 'idempotency-key': 'browser-plan-1' },
+    );
+    expect(spent.status).toBe(200);
+    const held = await signed(
+      'service',
+      'POST',
+      '/v1/accounts/browser-plan/holds',
+      { credits: 30 },
+      { 'idempotency-key': 'browser-plan-2' },
+    );
+    expect(held.status).toBe(201);
+    await signIn(page, 'browser-plan');
+    expect(await page.textContent('[data-testid="plan-name"]')).toBe('Pro');
+    expect(await page.textContent('[data-testid="allowance"]')).toMatch(
+      /^500 credits included this month, until /,
+    );
+    const caps = await page.locator('#caps li').allTextContents();
+    expect(caps).toHaveLength(2);
+    expect(caps[0]).toMatch(/^Daily cap: 120 of 20,000 used \(30 reserved\), 19,850 left · resets /);
+    expect(caps[1]).toMatch(/^Monthly cap: 120 of 50,000 used \(30 reserved\), 49,850 left · resets /);
+    expect(await page.textContent('#rate-limit')).toBe('Up to 120 uses a minute');
+    expect(await page.textContent('#balance')).toBe('380');
+    expect(await horizontalOverflow(page)).toBe(0);
+    await page.locator('#plan-section').screenshot({ path: path.join(screenshots, 'plan-390.png') });
     await page.close();
     await expectInvariantsHold(db);
   });

@@ -9,11 +9,11 @@ import { createTestDatabase } from './database.js';
 
 /**
  * Stack options a test may set: `adminApprovalThreshold` for four-eyes grants, `sweepIntervalSeconds` to see
- * expiries, `allowPromotionCodes` (ALLOW_PROMOTION_CODES).
+ * expiries, `allowPromotionCodes` (ALLOW_PROMOTION_CODES), `plans` (PLANS).
  */
 export type StackTestOptions = Pick<
   LocalStackOptions,
-  'adminApprovalThreshold' | 'sweepIntervalSeconds' | 'allowPromotionCodes'
+  'adminApprovalThreshold' | 'sweepIntervalSeconds' | 'allowPromotionCodes' | 'plans'
 >;
 
 /** The whole local stack on free ports, on a test database of its own; stopped after the file. */

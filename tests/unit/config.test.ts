@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { loadApiConfig, loadIntakeConfig, loadWorkerConfig } from '../../shared/config.js';
+import { loadApiConfig, loadIntakeConfig, loadSweeperConfig, loadWorkerConfig } from '../../shared/config.js';
 import { DEFAULT_PACKAGES, parsePackages } from '../../shared/packages.js';
+import { DEFAULT_CATALOG, parsePlans } from '../../shared/plans/catalog.js';
 
 describe('configuration', () => {
   it('parses the intake settings with their defaults', () => {
@@ -36,5 +37,40 @@ describe('configuration', () => {
     );
     expect(() => parsePackages('[]')).toThrow('CREDIT_PACKAGES is invalid: the list: Too small');
     expect(() => parsePackages(JSON.stringify([pack, pack]))).toThrow('duplicate ids');
+  });
+
+  it('reads PLANS, and refuses a bad one at start with the field named', () => {
+    expect(parsePlans(undefined)).toBe(DEFAULT_CATALOG);
+    const free = { id: 'free', name: 'Free', default: true, monthlyAllowance: 100 };
+    const pro = { id: 'pro', name: 'Pro', caps: { monthly: 5000, daily: 500 }, rateLimitPerMinute: 60 };
+    const catalog = parsePlans(JSON.stringify([free, pro]));
+    expect(catalog.defaultPlan).toEqual({ id: 'free', name: 'Free', monthlyAllowance: 100, caps: {} });
+    expect(catalog.plans[1]).toEqual(pro);
+    const bad = (plans: unknown) => () => parsePlans(JSON.stringify(plans));
+    expect(bad([free, { ...pro, id: 'free' }])).toThrow('PLANS is invalid: PLANS[1].id: duplicate id "free"');
+    expect(bad([free, { ...pro, default: true }])).toThrow(
+      'PLANS is invalid: PLANS[1].default: only one plan may be the default (PLANS[0] is)',
+    );
+    expect(bad([free, { ...pro, caps: { monthly: -1 } }])).toThrow(
+      'PLANS is invalid: PLANS[1].caps.monthly: Too small: expected number to be >=0',
+    );
+    expect(bad([free, { ...pro, caps: { weekly: 10 } }])).toThrow(
+      'PLANS is invalid: PLANS[1].caps.weekly: Unrecognized key: "weekly"',
+    );
+    expect(bad([{ ...free, seats: 3 }])).toThrow(
+      'PLANS is invalid: PLANS[0].seats: Unrecognized key: "seats"',
+    );
+    expect(bad([free, { ...pro, default: undefined }, { id: 'x', name: 'X' }].slice(1))).toThrow(
+      'PLANS[*].default: mark one plan "default": true',
+    );
+    expect(bad([{ ...free, monthlyAllowance: 2.5 }])).toThrow('PLANS[0].monthlyAllowance');
+    expect(() => parsePlans('[{')).toThrow('PLANS is invalid: not valid JSON');
+    // The functions read it at cold start: a bad value stops them there.
+    expect(() => loadSweeperConfig({ DATABASE_URL: 'postgres://x', PLANS: '[]' })).toThrow(
+      'PLANS is invalid: PLANS: Too small',
+    );
+    expect(
+      loadSweeperConfig({ DATABASE_URL: 'postgres://x', PLANS: JSON.stringify([free]) }).plans.defaultPlan.id,
+    ).toBe('free');
   });
 });

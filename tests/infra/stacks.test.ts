@@ -20,12 +20,21 @@ let app: App;
 let stateful: Template;
 let stateless: Template;
 let stacks: ReturnType<typeof createApp>;
+const PLANS = [
+  { id: 'free', name: 'Free', default: true, monthlyAllowance: 100 },
+  { id: 'pro', name: 'Pro', caps: { monthly: 50_000 } },
+];
 
 beforeAll(() => {
   stacks = createApp(
     new App({
       outdir,
-      context: { ...context, alarmEmail: 'ops@example.com', adminPrincipals: ADMIN_PRINCIPALS.join(',') },
+      context: {
+        ...context,
+        alarmEmail: 'ops@example.com',
+        adminPrincipals: ADMIN_PRINCIPALS.join(','),
+        plans: PLANS,
+      },
     }),
   );
   app = stacks.app;
@@ -272,6 +281,7 @@ describe('functions', () => {
       DB_HOST: { 'Fn::ImportValue': expect.stringMatching(/DatabaseProxy\w*Endpoint/) },
       DB_NAME: 'credits',
       DB_USER: 'credits_app',
+      PLANS: JSON.stringify(PLANS),
     });
     expect(fn.VpcConfig.SecurityGroupIds).toEqual([
       { 'Fn::ImportValue': expect.stringMatching(/DatabaseClients\w*GroupId/) },
@@ -404,6 +414,37 @@ describe('HTTP API', () => {
       expect(() => createApp(new App({ outdir: scratch, context: { ...context, adminPrincipals } }))).toThrow(
         message,
       );
+    } finally {
+      rmSync(scratch, { recursive: true, force: true });
+    }
+  });
+
+  it('passes the plans from context (JSON in cdk.json) to the api and the sweeper, and to no other', () => {
+    for (const name of ['Api', 'Sweeper'])
+      expect(functionOf(stateless, name).Properties.Environment.Variables.PLANS, name).toBe(
+        JSON.stringify(PLANS),
+      );
+    for (const name of ['WebhookIntake', 'CreditWorker', 'Reconcile', 'Migrate'])
+      expect(functionOf(stateless, name).Properties.Environment.Variables ?? {}, name).not.toHaveProperty(
+        'PLANS',
+      );
+  });
+
+  it.each([
+    ['duplicate ids', [PLANS[0], PLANS[0]], /PLANS\[1\]\.id: duplicate id "free"/],
+    ['a negative cap', [{ id: 'x', name: 'X', caps: { daily: -5 } }], /PLANS\[0\]\.caps\.daily: Too small/],
+    ['text that is not JSON', '[{', /PLANS is invalid: not valid JSON/],
+  ])('refuses to synthesize with plans of %s, naming the field', (_case, plans, message) => {
+    const scratch = mkdtempSync(path.join(tmpdir(), 'cdk-test-'));
+    try {
+      expect(() =>
+        createApp(
+          new App({
+            outdir: scratch,
+            context: { ...context, adminPrincipals: ADMIN_PRINCIPALS.join(','), plans },
+          }),
+        ),
+      ).toThrow(message);
     } finally {
       rmSync(scratch, { recursive: true, force: true });
     }

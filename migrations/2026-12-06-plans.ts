@@ -1,7 +1,7 @@
 import { type Kysely, sql } from 'kysely';
 
 /**
- * Plans: an account's plan and its own monthly budget, the month's allowance already granted, the recent
+ * Plans: an account's plan, its own monthly budget and low-balance threshold, the month's allowance granted, the recent
  * debits its rate limit counts (`account_plans`, no row: the default plan, no budget); and each account's
  * credits debited per UTC day (`debit_days`), which caps read. Allowances are `allowance` entries.
  * Frozen in time: never import application code here.
@@ -23,6 +23,8 @@ export async function up(db: Kysely<unknown>): Promise<void> {
       -- null: the configured default plan.
       plan_id text CHECK (plan_id ~ '^[a-z0-9_-]{1,64}$'),
       monthly_budget bigint CHECK (monthly_budget >= 0),
+      -- The user's own low-balance threshold (PUT /v1/me/alerts); null: the plan's.
+      low_balance_threshold bigint CHECK (low_balance_threshold >= 0),
       -- The UTC month (YYYY-MM) whose allowance has been granted, and how much of it.
       allowance_month text CHECK (allowance_month ~ '^[0-9]{4}-(0[1-9]|1[0-2])$'),
       allowance_granted bigint NOT NULL DEFAULT 0 CHECK (allowance_granted >= 0),

@@ -16,7 +16,7 @@ import type { Endpoint } from './endpoint.js';
 import { listMyGrants, redeemMyCoupon } from './grants.js';
 import { captureHoldEndpoint, createHoldEndpoint, getHold, voidHoldEndpoint } from './holds.js';
 import { getMyCredits, listMyPayments, listMyTransactions } from './me.js';
-import { changeAccountPlan, getMyLimits, putMyLimits } from './plans.js';
+import { changeAccountPlan, getMyAlerts, getMyLimits, putMyAlerts, putMyLimits } from './plans.js';
 import {
   activateAdminPrices,
   createAdminPrices,
@@ -42,6 +42,8 @@ export const ENDPOINTS: readonly Endpoint[] = [
   getMyUsage,
   getMyLimits,
   putMyLimits,
+  getMyAlerts,
+  putMyAlerts,
   redeemMyCoupon,
   createCheckout,
   spend,

@@ -1,7 +1,14 @@
 import * as z from 'zod';
 import { findOrCreateAccount } from '../accounts/accounts.js';
 import type { Plan } from '../plans/catalog.js';
-import { changePlan, type Limits, limitsOf, setMonthlyBudget } from '../plans/plans.js';
+import {
+  alertsOf,
+  changePlan,
+  type Limits,
+  limitsOf,
+  setLowBalanceThreshold,
+  setMonthlyBudget,
+} from '../plans/plans.js';
 import { adminActor, type Caller, defineEndpoint, nowOf, ok } from './endpoint.js';
 import { planSchema, reasonBody, storableText, userIdParams } from './schemas.js';
 
@@ -67,6 +74,41 @@ export const putMyLimits = defineEndpoint({
     const account = await findOrCreateAccount(deps.db, userId(caller));
     await setMonthlyBudget(deps.db, deps.config.plans, account, body.monthlyBudget);
     return ok(limitsView(await limitsOf(deps.db, deps.config.plans, account, nowOf(deps))));
+  },
+});
+
+const alertsSchema = z.object({
+  lowBalance: z.number().int().nullable().describe("the caller's own threshold; null: the plan's applies"),
+  planLowBalance: z.number().int().nullable(),
+  effectiveLowBalance: z
+    .number()
+    .int()
+    .nullable()
+    .describe('balance.low fires when available falls below this; null: never'),
+});
+
+export const getMyAlerts = defineEndpoint({
+  route: 'GET /v1/me/alerts',
+  summary: "The caller's low-balance threshold, the plan's, and the one that applies",
+  responses: { 200: { description: 'the alert settings', schema: alertsSchema } },
+  errors: { 401: 'no user token' },
+  async handle({ caller }, deps) {
+    const account = await findOrCreateAccount(deps.db, userId(caller));
+    return ok(await alertsOf(deps.db, deps.config.plans, account));
+  },
+});
+
+export const putMyAlerts = defineEndpoint({
+  route: 'PUT /v1/me/alerts',
+  summary:
+    "Sets the caller's own low-balance threshold: the app is sent balance.low once each time available falls below it; null returns to the plan's",
+  body: z.object({ lowBalance: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).nullable() }).strict(),
+  responses: { 200: { description: 'the alert settings now', schema: alertsSchema } },
+  errors: { 400: 'lowBalance negative or not an integer', 401: 'no user token' },
+  async handle({ caller, body }, deps) {
+    const account = await findOrCreateAccount(deps.db, userId(caller));
+    await setLowBalanceThreshold(deps.db, account, body.lowBalance);
+    return ok(await alertsOf(deps.db, deps.config.plans, account));
   },
 });
 

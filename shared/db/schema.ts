@@ -293,6 +293,8 @@ export interface AccountPlansTable {
   /** null: the configured default plan. */
   plan_id: string | null;
   monthly_budget: number | null;
+  /** The user's own low-balance threshold; null: the plan's. */
+  low_balance_threshold: number | null;
   /** The UTC month (YYYY-MM) whose allowance has been granted. */
   allowance_month: string | null;
   allowance_granted: Int8;

@@ -30,7 +30,14 @@ export const nextDayStart = (at: Date) =>
 function readPlanRow(db: Kysely<Database>, accountId: string): Promise<PlanRow | undefined> {
   return db
     .selectFrom('account_plans')
-    .select(['plan_id', 'monthly_budget', 'allowance_month', 'allowance_granted', 'recent_debits'])
+    .select([
+      'plan_id',
+      'monthly_budget',
+      'low_balance_threshold',
+      'allowance_month',
+      'allowance_granted',
+      'recent_debits',
+    ])
     .where('account_id', '=', accountId)
     .executeTakeFirst();
 }
@@ -281,6 +288,32 @@ export async function setMonthlyBudget(
     }
     await writePlanRow(trx, locked.id, { monthly_budget: monthlyBudget });
   });
+}
+
+/** The low-balance threshold that applies: the user's own, else the plan's; null when neither sets one. */
+export const lowBalanceThresholdOf = (plan: Plan, row: Pick<PlanRow, 'low_balance_threshold'> | undefined) =>
+  row?.low_balance_threshold ?? plan.lowBalanceThreshold ?? null;
+
+/** The account's balance alerts: its own threshold, the plan's, and the one that applies. */
+export async function alertsOf(db: Kysely<Database>, catalog: PlanCatalog, account: Account) {
+  const row = await readPlanRow(db, account.id);
+  const plan = planOfId(catalog, row?.plan_id);
+  return {
+    lowBalance: row?.low_balance_threshold ?? null,
+    planLowBalance: plan.lowBalanceThreshold ?? null,
+    effectiveLowBalance: lowBalanceThresholdOf(plan, row),
+  };
+}
+
+/** Sets (or, with null, clears: the plan's applies again) the user's own low-balance threshold. */
+export async function setLowBalanceThreshold(
+  db: Kysely<Database>,
+  account: Account,
+  lowBalance: number | null,
+): Promise<void> {
+  await inAccountTransaction(db, account.id, (trx, locked) =>
+    writePlanRow(trx, locked.id, { low_balance_threshold: lowBalance }),
+  );
 }
 
 /**

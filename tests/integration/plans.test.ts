@@ -441,3 +441,35 @@ describe('plans: rate limit', () => {
     await expectInvariantsHold(db, clock.now());
   });
 });
+
+describe('plans: the low-balance threshold', () => {
+  it("is the plan's until the user sets one; negative or fractional is 400 and changes nothing", async () => {
+    const catalog = parsePlans(
+      JSON.stringify([{ id: 'free', name: 'Free', default: true, lowBalanceThreshold: 50 }]),
+    );
+    const { call } = testApi(db, { config: { plans: catalog } });
+    const account = await givenAccount(db);
+    const auth = { user: account.external_user_id! };
+    expect((await call('GET /v1/me/alerts', { auth })).body).toEqual({
+      lowBalance: null,
+      planLowBalance: 50,
+      effectiveLowBalance: 50,
+    });
+    expect((await call('PUT /v1/me/alerts', { auth, body: { lowBalance: 200 } })).body).toEqual({
+      lowBalance: 200,
+      planLowBalance: 50,
+      effectiveLowBalance: 200,
+    });
+    for (const lowBalance of [-1, 2.5, '10', 2 ** 53]) {
+      const refused = await call('PUT /v1/me/alerts', { auth, body: { lowBalance } });
+      expect(refused.status).toBe(400);
+      expect(refused.body).toMatchObject({ code: 'validation_error', field: 'lowBalance' });
+    }
+    expect((await call('PUT /v1/me/alerts', { auth, body: {} })).status).toBe(400);
+    expect((await call('GET /v1/me/alerts', { auth })).body).toMatchObject({ lowBalance: 200 });
+    expect((await call('PUT /v1/me/alerts', { auth, body: { lowBalance: null } })).body).toMatchObject({
+      lowBalance: null,
+      effectiveLowBalance: 50,
+    });
+  });
+});

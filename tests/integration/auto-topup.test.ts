@@ -7,9 +7,10 @@ import { createStripeClient } from '../../shared/stripe/client.js';
 import { chargeTopUp, createTopUp, startTopUp } from '../../shared/topup/topup.js';
 import { testApi } from '../support/api.js';
 import { createTestDatabase } from '../support/database.js';
+import { paymentIntent, stripeEvent } from '../support/events.js';
 import { givenAccount } from '../support/factories.js';
 import { expectInvariantsHold } from '../support/invariants.js';
-import { deliver, PACK } from '../support/purchase.js';
+import { deliver, givenCheckout, PACK } from '../support/purchase.js';
 import {
   control,
   STRIPE_KEY,
@@ -315,6 +316,25 @@ describe('off-session top-up', () => {
     });
     expect((await accountOf(userId)).balance).toBe(PACK.credits);
     await expectInvariantsHold(db);
+  });
+
+  it('a checkout’s payment_intent.payment_failed changes nothing: the buyer may try another card', async () => {
+    const checkout = await givenCheckout(db);
+    const failed = stripeEvent(
+      'payment_intent.payment_failed',
+      paymentIntent({
+        id: checkout.ids.intent,
+        amount: PACK.amount,
+        currency: PACK.currency,
+        status: 'requires_payment_method',
+        last_payment_error: { type: 'card_error', code: 'card_declined', message: 'Your card was declined.' },
+        metadata: { payment_id: checkout.payment.id },
+      }),
+    );
+    await deliverAll([failed as Delivered]);
+    expect(await paymentRow(checkout.payment.id)).toMatchObject({ status: 'INIT', failure_code: null });
+    await deliverAll([checkout.completed() as Delivered]);
+    expect(await paymentRow(checkout.payment.id)).toMatchObject({ status: 'CREDITED' });
   });
 
   it('starts nothing for an account without a saved card', async () => {

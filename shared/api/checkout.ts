@@ -49,7 +49,7 @@ export const createCheckout = defineEndpoint({
     if (account.status === 'frozen') throw new AccountFrozenError();
     // A saved card lives on a Stripe customer: the account's own, created once.
     const customer = body.saveCard
-      ? await ensureStripeCustomer(db, await stripe(), account)
+      ? await ensureStripeCustomer(db, stripe, account)
       : account.stripe_customer_id;
     const payment = await inAccountTransaction(db, account.id, async (trx, locked) => {
       if (locked.status === 'frozen') throw new AccountFrozenError();
@@ -116,13 +116,13 @@ export const createCheckout = defineEndpoint({
  */
 async function ensureStripeCustomer(
   db: Parameters<typeof rememberStripeCustomer>[0],
-  stripe: Stripe,
+  stripe: () => Promise<Stripe>,
   account: Account,
 ): Promise<string> {
   if (account.stripe_customer_id) return account.stripe_customer_id;
   let created: Stripe.Customer;
   try {
-    created = await stripe.customers.create(
+    created = await (await stripe()).customers.create(
       { metadata: { user_id: account.external_user_id ?? '' } },
       { idempotencyKey: `customer-${account.id}` },
     );

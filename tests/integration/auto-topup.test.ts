@@ -124,6 +124,29 @@ describe('checkout with saveCard', () => {
     ).toHaveLength(1);
   });
 
+  it('refuses a saveCard that is not a boolean, and answers 502 with nothing written when Stripe cannot create the customer', async () => {
+    const userId = `user_${randomUUID()}`;
+    const bad = await call('POST /v1/checkout', {
+      auth: { user: userId },
+      body: { packageId: PACK.id, saveCard: 'yes' },
+    });
+    expect(bad.body).toMatchObject({ status: 400, field: 'saveCard' });
+    await control(emulator, 'faults', { status: 500, count: 1 });
+    const down = await call('POST /v1/checkout', {
+      auth: { user: userId },
+      body: { packageId: PACK.id, saveCard: true },
+    });
+    expect(down.status).toBe(502);
+    const account = await accountOf(userId);
+    expect(account.stripe_customer_id).toBeNull();
+    const payments = await db
+      .selectFrom('payments')
+      .select('id')
+      .where('account_id', '=', account.id)
+      .execute();
+    expect(payments).toEqual([]);
+  });
+
   it('keeps the newer card whatever order the PaymentIntents’ webhooks come in', async () => {
     const first = await givenSavedCard();
     const second = await call('POST /v1/checkout', {

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import Stripe from 'stripe';
 import { describe, expect, it } from 'vitest';
 import { createStripeClient } from '../../shared/stripe/client.js';
@@ -252,5 +253,49 @@ describe('saved cards', () => {
     const detached = await stripe.paymentMethods.detach(attached.id);
     expect(detached.customer).toBeNull();
     expect((await stripe.customers.listPaymentMethods(customer.id)).data).toEqual([]);
+  });
+});
+
+describe('object shapes', () => {
+  const fixtureFields = (name: string) =>
+    Object.keys(
+      JSON.parse(readFileSync(new URL(`../fixtures/stripe/${name}.json`, import.meta.url), 'utf8')),
+    ).sort();
+  const fieldsOf = (served: object) => {
+    const { lastResponse: _sdk, ...object } = JSON.parse(JSON.stringify(served)) as Record<string, unknown>;
+    return Object.keys(object).sort();
+  };
+  // Stripe publishes no payment_method fixture: the fields the SDK's PaymentMethod type always has, plus the
+  // card and allow_redisplay that Stripe serves for a card (optional in the type, present on the wire).
+  const PAYMENT_METHOD_FIELDS = [
+    'allow_redisplay',
+    'billing_details',
+    'card',
+    'created',
+    'customer',
+    'customer_account',
+    'id',
+    'livemode',
+    'metadata',
+    'object',
+    'type',
+  ];
+
+  it("serves exactly Stripe's fields for off-session intents, failed charges and payment methods", async () => {
+    const visa = await givenCustomerWithCard('pm_card_visa');
+    const declined = await givenCustomerWithCard('pm_card_chargeDeclined');
+    const succeeded = await chargeOffSession(visa);
+    const failedId = (await stripeErrorOf(chargeOffSession(declined))).payment_intent!.id;
+    const failed = await stripe.paymentIntents.retrieve(failedId);
+    const intents = [succeeded, failed, await stripe.paymentIntents.retrieve(succeeded.id)];
+    const charges = [
+      await stripe.charges.retrieve(String(succeeded.latest_charge)),
+      await stripe.charges.retrieve(String(failed.latest_charge)),
+    ];
+    for (const intent of intents) expect(fieldsOf(intent)).toEqual(fixtureFields('payment_intent'));
+    for (const charge of charges) expect(fieldsOf(charge)).toEqual(fixtureFields('charge'));
+    const method = await stripe.paymentMethods.retrieve(visa.paymentMethod);
+    expect(fieldsOf(method)).toEqual(PAYMENT_METHOD_FIELDS);
+    expect(method.card).toMatchObject({ brand: 'visa', last4: '4242', exp_month: 12, funding: 'credit' });
   });
 });

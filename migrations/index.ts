@@ -8,6 +8,7 @@ import * as priceBook from './2026-12-03-price-book.js';
 import * as holds from './2026-12-04-holds.js';
 import * as usage from './2026-12-05-usage.js';
 import * as plans from './2026-12-06-plans.js';
+import * as savedCards from './2026-12-08-saved-cards.js';
 
 /** Every migration, in order. Static imports so the set survives bundling into a Lambda. */
 const migrations: Record<string, Migration> = {
@@ -20,6 +21,7 @@ const migrations: Record<string, Migration> = {
   '2026-12-04-holds': holds,
   '2026-12-05-usage': usage,
   '2026-12-06-plans': plans,
+  '2026-12-08-saved-cards': savedCards,
 };
 
 /** A kysely migration provider over the static set above. */

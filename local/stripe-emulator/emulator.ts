@@ -1,3 +1,4 @@
+import { behaviourOf, isTestCardName, PaymentMethods } from './cards.js';
 import { invalid, missing, StripeApiError } from './errors.js';
 import { metadataOf, obj, type Params, type ParamValue, str } from './params.js';
 import { type AppliedPromotionCode, Promotions } from './promotions.js';
@@ -22,6 +23,7 @@ const DEFAULT_SESSION_TTL_SECONDS = 24 * 60 * 60;
 export class Emulator {
   readonly store = new Store();
   readonly promotions = new Promotions(this.store);
+  readonly paymentMethods = new PaymentMethods(this.store, (type, object) => this.emit(type, object));
 
   constructor(
     private readonly publicUrl: () => string,
@@ -70,8 +72,18 @@ export class Emulator {
     });
   }
 
+  /** Creates a customer; `payment_method` (a pm_ id or a test card name) is attached to it, as on Stripe. */
   createCustomer(params: Params): StripeObject {
-    return this.store.add({
+    const paymentMethod = str(params, 'payment_method');
+    const method = paymentMethod === undefined ? undefined : this.paymentMethods.resolve(paymentMethod);
+    if (method?.customer) {
+      throw invalid(
+        'payment_method',
+        `The payment method you provided has already been attached to a customer (${String(method.customer)}).`,
+        'payment_method_already_attached',
+      );
+    }
+    const customer = this.store.add({
       id: newId('cus'),
       object: 'customer',
       created: nowSeconds(),
@@ -80,6 +92,15 @@ export class Emulator {
       metadata: metadataOf(params),
       name: str(params, 'name') ?? null,
     });
+    this.emit('customer.created', customer);
+    if (method) this.paymentMethods.attach(method.id, customer.id);
+    return customer;
+  }
+
+  customer(id: string): StripeObject {
+    const customer = this.store.get('customer', id);
+    if (!customer) throw missing('customer', id, 'customer');
+    return customer;
   }
 
   // ---- checkout sessions ------------------------------------------------------------------------------
@@ -121,6 +142,32 @@ export class Emulator {
     });
     const customer = str(params, 'customer');
     if (customer && !this.store.get('customer', customer)) throw missing('customer', customer, 'customer');
+    const customerCreation = str(params, 'customer_creation');
+    if (
+      customerCreation !== undefined &&
+      customerCreation !== 'always' &&
+      customerCreation !== 'if_required'
+    ) {
+      throw invalid('customer_creation', `Invalid customer_creation: must be one of always, if_required`);
+    }
+    if (customer && customerCreation) {
+      throw invalid(
+        'customer_creation',
+        'You may only specify one of these parameters: customer, customer_creation.',
+      );
+    }
+    const intentData = obj(params, 'payment_intent_data');
+    const setupFutureUsage = str(intentData, 'setup_future_usage');
+    if (
+      setupFutureUsage !== undefined &&
+      setupFutureUsage !== 'off_session' &&
+      setupFutureUsage !== 'on_session'
+    ) {
+      throw invalid(
+        'payment_intent_data[setup_future_usage]',
+        'Invalid setup_future_usage: must be one of off_session, on_session',
+      );
+    }
     const created = nowSeconds();
     const expiresAt = str(params, 'expires_at')
       ? Number(str(params, 'expires_at'))
@@ -146,6 +193,7 @@ export class Emulator {
       created,
       currency: currency ?? null,
       customer: customer ?? null,
+      customer_creation: customerCreation ?? null,
       customer_email: str(params, 'customer_email') ?? null,
       expires_at: expiresAt,
       livemode: false,
@@ -157,7 +205,8 @@ export class Emulator {
       success_url: successUrl,
       url: `${this.publicUrl()}/checkout/${id}`,
       // Kept for the payment intent the session creates on payment; not a Stripe field on the session.
-      _payment_intent_metadata: metadataOf(obj(params, 'payment_intent_data'), 'metadata'),
+      _payment_intent_metadata: metadataOf(intentData, 'metadata'),
+      _setup_future_usage: setupFutureUsage ?? null,
       _line_items: lineItems,
     });
   }
@@ -258,10 +307,21 @@ export class Emulator {
    * settled), `async_succeeded` / `async_failed` (settle a pending one; on an open session, both steps).
    * `promotionCode`, the code the buyer typed, is applied as the session completes (and redeemed once); a
    * code that cannot be applied throws before anything changes. A session the discount brings to 0
-   * completes with `no_payment_required` and no payment intent, as on Stripe.
+   * completes with `no_payment_required` and no payment intent, as on Stripe. `paymentMethod` is the test
+   * card the buyer entered (pm_card_visa by default); with `payment_intent_data.setup_future_usage` it is
+   * saved to the session's customer (created on payment when the session names none). A card that declines
+   * throws Stripe's 402 card error and leaves the session open, as the hosted page would.
    */
-  completeSession(id: string, outcome: CheckoutOutcome, promotionCode?: string): StripeObject {
+  completeSession(
+    id: string,
+    outcome: CheckoutOutcome,
+    promotionCode?: string,
+    paymentMethod = 'pm_card_visa',
+  ): StripeObject {
     const session = this.session(id);
+    if (!isTestCardName(paymentMethod)) {
+      throw invalid('payment_method', `The hosted page takes a test card name, not ${paymentMethod}`);
+    }
     const pending = session.status === 'complete' && session.payment_status === 'unpaid';
     if (
       session.status !== 'open' &&
@@ -283,6 +343,16 @@ export class Emulator {
         'checkout_session_state',
       );
     }
+    if (
+      session.status === 'open' &&
+      !free &&
+      outcome === 'paid' &&
+      paymentMethod === 'pm_card_chargeDeclined'
+    ) {
+      throw new StripeApiError(402, 'card_error', 'Your card was declined.', 'card_declined', undefined, {
+        decline_code: 'generic_decline',
+      });
+    }
     if (applied) this.applyDiscount(session, applied);
     if (free) {
       Object.assign(session, {
@@ -295,7 +365,11 @@ export class Emulator {
       return session;
     }
     if (session.status === 'open') {
-      const intent = this.createPaymentIntent(session, outcome === 'paid' ? 'succeeded' : 'processing');
+      const intent = this.createPaymentIntent(
+        session,
+        outcome === 'paid' ? 'succeeded' : 'processing',
+        paymentMethod,
+      );
       Object.assign(session, {
         status: 'complete',
         url: null,
@@ -380,8 +454,29 @@ export class Emulator {
     this.promotions.redeem(applied);
   }
 
-  private createPaymentIntent(session: StripeObject, status: 'succeeded' | 'processing'): StripeObject {
+  private createPaymentIntent(
+    session: StripeObject,
+    status: 'succeeded' | 'processing',
+    testCard: string,
+  ): StripeObject {
     const amount = Number(session.amount_total);
+    const setupFutureUsage = session._setup_future_usage as string | null;
+    // The card the buyer entered on the hosted page; Stripe saves it to a customer it creates if need be.
+    const method = this.paymentMethods.createFromTestCard(testCard);
+    if (!session.customer && (setupFutureUsage || session.customer_creation === 'always')) {
+      const customer = this.store.add({
+        id: newId('cus'),
+        object: 'customer',
+        created: nowSeconds(),
+        email: session.customer_email ?? null,
+        livemode: false,
+        metadata: {},
+        name: null,
+      });
+      this.emit('customer.created', customer);
+      session.customer = customer.id;
+    }
+    if (setupFutureUsage && session.customer) this.paymentMethods.attach(method.id, String(session.customer));
     return this.store.add({
       id: newId('pi'),
       object: 'payment_intent',
@@ -396,30 +491,51 @@ export class Emulator {
       latest_charge: null,
       livemode: false,
       metadata: { ...(session._payment_intent_metadata as Record<string, string>) },
-      // The card the buyer entered on the hosted page.
-      payment_method: newId('pm'),
+      payment_method: method.id,
       payment_method_types: ['card'],
+      setup_future_usage: setupFutureUsage,
       status,
     });
   }
 
-  private createCharge(intent: StripeObject, status: 'succeeded'): StripeObject {
+  private createCharge(
+    intent: StripeObject,
+    status: 'succeeded' | 'failed',
+    failure?: { readonly code: string; readonly decline_code: string; readonly message: string },
+  ): StripeObject {
+    const failed = status === 'failed';
     const charge = this.store.add({
       id: newId('ch'),
       object: 'charge',
       amount: intent.amount,
-      amount_captured: intent.amount,
+      amount_captured: failed ? 0 : intent.amount,
       amount_refunded: 0,
-      balance_transaction: newId('txn'),
-      captured: true,
+      balance_transaction: failed ? null : newId('txn'),
+      captured: !failed,
       created: nowSeconds(),
       currency: intent.currency,
       customer: intent.customer,
       description: null,
       disputed: false,
+      failure_code: failure?.code ?? null,
+      failure_message: failure?.message ?? null,
       livemode: false,
       metadata: { ...(intent.metadata as Record<string, string>) },
-      paid: true,
+      ...(failure && {
+        outcome: {
+          advice_code: null,
+          network_advice_code: null,
+          network_decline_code: null,
+          network_status: 'declined_by_network',
+          reason: failure.decline_code,
+          seller_message:
+            failure.code === 'authentication_required'
+              ? 'The bank returned the decline code `authentication_required`.'
+              : 'The bank did not return any further details with this decline.',
+          type: 'issuer_declined',
+        },
+      }),
+      paid: !failed,
       payment_intent: intent.id,
       payment_method: intent.payment_method,
       refunded: false,
@@ -430,6 +546,181 @@ export class Emulator {
   }
 
   // ---- payment intents and charges --------------------------------------------------------------------
+
+  /**
+   * `POST /v1/payment_intents`. With `confirm=true` the payment method is charged at once with its test
+   * card's outcome (see confirmIntent); `off_session` needs `confirm=true`, as on Stripe.
+   */
+  createApiPaymentIntent(params: Params): StripeObject {
+    const amount = this.amount(params, 'amount');
+    if (amount < 1) throw invalid('amount', 'This value must be greater than or equal to 1.');
+    const currency = this.currency(params);
+    const customer = str(params, 'customer');
+    if (customer) this.customer(customer);
+    const confirm = this.flag(params, 'confirm');
+    const offSession = str(params, 'off_session');
+    if (offSession !== undefined && !['true', 'false', 'one_off', 'recurring'].includes(offSession)) {
+      throw invalid('off_session', `Invalid off_session: ${offSession}`);
+    }
+    if (offSession !== undefined && offSession !== 'false' && !confirm) {
+      throw invalid('off_session', 'off_session can only be used with confirm=true.');
+    }
+    const setupFutureUsage = str(params, 'setup_future_usage');
+    if (
+      setupFutureUsage !== undefined &&
+      setupFutureUsage !== 'off_session' &&
+      setupFutureUsage !== 'on_session'
+    ) {
+      throw invalid(
+        'setup_future_usage',
+        'Invalid setup_future_usage: must be one of off_session, on_session',
+      );
+    }
+    const methodId = str(params, 'payment_method');
+    const method = methodId === undefined ? undefined : this.paymentMethods.resolve(methodId);
+    if (method) this.requireUsableBy(method, customer);
+    const intent = this.store.add({
+      id: newId('pi'),
+      object: 'payment_intent',
+      amount,
+      amount_received: 0,
+      capture_method: 'automatic',
+      created: nowSeconds(),
+      currency,
+      customer: customer ?? null,
+      description: str(params, 'description') ?? null,
+      last_payment_error: null,
+      latest_charge: null,
+      livemode: false,
+      metadata: metadataOf(params),
+      payment_method: method?.id ?? null,
+      payment_method_types: ['card'],
+      setup_future_usage: setupFutureUsage ?? null,
+      status: method ? 'requires_confirmation' : 'requires_payment_method',
+    });
+    this.emit('payment_intent.created', intent);
+    if (confirm) this.confirmIntent(intent, offSession !== undefined && offSession !== 'false');
+    return intent;
+  }
+
+  /** `POST /v1/payment_intents/{id}/confirm`, optionally with another `payment_method` and `off_session`. */
+  confirmApiPaymentIntent(id: string, params: Params): StripeObject {
+    const intent = this.paymentIntent(id);
+    if (
+      !['requires_payment_method', 'requires_confirmation', 'requires_action'].includes(String(intent.status))
+    ) {
+      throw invalid(
+        'intent',
+        `You cannot confirm this PaymentIntent because it has a status of ${intent.status}.`,
+        'payment_intent_unexpected_state',
+      );
+    }
+    const methodId = str(params, 'payment_method');
+    if (methodId !== undefined) {
+      const method = this.paymentMethods.resolve(methodId);
+      this.requireUsableBy(method, intent.customer as string | null);
+      intent.payment_method = method.id;
+    }
+    if (!intent.payment_method) {
+      throw invalid(
+        'payment_method',
+        'You cannot confirm this PaymentIntent because it is missing a payment method.',
+        'payment_intent_unexpected_state',
+      );
+    }
+    const offSession = str(params, 'off_session');
+    this.confirmIntent(intent, offSession !== undefined && offSession !== 'false');
+    return intent;
+  }
+
+  /** Stripe refuses a customer's saved card for a payment without that customer (or for another one). */
+  private requireUsableBy(method: StripeObject, customer: string | null | undefined): void {
+    if (method.customer && method.customer !== customer) {
+      throw invalid(
+        'payment_method',
+        customer
+          ? `The provided PaymentMethod ${method.id} belongs to another customer than ${customer}.`
+          : `The provided PaymentMethod ${method.id} is attached to a customer; pass that customer too.`,
+      );
+    }
+  }
+
+  /**
+   * Charges the intent's payment method with Stripe's outcome for its test card. visa: a succeeded charge,
+   * `charge.succeeded` and `payment_intent.succeeded` (and, with setup_future_usage and a customer, the card
+   * is attached). chargeDeclined: a failed charge, the intent back to `requires_payment_method` with
+   * `last_payment_error`, `charge.failed` and `payment_intent.payment_failed`, and Stripe's 402 card error
+   * (code card_declined, decline_code generic_decline). authenticationRequired: on-session, `requires_action`
+   * with a 3D Secure next action; off-session, the same failure as a decline with code and decline_code
+   * authentication_required (the customer is not there to authenticate).
+   */
+  private confirmIntent(intent: StripeObject, offSession: boolean): void {
+    const method = this.paymentMethods.retrieve(String(intent.payment_method));
+    const behaviour = behaviourOf(method);
+    if (behaviour === 'visa') {
+      const charge = this.createCharge(intent, 'succeeded');
+      Object.assign(intent, {
+        status: 'succeeded',
+        amount_received: intent.amount,
+        last_payment_error: null,
+        next_action: null,
+      });
+      if (intent.setup_future_usage && intent.customer && !method.customer) {
+        this.paymentMethods.attach(method.id, String(intent.customer));
+      }
+      this.emit('charge.succeeded', charge);
+      this.emit('payment_intent.succeeded', intent);
+      return;
+    }
+    if (behaviour === 'authenticationRequired' && !offSession) {
+      Object.assign(intent, {
+        status: 'requires_action',
+        next_action: {
+          type: 'use_stripe_sdk',
+          use_stripe_sdk: {
+            type: 'three_d_secure_redirect',
+            stripe_js: `${this.publicUrl()}/3ds/${intent.id}`,
+          },
+        },
+      });
+      this.emit('payment_intent.requires_action', intent);
+      return;
+    }
+    const failure =
+      behaviour === 'chargeDeclined'
+        ? { code: 'card_declined', decline_code: 'generic_decline', message: 'Your card was declined.' }
+        : {
+            code: 'authentication_required',
+            decline_code: 'authentication_required',
+            message: 'Your card was declined. This transaction requires authentication.',
+          };
+    const charge = this.createCharge(intent, 'failed', failure);
+    const error = {
+      type: 'card_error',
+      charge: charge.id,
+      code: failure.code,
+      decline_code: failure.decline_code,
+      doc_url: `https://stripe.com/docs/error-codes/${failure.code.replaceAll('_', '-')}`,
+      message: failure.message,
+      payment_method: publicView(method),
+    };
+    // Stripe detaches the failed method from the intent and keeps it on last_payment_error.
+    Object.assign(intent, {
+      status: 'requires_payment_method',
+      payment_method: null,
+      last_payment_error: error,
+      next_action: null,
+    });
+    this.emit('charge.failed', charge);
+    this.emit('payment_intent.payment_failed', intent);
+    throw new StripeApiError(402, 'card_error', failure.message, failure.code, undefined, {
+      charge: charge.id,
+      decline_code: failure.decline_code,
+      doc_url: error.doc_url,
+      payment_intent: publicView(intent),
+      payment_method: publicView(method),
+    });
+  }
 
   paymentIntent(id: string): StripeObject {
     const intent = this.store.get('payment_intent', id);
@@ -648,6 +939,13 @@ export class Emulator {
   }
 
   // ---- shared parameter rules -------------------------------------------------------------------------
+
+  private flag(params: Params, key: string): boolean {
+    const value = str(params, key);
+    if (value !== undefined && value !== 'true' && value !== 'false')
+      throw invalid(key, `Invalid boolean: ${value}`);
+    return value === 'true';
+  }
 
   private amount(params: Params, key: string, param = key): number {
     const text = str(params, key);

@@ -4,6 +4,7 @@ export class StripeApiError extends Error {
     readonly status: number,
     readonly type:
       | 'invalid_request_error'
+      | 'card_error'
       | 'api_error'
       | 'idempotency_error'
       | 'rate_limit_error'
@@ -11,12 +12,16 @@ export class StripeApiError extends Error {
     message: string,
     readonly code?: string,
     readonly param?: string,
+    /** More fields of Stripe's error object: a card error's decline_code, charge, payment_intent, payment_method. */
+    readonly extra: Record<string, unknown> = {},
   ) {
     super(message);
   }
 
   toJSON() {
-    return { error: { type: this.type, code: this.code, message: this.message, param: this.param } };
+    return {
+      error: { type: this.type, code: this.code, message: this.message, param: this.param, ...this.extra },
+    };
   }
 }
 

@@ -44,6 +44,7 @@ const ID_PREFIX_KIND: Record<string, string> = {
   prod: 'product',
   price: 'price',
   promo: 'promotion_code',
+  pm: 'payment_method',
 };
 
 interface StoredResponse {
@@ -95,6 +96,37 @@ export async function startStripeEmulator(options: StripeEmulatorOptions): Promi
     ['POST', /^\/v1\/customers$/, (_m, p) => emulator.createCustomer(p)],
     ['GET', /^\/v1\/customers$/, (_m, p, u) => listAll('customer', p, u)],
     ['GET', /^\/v1\/customers\/([^/]+)$/, (m) => retrieve('customer', m[1]!)],
+    [
+      'GET',
+      /^\/v1\/customers\/([^/]+)\/payment_methods$/,
+      (m, p, u) => emulator.paymentMethods.list(p, u.pathname, emulator.customer(m[1]!).id),
+    ],
+    [
+      'GET',
+      /^\/v1\/customers\/([^/]+)\/payment_methods\/([^/]+)$/,
+      (m) => {
+        const method = emulator.paymentMethods.retrieve(m[2]!);
+        if (method.customer !== emulator.customer(m[1]!).id) {
+          throw new StripeApiError(
+            404,
+            'invalid_request_error',
+            `No such PaymentMethod: '${m[2]}' on customer '${m[1]}'`,
+            'resource_missing',
+            'payment_method',
+          );
+        }
+        return method;
+      },
+    ],
+    ['POST', /^\/v1\/payment_methods$/, (_m, p) => emulator.paymentMethods.create(p)],
+    ['GET', /^\/v1\/payment_methods$/, (_m, p, u) => emulator.paymentMethods.list(p, u.pathname)],
+    ['GET', /^\/v1\/payment_methods\/([^/]+)$/, (m) => emulator.paymentMethods.retrieve(m[1]!)],
+    [
+      'POST',
+      /^\/v1\/payment_methods\/([^/]+)\/attach$/,
+      (m, p) => emulator.paymentMethods.attach(m[1]!, str(p, 'customer')),
+    ],
+    ['POST', /^\/v1\/payment_methods\/([^/]+)\/detach$/, (m) => emulator.paymentMethods.detach(m[1]!)],
     ['POST', /^\/v1\/coupons$/, (_m, p) => emulator.promotions.createCoupon(p)],
     ['GET', /^\/v1\/coupons$/, (_m, p, u) => emulator.promotions.listCoupons(p, u.pathname)],
     ['GET', /^\/v1\/coupons\/([^/]+)$/, (m) => emulator.promotions.coupon(m[1]!, 'id')],
@@ -113,6 +145,12 @@ export async function startStripeEmulator(options: StripeEmulatorOptions): Promi
     ['POST', /^\/v1\/checkout\/sessions\/([^/]+)\/expire$/, (m) => emulator.expireSession(m[1]!)],
     ['GET', /^\/v1\/payment_intents$/, (_m, p, u) => listAll('payment_intent', p, u)],
     ['GET', /^\/v1\/payment_intents\/([^/]+)$/, (m) => emulator.paymentIntent(m[1]!)],
+    ['POST', /^\/v1\/payment_intents$/, (_m, p) => emulator.createApiPaymentIntent(p)],
+    [
+      'POST',
+      /^\/v1\/payment_intents\/([^/]+)\/confirm$/,
+      (m, p) => emulator.confirmApiPaymentIntent(m[1]!, p),
+    ],
     ['GET', /^\/v1\/charges$/, (_m, p, u) => emulator.listCharges(p, u.pathname)],
     ['GET', /^\/v1\/charges\/([^/]+)$/, (m) => emulator.charge(m[1]!)],
     ['POST', /^\/v1\/refunds$/, (_m, p) => emulator.createRefund(p)],
@@ -130,7 +168,20 @@ export async function startStripeEmulator(options: StripeEmulatorOptions): Promi
       'POST',
       /^\/_emulator\/checkout\/sessions\/([^/]+)\/complete$/,
       (m, p) =>
-        emulator.completeSession(m[1]!, outcomeOf(str(p, 'outcome') ?? 'paid'), str(p, 'promotion_code')),
+        emulator.completeSession(
+          m[1]!,
+          outcomeOf(str(p, 'outcome') ?? 'paid'),
+          str(p, 'promotion_code'),
+          str(p, 'payment_method'),
+        ),
+    ],
+    [
+      'POST',
+      /^\/_emulator\/customers\/([^/]+)\/payment_method$/,
+      (m, p) => ({
+        customer: m[1]!,
+        payment_methods: emulator.paymentMethods.setCustomerCard(m[1]!, str(p, 'payment_method')),
+      }),
     ],
     ['POST', /^\/_emulator\/charges\/([^/]+)\/dispute$/, (m, p) => emulator.openDispute(m[1]!, p)],
     [
@@ -314,7 +365,12 @@ export async function startStripeEmulator(options: StripeEmulatorOptions): Promi
     } else {
       const method = str(params, 'method') ?? 'card';
       try {
-        emulator.completeSession(session.id, method === 'card' ? 'paid' : 'async_pending', typed);
+        emulator.completeSession(
+          session.id,
+          method === 'card' ? 'paid' : 'async_pending',
+          typed,
+          str(params, 'payment_method'),
+        );
       } catch (error: unknown) {
         // A code that stopped applying between Apply and Pay: the page says so and nothing is paid.
         if (typed && error instanceof PromotionCodeRefused)

@@ -7,8 +7,8 @@ import type { StripeObject } from './store.js';
  * emulator's state (ids, amounts, timestamps, statuses, metadata...) is laid over these defaults; the rest
  * are the values Stripe gives a test-mode object of this project's kind (card payments, no Connect, no
  * tax, no shipping, no invoices): null where Stripe's API has null for such an object, never a made-up
- * value for a feature the emulator does not have. Stripe publishes no fixture for `coupon` and
- * `promotion_code`; their fields are those the installed SDK's types (node_modules/stripe/esm/resources/
+ * value for a feature the emulator does not have. Stripe publishes no fixture for `coupon`,
+ * `promotion_code` and `payment_method`; their fields are those the installed SDK's types (node_modules/stripe/esm/resources/
  * Coupons.d.ts, PromotionCodes.d.ts) declare as always present (the optional ones come only on `expand`).
  */
 type Defaults = (object: StripeObject) => Record<string, unknown>;
@@ -309,6 +309,17 @@ const DEFAULTS: Record<string, Defaults> = {
     metadata: {},
     restrictions: { first_time_transaction: false, minimum_amount: null, minimum_amount_currency: null },
     times_redeemed: 0,
+  }),
+  // Stripe publishes no payment_method fixture: the fields the SDK's PaymentMethod type (PaymentMethods.d.ts)
+  // always has, for a test card; `card` comes from the test card (cards.ts).
+  payment_method: () => ({
+    allow_redisplay: 'unspecified',
+    billing_details: { address: address(), email: null, name: null, phone: null, tax_id: null },
+    customer: null,
+    customer_account: null,
+    livemode: false,
+    metadata: {},
+    type: 'card',
   }),
   event: () => ({ api_version: null, pending_webhooks: 0, request: { id: null, idempotency_key: null } }),
 };

@@ -104,6 +104,8 @@ export async function markAnonymized(trx: Trx, account: Account): Promise<Accoun
     .set({
       external_user_id: null,
       stripe_customer_id: null,
+      stripe_payment_method_id: null,
+      payment_method_saved_at: null,
       anonymized_at: sql`now()`,
       version: sql`version + 1`,
       updated_at: sql`now()`,
@@ -124,4 +126,82 @@ export async function heldCredits(db: Kysely<Database>, accountId: string, now: 
     .where('expires_at', '>', now)
     .executeTakeFirstOrThrow();
   return row.held;
+}
+
+/** The account a Stripe customer id belongs to, if any. */
+function findAccountByCustomer(db: Kysely<Database>, customerId: string) {
+  return db
+    .selectFrom('accounts')
+    .select('id')
+    .where('stripe_customer_id', '=', customerId)
+    .executeTakeFirst();
+}
+
+/**
+ * Remembers the account's Stripe customer when it has none yet (an account keeps its first customer) and
+ * returns the one it has; null when it has none and `customerId` is already another account's (nothing is
+ * written). Idempotent under races: the update only fills an empty column.
+ */
+export async function rememberStripeCustomer(
+  db: Kysely<Database>,
+  account: Account,
+  customerId: string,
+): Promise<string | null> {
+  if (account.stripe_customer_id) return account.stripe_customer_id;
+  const owner = await findAccountByCustomer(db, customerId);
+  if (owner && owner.id !== account.id) return null;
+  const updated = await db
+    .updateTable('accounts')
+    .set({ stripe_customer_id: customerId, updated_at: sql`now()` })
+    .where('id', '=', account.id)
+    .where('stripe_customer_id', 'is', null)
+    .where('anonymized_at', 'is', null)
+    .returning('stripe_customer_id')
+    .executeTakeFirst();
+  const current =
+    updated?.stripe_customer_id ??
+    (
+      await db
+        .selectFrom('accounts')
+        .select('stripe_customer_id')
+        .where('id', '=', account.id)
+        .executeTakeFirst()
+    )?.stripe_customer_id;
+  if (current) account.stripe_customer_id = current;
+  return current ?? null;
+}
+
+export interface SavedCard {
+  readonly customerId: string;
+  readonly paymentMethodId: string;
+  /** When Stripe created the PaymentIntent that saved it: of two saved cards, the newer one wins. */
+  readonly savedAt: Date;
+}
+
+/**
+ * The only writer of an account's saved card: keeps `card` unless the account already has one saved by a
+ * newer PaymentIntent, so any order and repetition of webhooks ends with the newest card. The card's customer
+ * becomes the account's (it is the one the card is attached to). Saves nothing for a customer that is
+ * another account's, or on an anonymised account. Returns whether the card is saved.
+ */
+export async function saveCard(trx: Trx, account: Account, card: SavedCard): Promise<boolean> {
+  const owner = await findAccountByCustomer(trx, card.customerId);
+  if (owner && owner.id !== account.id) return false;
+  const saved = await trx
+    .updateTable('accounts')
+    .set({
+      stripe_customer_id: card.customerId,
+      stripe_payment_method_id: card.paymentMethodId,
+      payment_method_saved_at: card.savedAt,
+      updated_at: sql`now()`,
+    })
+    .where('id', '=', account.id)
+    .where('anonymized_at', 'is', null)
+    .where((eb) =>
+      eb.or([eb('payment_method_saved_at', 'is', null), eb('payment_method_saved_at', '<=', card.savedAt)]),
+    )
+    .returningAll()
+    .executeTakeFirst();
+  if (saved) Object.assign(account, saved);
+  return saved !== undefined;
 }

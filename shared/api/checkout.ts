@@ -1,5 +1,7 @@
+import type Stripe from 'stripe';
 import * as z from 'zod';
-import { findOrCreateAccount, inAccountTransaction } from '../accounts/accounts.js';
+import { findOrCreateAccount, inAccountTransaction, rememberStripeCustomer } from '../accounts/accounts.js';
+import type { Account } from '../db/schema.js';
 import { AccountFrozenError, ServiceError } from '../errors.js';
 import {
   attachCheckoutSession,
@@ -16,7 +18,15 @@ const SESSION_LIFETIME_SECONDS = 30 * 60;
 export const createCheckout = defineEndpoint({
   route: 'POST /v1/checkout',
   summary: 'Starts buying a credit pack: a payment (INIT) and a Stripe Checkout Session to redirect to',
-  body: z.object({ packageId: storableText(64) }).strict(),
+  body: z
+    .object({
+      packageId: storableText(64),
+      saveCard: z
+        .boolean()
+        .optional()
+        .describe('save the card on the account for auto top-up (setup_future_usage: off_session)'),
+    })
+    .strict(),
   responses: {
     201: {
       description: 'redirect the user to checkoutUrl',
@@ -36,6 +46,11 @@ export const createCheckout = defineEndpoint({
     if (!pack)
       throw new ServiceError('unknown_package', `no package ${body.packageId}`, { field: 'packageId' });
     const account = await findOrCreateAccount(db, userId);
+    if (account.status === 'frozen') throw new AccountFrozenError();
+    // A saved card lives on a Stripe customer: the account's own, created once.
+    const customer = body.saveCard
+      ? await ensureStripeCustomer(db, stripe, account)
+      : account.stripe_customer_id;
     const payment = await inAccountTransaction(db, account.id, async (trx, locked) => {
       if (locked.status === 'frozen') throw new AccountFrozenError();
       const open = await countOpenCheckouts(trx, locked.id);
@@ -65,8 +80,12 @@ export const createCheckout = defineEndpoint({
           ],
           client_reference_id: userId,
           ...(config.allowPromotionCodes && { allow_promotion_codes: true }),
+          ...(customer && { customer }),
           metadata,
-          payment_intent_data: { metadata },
+          payment_intent_data: {
+            metadata,
+            ...(body.saveCard && { setup_future_usage: 'off_session' as const }),
+          },
           success_url: config.checkoutSuccessUrl,
           cancel_url: config.checkoutCancelUrl,
           expires_at: Math.floor(Date.now() / 1000) + SESSION_LIFETIME_SECONDS,
@@ -90,3 +109,29 @@ export const createCheckout = defineEndpoint({
     );
   },
 });
+
+/**
+ * The account's Stripe customer, created on first need (one per account: the account id is the idempotency
+ * key, so concurrent checkouts agree on it). Throws ServiceError stripe_unavailable when Stripe does not answer.
+ */
+async function ensureStripeCustomer(
+  db: Parameters<typeof rememberStripeCustomer>[0],
+  stripe: () => Promise<Stripe>,
+  account: Account,
+): Promise<string> {
+  if (account.stripe_customer_id) return account.stripe_customer_id;
+  let created: Stripe.Customer;
+  try {
+    created = await (await stripe()).customers.create(
+      { metadata: { user_id: account.external_user_id ?? '' } },
+      { idempotencyKey: `customer-${account.id}` },
+    );
+  } catch (error: unknown) {
+    throw new ServiceError('stripe_unavailable', 'Stripe did not create the customer; try again', {
+      cause: error instanceof Error ? error.name : 'unknown',
+    });
+  }
+  const remembered = await rememberStripeCustomer(db, account, created.id);
+  if (!remembered) throw new Error(`Stripe customer ${created.id} is recorded on another account`);
+  return remembered;
+}

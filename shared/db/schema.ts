@@ -69,7 +69,13 @@ export interface AccountsTable {
   anonymized_at: Date | null;
   created_at: CreatedAt;
   updated_at: UpdatedAt;
+  /** The card saved on the Stripe customer for off-session top-ups, and when Stripe created its PaymentIntent. */
+  stripe_payment_method_id: ColumnType<string | null, string | null | undefined, string | null>;
+  payment_method_saved_at: ColumnType<Date | null, Date | null | undefined, Date | null>;
 }
+
+/** checkout: bought through Stripe Checkout; auto_topup: an off-session PaymentIntent on the saved card. */
+export type PaymentKind = 'checkout' | 'auto_topup';
 
 export interface PaymentsTable {
   id: Generated<string>;
@@ -86,6 +92,10 @@ export interface PaymentsTable {
   disputed: ColumnType<boolean, boolean | undefined, boolean>;
   created_at: CreatedAt;
   updated_at: UpdatedAt;
+  kind: ColumnType<PaymentKind, PaymentKind | undefined, PaymentKind>;
+  /** Why Stripe refused a FAILED payment: its error code (card_declined, authentication_required...). */
+  failure_code: ColumnType<string | null, string | null | undefined, string | null>;
+  failure_message: ColumnType<string | null, string | null | undefined, string | null>;
 }
 
 export interface LedgerEntriesTable {

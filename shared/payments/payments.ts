@@ -45,12 +45,55 @@ export function createPayment(trx: Trx, account: Account, pack: CreditPackage): 
     .executeTakeFirstOrThrow();
 }
 
+/** An off-session top-up on the saved card: INIT, before its PaymentIntent exists. */
+export function createTopUpPayment(trx: Trx, account: Account, pack: CreditPackage): Promise<Payment> {
+  return trx
+    .insertInto('payments')
+    .values({ ...packColumns(account, pack), kind: 'auto_topup' })
+    .returningAll()
+    .executeTakeFirstOrThrow();
+}
+
+/**
+ * Links a payment to the PaymentIntent Stripe created for it, unless it is linked already (the webhook may
+ * have been first); a payment linked to another intent is left as it is. Returns whether it is linked to it.
+ */
+export async function attachPaymentIntent(
+  db: Kysely<Database>,
+  paymentId: string,
+  intentId: string,
+): Promise<boolean> {
+  await db
+    .updateTable('payments')
+    .set({ stripe_payment_intent_id: intentId, updated_at: sql`now()` })
+    .where('id', '=', paymentId)
+    .where('stripe_payment_intent_id', 'is', null)
+    .execute();
+  const row = await db
+    .selectFrom('payments')
+    .select('stripe_payment_intent_id')
+    .where('id', '=', paymentId)
+    .executeTakeFirst();
+  return row?.stripe_payment_intent_id === intentId;
+}
+
+/** Records the charge Stripe made for a payment (the PaymentIntent's latest_charge), once. */
+export async function recordCharge(trx: Trx, paymentId: string, chargeId: string): Promise<void> {
+  await trx
+    .updateTable('payments')
+    .set({ stripe_charge_id: chargeId, updated_at: sql`now()` })
+    .where('id', '=', paymentId)
+    .where('stripe_charge_id', 'is', null)
+    .execute();
+}
+
 /** Checkouts of the account still open (INIT) and started within the last hour. */
 export async function countOpenCheckouts(trx: Trx, accountId: string): Promise<number> {
   const open = await trx
     .selectFrom('payments')
     .select((eb) => eb.fn.countAll<string>().as('n'))
     .where('account_id', '=', accountId)
+    .where('kind', '=', 'checkout')
     .where('status', '=', 'INIT')
     .where('created_at', '>', sql<Date>`now() - interval '1 hour'`)
     .executeTakeFirstOrThrow();
@@ -165,8 +208,9 @@ export async function creditPurchase(
     .where('id', '=', input.paymentId)
     .where('account_id', '=', account.id)
     .where('status', 'in', ['INIT', 'PAID'])
+    .returning('kind')
     .executeTakeFirst();
-  if (moved.numUpdatedRows !== 1n) {
+  if (!moved) {
     // Not awaiting credit: already credited (a duplicate), or not a payment of this account at all.
     const existing = await findPurchaseEntry(trx, input.paymentId);
     if (existing?.account_id === account.id) return { entry: existing, duplicate: true };
@@ -182,21 +226,42 @@ export async function creditPurchase(
       paymentId: input.paymentId,
       stripeEventId: input.stripeEventId ?? null,
     },
-    { category: 'paid', source: 'purchase', paymentId: input.paymentId },
+    {
+      category: 'paid',
+      source: moved.kind === 'auto_topup' ? 'auto_topup' : 'purchase',
+      paymentId: input.paymentId,
+    },
   );
   return { entry, duplicate: false };
 }
 
-/** INIT (or PAID, for FAILED) moves to `status`; a payment past that point is left as it is. */
+/** Why Stripe refused a payment: its error code and message. */
+export interface PaymentFailure {
+  readonly code: string;
+  readonly message: string | null;
+}
+
+/**
+ * INIT (or PAID, for FAILED) moves to `status`, with Stripe's reason for a failure; a payment past that point
+ * is left as it is.
+ */
 export async function closeUncredited(
   trx: Trx,
-  payment: Payment,
+  payment: Pick<Payment, 'id'>,
   status: 'FAILED' | 'EXPIRED',
+  failure?: PaymentFailure,
 ): Promise<void> {
   const from: PaymentStatus[] = status === 'FAILED' ? ['INIT', 'PAID'] : ['INIT'];
   await trx
     .updateTable('payments')
-    .set({ status, updated_at: sql`now()` })
+    .set({
+      status,
+      updated_at: sql`now()`,
+      ...(failure && {
+        failure_code: failure.code.slice(0, 100),
+        failure_message: failure.message?.slice(0, 500) || null,
+      }),
+    })
     .where('id', '=', payment.id)
     .where('status', 'in', from)
     .execute();
@@ -286,7 +351,8 @@ export async function creditPaidPayment(
     const result = await creditPurchase(trx, account, {
       paymentId: payment.id,
       credits: payment.credits,
-      reference: payment.stripe_checkout_session_id ?? payment.id,
+      // A checkout's session, or an off-session top-up's PaymentIntent.
+      reference: payment.stripe_checkout_session_id ?? payment.stripe_payment_intent_id ?? payment.id,
       stripeEventId: eventId,
     });
     if (!result.duplicate) written.push(result.entry);

@@ -1,7 +1,7 @@
 import type { z } from 'zod/mini';
-import { findOrCreateAccount, lockAccount } from '../accounts/accounts.js';
+import { findOrCreateAccount, lockAccount, rememberStripeCustomer, saveCard } from '../accounts/accounts.js';
 import { lockKey, type Trx } from '../db/locks.js';
-import type { LedgerEntry } from '../db/schema.js';
+import type { Account, LedgerEntry } from '../db/schema.js';
 import { ParkEventError } from '../errors.js';
 import type { CreditPackage } from '../packages.js';
 import {
@@ -10,6 +10,7 @@ import {
   checkoutSessionSchema,
   disputeSchema,
   type HandledEventType,
+  type PaymentIntent,
   paymentIntentSchema,
   refundSchema,
   type StripeEvent,
@@ -23,6 +24,7 @@ import {
   isCredited,
   linkPaymentIntent,
   type PaymentWithFacts,
+  recordCharge,
   settlePayment,
 } from './payments.js';
 
@@ -60,6 +62,8 @@ export async function applyToPayments(
       if (!found) return null; // not a purchase of ours, or its session event will create it
       const payment = await linkPaymentIntent(trx, found, intent.id);
       const account = await lockAccount(trx, payment.account_id);
+      if (intent.latest_charge) await recordCharge(trx, payment.id, intent.latest_charge);
+      await saveCardOf(trx, account, intent);
       const paid = { amount: intent.amount_received, currency: intent.currency };
       // A promotion code lowers what the intent received below the pack's price; only the session says
       // by how much, so for a checkout payment the session event decides.
@@ -71,6 +75,24 @@ export async function applyToPayments(
         return [];
       }
       return creditPaidPayment(trx, account, payment, paid, event.id);
+    }
+    case 'payment_intent.payment_failed': {
+      const intent = parseObject(paymentIntentSchema, event);
+      await lockKey(trx, 'payment', intent.id);
+      const found =
+        (await findPayment(trx, 'stripe_payment_intent_id', intent.id)) ??
+        (await ourPayment(trx, intent.metadata.payment_id, intent.id));
+      if (!found) return null;
+      // A buyer on the Checkout page can try another card: only the session says a checkout failed. An
+      // off-session top-up has no buyer to try again; the attempt is over.
+      if (found.kind !== 'auto_topup') return [];
+      const payment = await linkPaymentIntent(trx, found, intent.id);
+      const error = intent.last_payment_error;
+      await closeUncredited(trx, payment, 'FAILED', {
+        code: error?.code ?? 'payment_failed',
+        message: error?.message ?? null,
+      });
+      return [];
     }
     case 'charge.refunded': {
       const charge = parseObject(chargeSchema, event);
@@ -113,6 +135,19 @@ function parseObject<T extends z.ZodMiniType>(schema: T, event: StripeEvent): z.
   return parsed.data;
 }
 
+/**
+ * A PaymentIntent that saved its card for later (setup_future_usage off_session, on a customer) leaves it on
+ * the account; of two such intents the newer one's card wins, in any order of their events.
+ */
+async function saveCardOf(trx: Trx, account: Account, intent: PaymentIntent): Promise<void> {
+  if (intent.setup_future_usage !== 'off_session' || !intent.customer || !intent.payment_method) return;
+  await saveCard(trx, account, {
+    customerId: intent.customer,
+    paymentMethodId: intent.payment_method,
+    savedAt: new Date(intent.created * 1000),
+  });
+}
+
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** A payment our checkout created (its id in Stripe metadata), with the facts known for `intentId`. */
@@ -133,6 +168,10 @@ async function applySessionEvent(
   if (!resolved) return null;
   const payment = await linkPaymentIntent(trx, resolved, session.payment_intent);
   const account = await lockAccount(trx, payment.account_id);
+  // The customer the session paid as (ours, or the one Checkout created to save the card on).
+  if (session.customer && type !== 'checkout.session.expired') {
+    await rememberStripeCustomer(trx, account, session.customer);
+  }
   const paid = { amount: paidForPack(session), currency: session.currency };
   switch (type) {
     case 'checkout.session.completed':

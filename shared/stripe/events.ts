@@ -8,6 +8,7 @@ export const HANDLED_EVENT_TYPES = [
   'checkout.session.async_payment_failed',
   'checkout.session.expired',
   'payment_intent.succeeded',
+  'payment_intent.payment_failed',
   'charge.refunded',
   'refund.created',
   'refund.updated',
@@ -59,6 +60,7 @@ export const checkoutSessionSchema = z.object({
   status: z.nullable(z.enum(['open', 'complete', 'expired'])),
   payment_intent: ref('pi'),
   client_reference_id: z._default(z.nullable(z.string()), null),
+  customer: ref('cus'),
   metadata: z.pipe(
     z.nullable(metadata),
     z.transform((m) => m ?? {}),
@@ -72,6 +74,23 @@ export const paymentIntentSchema = z.object({
   amount_received: z._default(amount, 0),
   currency: z.string(),
   status: z.string(),
+  created: z._default(z.int().check(z.nonnegative()), 0),
+  customer: ref('cus'),
+  payment_method: ref('pm'),
+  /** off_session: the card is saved on the customer for payments without the buyer (auto top-up). */
+  setup_future_usage: z._default(z.nullable(z.string()), null),
+  latest_charge: ref('ch'),
+  /** Why the last attempt failed (payment_intent.payment_failed): Stripe's code, e.g. card_declined. */
+  last_payment_error: z._default(
+    z.nullable(
+      z.looseObject({
+        code: z._default(z.nullable(z.string()), null),
+        decline_code: z._default(z.nullable(z.string()), null),
+        message: z._default(z.nullable(z.string()), null),
+      }),
+    ),
+    null,
+  ),
   metadata,
 });
 export type PaymentIntent = z.infer<typeof paymentIntentSchema>;

@@ -1,0 +1,238 @@
+import type { Kysely } from 'kysely';
+import type Stripe from 'stripe';
+import { inAccountTransaction } from '../accounts/accounts.js';
+import { lockKey, type Trx } from '../db/locks.js';
+import type { Account, Database, Payment } from '../db/schema.js';
+import type { CreditPackage } from '../packages.js';
+import {
+  attachPaymentIntent,
+  closeUncredited,
+  createTopUpPayment,
+  isCredited,
+} from '../payments/payments.js';
+
+/**
+ * What an off-session top-up came to, for the caller to act on (outbound `auto_topup.*` events, the decline
+ * count). `succeeded`: Stripe charged the card; the credits arrive through the usual webhook pipeline
+ * (`payment_intent.succeeded`), once. `failed` (a decline) and `requires_action` (the bank wants the customer
+ * to authenticate, which an off-session payment cannot do): the payment is FAILED with Stripe's code and
+ * nothing is credited. `retry`: Stripe did not answer; the payment stays INIT and `chargeTopUp` with the same
+ * payment id replays the same request (same idempotency key), so the card is never charged twice.
+ * `not_started`: no payment was created.
+ */
+export type TopUpOutcome =
+  | {
+      readonly outcome: 'succeeded';
+      readonly paymentId: string;
+      readonly paymentIntentId: string;
+      readonly credits: number;
+    }
+  | { readonly outcome: 'processing'; readonly paymentId: string; readonly paymentIntentId: string }
+  | {
+      readonly outcome: 'failed' | 'requires_action';
+      readonly paymentId: string;
+      readonly paymentIntentId: string | null;
+      /** Stripe's error code: card_declined, authentication_required, expired_card... */
+      readonly code: string;
+      readonly declineCode: string | null;
+      readonly message: string;
+    }
+  | { readonly outcome: 'retry'; readonly paymentId: string; readonly reason: string }
+  | { readonly outcome: 'not_started'; readonly reason: 'no_saved_card' | 'account_frozen' };
+
+/** An account's saved card, or why it cannot be charged without its owner. */
+function chargeableCard(account: Account) {
+  if (account.status === 'frozen') return 'account_frozen' as const;
+  if (!account.stripe_customer_id || !account.stripe_payment_method_id) return 'no_saved_card' as const;
+  return { customer: account.stripe_customer_id, paymentMethod: account.stripe_payment_method_id };
+}
+
+/**
+ * The top-up's payment (INIT, kind auto_topup) in the caller's transaction, which holds the account lock (the
+ * place for guards such as one top-up in flight); charge it with `chargeTopUp` after commit. Returns the
+ * reason instead when the account has no saved card or is frozen (nothing written).
+ */
+export async function createTopUp(
+  trx: Trx,
+  account: Account,
+  pack: CreditPackage,
+): Promise<Payment | 'no_saved_card' | 'account_frozen'> {
+  const card = chargeableCard(account);
+  if (typeof card === 'string') return card;
+  return createTopUpPayment(trx, account, pack);
+}
+
+/** Creates the top-up's payment and charges the saved card off-session: `createTopUp` then `chargeTopUp`. */
+export async function startTopUp(
+  db: Kysely<Database>,
+  stripe: Stripe,
+  accountId: string,
+  pack: CreditPackage,
+): Promise<TopUpOutcome> {
+  const created = await inAccountTransaction(db, accountId, (trx, account) =>
+    createTopUp(trx, account, pack),
+  );
+  if (typeof created === 'string') return { outcome: 'not_started', reason: created };
+  return chargeTopUp(db, stripe, created.id);
+}
+
+interface StripeErrorLike {
+  readonly type?: string;
+  readonly code?: string;
+  readonly decline_code?: string;
+  readonly message?: string;
+  readonly payment_intent?: { readonly id?: string };
+}
+
+/**
+ * Charges a top-up payment on the account's saved card: an off-session, confirmed PaymentIntent with the
+ * payment id as its Stripe idempotency key and metadata naming the payment, the user and the pack. Never
+ * holds a database transaction open while Stripe answers. Safe to call again for the same payment: Stripe
+ * replays its answer, and a payment already settled answers from its row.
+ */
+export async function chargeTopUp(
+  db: Kysely<Database>,
+  stripe: Stripe,
+  paymentId: string,
+): Promise<TopUpOutcome> {
+  const row = await db
+    .selectFrom('payments')
+    .innerJoin('accounts', 'accounts.id', 'payments.account_id')
+    .selectAll('payments')
+    .select([
+      'accounts.external_user_id',
+      'accounts.stripe_customer_id',
+      'accounts.stripe_payment_method_id',
+      'accounts.status as account_status',
+    ])
+    .where('payments.id', '=', paymentId)
+    .executeTakeFirst();
+  if (row?.kind !== 'auto_topup') throw new Error(`payment ${paymentId} is not an auto top-up`);
+  const settled = settledOutcome(row);
+  if (settled) return settled;
+  if (row.account_status === 'frozen') {
+    await recordFailure(db, row.id, null, { code: 'account_frozen', message: 'the account is frozen' });
+    return { outcome: 'not_started', reason: 'account_frozen' };
+  }
+  if (!row.stripe_customer_id || !row.stripe_payment_method_id) {
+    await recordFailure(db, row.id, null, {
+      code: 'no_saved_card',
+      message: 'the account has no saved card',
+    });
+    return { outcome: 'not_started', reason: 'no_saved_card' };
+  }
+  let intent: Stripe.PaymentIntent;
+  try {
+    intent = await stripe.paymentIntents.create(
+      {
+        amount: row.amount_total,
+        currency: row.currency,
+        customer: row.stripe_customer_id,
+        payment_method: row.stripe_payment_method_id,
+        off_session: true,
+        confirm: true,
+        metadata: {
+          payment_id: row.id,
+          user_id: row.external_user_id ?? '',
+          package_id: row.package_id,
+          kind: 'auto_topup',
+        },
+      },
+      { idempotencyKey: row.id },
+    );
+  } catch (error: unknown) {
+    return failedOutcome(db, row, error);
+  }
+  await attachPaymentIntent(db, row.id, intent.id);
+  if (intent.status === 'succeeded') {
+    return { outcome: 'succeeded', paymentId: row.id, paymentIntentId: intent.id, credits: row.credits };
+  }
+  if (intent.status === 'processing') {
+    return { outcome: 'processing', paymentId: row.id, paymentIntentId: intent.id };
+  }
+  // Off-session, Stripe fails an intent that needs the customer rather than waiting for them; any other
+  // state cannot complete without them either.
+  const failure = {
+    code: intent.status === 'requires_action' ? 'authentication_required' : `intent_${intent.status}`,
+    message: `the PaymentIntent is ${intent.status}`,
+  };
+  await recordFailure(db, row.id, intent.id, failure);
+  return {
+    outcome: intent.status === 'requires_action' ? 'requires_action' : 'failed',
+    paymentId: row.id,
+    paymentIntentId: intent.id,
+    code: failure.code,
+    declineCode: null,
+    message: failure.message,
+  };
+}
+
+/** A payment past INIT answers from its row (a replayed call). */
+function settledOutcome(payment: Payment): TopUpOutcome | undefined {
+  if (payment.status === 'INIT') return undefined;
+  if (isCredited(payment.status) || payment.status === 'PAID') {
+    return {
+      outcome: 'succeeded',
+      paymentId: payment.id,
+      paymentIntentId: payment.stripe_payment_intent_id ?? '',
+      credits: payment.credits,
+    };
+  }
+  const code = payment.failure_code ?? 'payment_failed';
+  return {
+    outcome: code === 'authentication_required' ? 'requires_action' : 'failed',
+    paymentId: payment.id,
+    paymentIntentId: payment.stripe_payment_intent_id,
+    code,
+    declineCode: null,
+    message: payment.failure_message ?? `the payment is ${payment.status}`,
+  };
+}
+
+/**
+ * Stripe's refusal as an outcome. Card errors (a decline, authentication required) and invalid requests
+ * (the saved card was detached, the customer deleted) can never succeed as asked: the payment is FAILED
+ * with Stripe's code. Anything else (no answer, 5xx, rate limit) may be retried with the same key.
+ */
+async function failedOutcome(db: Kysely<Database>, payment: Payment, error: unknown): Promise<TopUpOutcome> {
+  const stripeError = (error ?? {}) as StripeErrorLike;
+  const final =
+    stripeError.type === 'StripeCardError' ||
+    stripeError.type === 'StripeInvalidRequestError' ||
+    stripeError.type === 'StripeIdempotencyError';
+  if (!final) {
+    return {
+      outcome: 'retry',
+      paymentId: payment.id,
+      reason: stripeError.type ?? (error instanceof Error ? error.name : 'unknown'),
+    };
+  }
+  const code =
+    stripeError.code ??
+    (stripeError.type === 'StripeIdempotencyError' ? 'idempotency_error' : 'invalid_request');
+  const message = stripeError.message ?? code;
+  const intentId = stripeError.payment_intent?.id ?? null;
+  await recordFailure(db, payment.id, intentId, { code, message });
+  return {
+    outcome: code === 'authentication_required' ? 'requires_action' : 'failed',
+    paymentId: payment.id,
+    paymentIntentId: intentId,
+    code,
+    declineCode: stripeError.decline_code ?? null,
+    message,
+  };
+}
+
+/** FAILED with Stripe's reason, under the intent's payment lock (the one its webhooks take). */
+async function recordFailure(
+  db: Kysely<Database>,
+  paymentId: string,
+  intentId: string | null,
+  failure: { readonly code: string; readonly message: string },
+): Promise<void> {
+  if (intentId) await attachPaymentIntent(db, paymentId, intentId);
+  await db.transaction().execute(async (trx) => {
+    await lockKey(trx, 'payment', intentId ?? paymentId);
+    await closeUncredited(trx, { id: paymentId }, 'FAILED', failure);
+  });
+}

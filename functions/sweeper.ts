@@ -1,12 +1,15 @@
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import type { Kysely } from 'kysely';
-import { loadDatabaseConfig } from '../shared/config.js';
+import { loadDatabaseConfig, loadWebhookConfig } from '../shared/config.js';
 import { createDb } from '../shared/db/client.js';
 import type { Database } from '../shared/db/schema.js';
 import { expireDueHolds } from '../shared/holds/holds.js';
 import { type SweepResult, sweepExpiredGrants } from '../shared/ledger/sweep.js';
 import { METRICS } from '../shared/metrics.js';
 import { coldStart, createObservability, wrapHandler } from '../shared/observability.js';
+import { flushWebhooks } from '../shared/webhooks/outbox.js';
+import type { DeliveryQueue } from '../shared/webhooks/queue.js';
+import { awsWebhookRuntime } from '../shared/webhooks/runtime.js';
 
 export interface SweeperDependencies {
   readonly db: Kysely<Database>;
@@ -14,18 +17,34 @@ export interface SweeperDependencies {
   readonly clock?: () => Date;
   /** How long one sweep may run before it leaves the rest to the next. @default 40 s (the function has 50) */
   readonly budgetMs?: number;
+  /** The webhook dispatcher's queue: the sweeper sends the outbox and the deliveries due. @default none */
+  readonly webhookQueue?: DeliveryQueue;
 }
 
 /**
  * The sweeper, every minute from EventBridge Scheduler (locally every SWEEP_INTERVAL_SECONDS): marks holds
  * past their expiry expired and writes off expired grants' remainders as `grant_expiry` entries. Reads and
- * debits already treat both as expired; the sweeper makes idle accounts' rows and entries catch up.
+ * debits already treat both as expired; the sweeper makes idle accounts' rows and entries catch up. It is also
+ * the webhook outbox's safety net: events a crash left unsent, and deliveries whose wait outlasted SQS's delay.
  */
 export function createSweeper(deps: SweeperDependencies) {
   const obs = createObservability('sweeper');
   const { logger, metrics } = obs;
 
-  async function sweep(): Promise<SweepResult & { expiredHolds: number }> {
+  async function sendWebhooks(now: Date): Promise<number> {
+    if (!deps.webhookQueue) return 0;
+    try {
+      const { sent } = await flushWebhooks(deps.db, deps.webhookQueue, now);
+      metrics.addMetric(METRICS.webhookOutboxSent, MetricUnit.Count, sent);
+      return sent;
+    } catch (error: unknown) {
+      // Left in the database: the next sweep sends it.
+      logger.error('webhook outbox not sent', { error: error as Error });
+      return 0;
+    }
+  }
+
+  async function sweep(): Promise<SweepResult & { expiredHolds: number; webhooksSent: number }> {
     const now = deps.clock?.() ?? new Date();
     const expiredHolds = await expireDueHolds(deps.db, now);
     const result = await sweepExpiredGrants(deps.db, now, { budgetMs: deps.budgetMs ?? 40_000 });
@@ -34,7 +53,8 @@ export function createSweeper(deps: SweeperDependencies) {
     if (expiredHolds > 0 || result.expiredGrants > 0 || result.unfinished) {
       logger.info('expired holds and grants written off', { ...result, expiredHolds });
     }
-    return { ...result, expiredHolds };
+    const webhooksSent = await sendWebhooks(now);
+    return { ...result, expiredHolds, webhooksSent };
   }
 
   return wrapHandler(obs, sweep);
@@ -45,5 +65,6 @@ export const handler = coldStart(() => {
   const config = loadDatabaseConfig();
   return createSweeper({
     db: createDb(config.database, { max: config.poolMax, applicationName: 'sweeper' }),
+    ...(process.env.WEBHOOK_QUEUE_URL && { webhookQueue: awsWebhookRuntime(loadWebhookConfig()).queue }),
   });
 });

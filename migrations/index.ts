@@ -7,6 +7,7 @@ import * as creditGrants from './2026-12-02-credit-grants.js';
 import * as priceBook from './2026-12-03-price-book.js';
 import * as holds from './2026-12-04-holds.js';
 import * as usage from './2026-12-05-usage.js';
+import * as webhooks from './2026-12-07-webhooks.js';
 
 /** Every migration, in order. Static imports so the set survives bundling into a Lambda. */
 const migrations: Record<string, Migration> = {
@@ -18,6 +19,7 @@ const migrations: Record<string, Migration> = {
   '2026-12-03-price-book': priceBook,
   '2026-12-04-holds': holds,
   '2026-12-05-usage': usage,
+  '2026-12-07-webhooks': webhooks,
 };
 
 /** A kysely migration provider over the static set above. */

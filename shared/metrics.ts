@@ -33,6 +33,11 @@ export const METRICS = {
   // sweeper
   grantsExpired: 'GrantsExpired',
   holdsExpired: 'HoldsExpired',
+  webhookOutboxSent: 'WebhookOutboxSent',
+  // webhook-dispatcher
+  webhookDelivered: 'WebhookDelivered',
+  webhookAttemptFailed: 'WebhookAttemptFailed',
+  webhookDead: 'WebhookDead',
 } as const;
 
 export type MetricName = (typeof METRICS)[keyof typeof METRICS];
@@ -64,4 +69,11 @@ export const METRIC_SERVICE = {
   ReconciliationFailed: 'reconcile',
   GrantsExpired: 'sweeper',
   HoldsExpired: 'sweeper',
-} as const satisfies Record<MetricName, 'webhook-intake' | 'credit-worker' | 'api' | 'reconcile' | 'sweeper'>;
+  WebhookOutboxSent: 'sweeper',
+  WebhookDelivered: 'webhook-dispatcher',
+  WebhookAttemptFailed: 'webhook-dispatcher',
+  WebhookDead: 'webhook-dispatcher',
+} as const satisfies Record<
+  MetricName,
+  'webhook-intake' | 'credit-worker' | 'api' | 'reconcile' | 'sweeper' | 'webhook-dispatcher'
+>;

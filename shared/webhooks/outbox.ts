@@ -113,6 +113,8 @@ export async function fanOutOutbox(db: Kysely<Database>, now: Date, limit = 200)
           endpoint_id: endpoint.id,
           type: event.type,
           next_attempt_at: now,
+          // Explicit, in milliseconds as JavaScript keeps them: listing cursors carry it back exactly.
+          created_at: now,
         })),
     );
     if (deliveries.length > 0) {

@@ -1,4 +1,5 @@
 import { StackAlreadyRunningError, StackStartError, startLocalStack } from '../local/stack.js';
+import { parseRetrySeconds } from '../shared/config.js';
 
 /** `npm start`: the whole system on this machine. Ctrl-C stops everything. */
 process.env.POWERTOOLS_LOG_LEVEL ??= 'WARN';
@@ -40,6 +41,9 @@ const stack = await startLocalStack({
   adminApprovalThreshold: wholeNumber('ADMIN_APPROVAL_THRESHOLD', 0),
   allowPromotionCodes: promotionCodes === 'true',
   sweepIntervalSeconds: wholeNumber('SWEEP_INTERVAL_SECONDS', 1),
+  ...(process.env.WEBHOOK_RETRY_SECONDS && {
+    webhookRetrySeconds: parseRetrySeconds(process.env.WEBHOOK_RETRY_SECONDS),
+  }),
 }).catch((error: unknown) => {
   if (!(error instanceof StackAlreadyRunningError || error instanceof StackStartError)) throw error;
   console.error(`npm start: ${error.message}`);

@@ -226,7 +226,11 @@ const COMMANDS: Record<string, CommandSpec> = {
     summary: 'register an endpoint; prints its signing secret, the only time it is shown',
     positionals: [1, 1],
     options: {
-      events: { value: 'a,b', help: `event types, comma-separated: ${WEBHOOK_EVENT_TYPES.join(', ')}`, required: true },
+      events: {
+        value: 'a,b',
+        help: `event types, comma-separated: ${WEBHOOK_EVENT_TYPES.join(', ')}`,
+        required: true,
+      },
       description: { value: 'D', help: 'what the endpoint is, for operators' },
       reason: { value: 'R', help: 'why (audit trail; default: registered a webhook endpoint)' },
     },
@@ -242,7 +246,8 @@ const COMMANDS: Record<string, CommandSpec> = {
     positionals: [0, 0],
     options: {
       status: { value: DELIVERY_STATUSES.join('|'), help: 'only deliveries in this status' },
-      endpoint: { value: 'ID', help: 'only deliveries to this endpoint' },
+      // --endpoint is taken: it names a deployed stage.
+      'endpoint-id': { value: 'ID', help: 'only deliveries to this webhook endpoint' },
       limit: { value: 'N', help: 'how many, 1-100 (default: 20)' },
     },
   },
@@ -460,10 +465,16 @@ function validate({ command, args, options }: Parsed): void {
   const status = options.status;
   if (command === 'deliveries') {
     if (typeof status === 'string' && !(DELIVERY_STATUSES as readonly string[]).includes(status))
-      throw new UsageError(`deliveries: --status must be ${DELIVERY_STATUSES.join(', ')}, got ${status}`, command);
+      throw new UsageError(
+        `deliveries: --status must be ${DELIVERY_STATUSES.join(', ')}, got ${status}`,
+        command,
+      );
     const endpointId = options.endpoint;
     if (typeof endpointId === 'string' && !UUID.test(endpointId))
-      throw new UsageError(`deliveries: --endpoint must be an endpoint id (a UUID), got ${endpointId}`, command);
+      throw new UsageError(
+        `deliveries: --endpoint must be an endpoint id (a UUID), got ${endpointId}`,
+        command,
+      );
     checkWhole(command, '--limit', options.limit, 100);
   }
   if ((command === 'webhooks delete' || command === 'deliveries redeliver') && !UUID.test(args[0]!))
@@ -876,14 +887,20 @@ async function execute(
       return call('DELETE', `/v1/admin/webhook-endpoints/${encodeURIComponent(args[0]!)}`);
     case 'deliveries': {
       const query = new URLSearchParams();
-      for (const name of ['status', 'endpoint', 'limit'] as const) {
+      for (const [name, param] of [
+        ['status', 'status'],
+        ['endpoint-id', 'endpoint'],
+        ['limit', 'limit'],
+      ] as const) {
         const value = options[name];
-        if (typeof value === 'string') query.set(name, value);
+        if (typeof value === 'string') query.set(param, value);
       }
       return call('GET', `/v1/admin/webhook-deliveries${query.size ? `?${query}` : ''}`);
     }
     case 'deliveries redeliver':
-      return call('POST', `/v1/admin/webhook-deliveries/${encodeURIComponent(args[0]!)}/redeliver`, { reason });
+      return call('POST', `/v1/admin/webhook-deliveries/${encodeURIComponent(args[0]!)}/redeliver`, {
+        reason,
+      });
     case 'dlq': {
       const info = local
         ? ((await (await fetch(new URL('/_local/info', endpoint))).json()) as { dlqUrl: string })

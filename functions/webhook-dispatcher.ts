@@ -12,6 +12,7 @@ import {
   dispatchDelivery,
 } from '../shared/webhooks/dispatch.js';
 import { awsWebhookRuntime } from '../shared/webhooks/runtime.js';
+import { cachingDecrypts } from '../shared/webhooks/secrets.js';
 
 /** A queue message that names no delivery: it fails its own record and reaches the DLQ after 5 receives. */
 export class PoisonDeliveryMessageError extends Error {}
@@ -81,7 +82,7 @@ export const handler = coldStart(() => {
   return createWebhookDispatcher({
     db: createDb(config.database, { max: config.poolMax, applicationName: 'webhook-dispatcher' }),
     queue: runtime.queue,
-    cipher: runtime.cipher,
+    cipher: cachingDecrypts(runtime.cipher),
     retrySeconds: runtime.retrySeconds,
   });
 });

@@ -88,7 +88,7 @@ export async function dispatchDelivery(
     await deps.queue.deadLetter(delivery.id, `no 2xx after ${recorded.attempts} attempts`);
   }
   return {
-    outcome: recorded.status === 'pending' ? 'failed' : recorded.status,
+    outcome: recorded.status as 'delivered' | 'failed' | 'dead',
     webhookId: delivery.webhook_id,
     attempts: recorded.attempts,
     httpStatus: result.status,

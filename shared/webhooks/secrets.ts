@@ -85,3 +85,22 @@ function loadOrCreateKey(keyFile: string): Buffer {
   if (key.length !== 32) throw new Error(`${keyFile} does not hold a base64 32-byte key`);
   return key;
 }
+
+/**
+ * `cipher` with decryptions remembered for the life of the process (a warm Lambda): one KMS call per endpoint
+ * and ciphertext, not per attempt.
+ */
+export function cachingDecrypts(cipher: SecretCipher): SecretCipher {
+  const plain = new Map<string, string>();
+  return {
+    encrypt: (plaintext, context) => cipher.encrypt(plaintext, context),
+    async decrypt(ciphertext, context) {
+      const key = `${context}\u0000${ciphertext}`;
+      const known = plain.get(key);
+      if (known !== undefined) return known;
+      const secret = await cipher.decrypt(ciphertext, context);
+      plain.set(key, secret);
+      return secret;
+    },
+  };
+}

@@ -336,6 +336,28 @@ describe('outbound webhooks: delivery and retries', () => {
   });
 });
 
+describe('outbound webhooks: deleted endpoints', () => {
+  it('drops what is still to send to an endpoint deleted meanwhile: dead, not sent, nothing in the DLQ', async () => {
+    const h = harness();
+    const receiver = await startWebhookReceiver([200]);
+    const endpoint = await h.register(receiver.url, ['spend_cap.reached']);
+    await commitEvent('spend_cap.reached');
+    await h.flush();
+    await h.call('DELETE /v1/admin/webhook-endpoints/{id}', { params: { id: endpoint.id } });
+
+    await h.drain();
+
+    expect(receiver.received).toEqual([]);
+    expect((await h.deliveries(endpoint.id))[0]).toMatchObject({
+      status: 'dead',
+      attempts: 0,
+      lastResponse: 'endpoint deleted: not sent',
+    });
+    expect(h.deadLettered()).toEqual([]);
+    await receiver.close();
+  });
+});
+
 describe('outbound webhooks: the outbox', () => {
   it('survives a crash between commit and send: the sweeper sends the event', async () => {
     const h = harness();

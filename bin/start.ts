@@ -22,6 +22,17 @@ function wholeNumber(name: string, min: number): number | undefined {
   }
   return value;
 }
+/** WEBHOOK_RETRY_SECONDS, or undefined when unset; anything invalid stops the start with its name. */
+function retrySchedule(): number[] | undefined {
+  const text = process.env.WEBHOOK_RETRY_SECONDS;
+  if (text === undefined || text === '') return undefined;
+  try {
+    return parseRetrySeconds(text);
+  } catch (error: unknown) {
+    console.error(`npm start: ${(error as Error).message.replace('invalid configuration: ', '')}`);
+    process.exit(2);
+  }
+}
 const promotionCodes = process.env.ALLOW_PROMOTION_CODES ?? 'false';
 if (promotionCodes !== 'true' && promotionCodes !== 'false') {
   console.error(
@@ -41,9 +52,7 @@ const stack = await startLocalStack({
   adminApprovalThreshold: wholeNumber('ADMIN_APPROVAL_THRESHOLD', 0),
   allowPromotionCodes: promotionCodes === 'true',
   sweepIntervalSeconds: wholeNumber('SWEEP_INTERVAL_SECONDS', 1),
-  ...(process.env.WEBHOOK_RETRY_SECONDS && {
-    webhookRetrySeconds: parseRetrySeconds(process.env.WEBHOOK_RETRY_SECONDS),
-  }),
+  webhookRetrySeconds: retrySchedule(),
 }).catch((error: unknown) => {
   if (!(error instanceof StackAlreadyRunningError || error instanceof StackStartError)) throw error;
   console.error(`npm start: ${error.message}`);

@@ -1,4 +1,5 @@
 import { StackAlreadyRunningError, StackStartError, startLocalStack } from '../local/stack.js';
+import { parseRetrySeconds } from '../shared/config.js';
 
 /** `npm start`: the whole system on this machine. Ctrl-C stops everything. */
 process.env.POWERTOOLS_LOG_LEVEL ??= 'WARN';
@@ -21,6 +22,17 @@ function wholeNumber(name: string, min: number): number | undefined {
   }
   return value;
 }
+/** WEBHOOK_RETRY_SECONDS, or undefined when unset; anything invalid stops the start with its name. */
+function retrySchedule(): number[] | undefined {
+  const text = process.env.WEBHOOK_RETRY_SECONDS;
+  if (text === undefined || text === '') return undefined;
+  try {
+    return parseRetrySeconds(text);
+  } catch (error: unknown) {
+    console.error(`npm start: ${(error as Error).message.replace('invalid configuration: ', '')}`);
+    process.exit(2);
+  }
+}
 const promotionCodes = process.env.ALLOW_PROMOTION_CODES ?? 'false';
 if (promotionCodes !== 'true' && promotionCodes !== 'false') {
   console.error(
@@ -40,6 +52,7 @@ const stack = await startLocalStack({
   adminApprovalThreshold: wholeNumber('ADMIN_APPROVAL_THRESHOLD', 0),
   allowPromotionCodes: promotionCodes === 'true',
   sweepIntervalSeconds: wholeNumber('SWEEP_INTERVAL_SECONDS', 1),
+  webhookRetrySeconds: retrySchedule(),
 }).catch((error: unknown) => {
   if (!(error instanceof StackAlreadyRunningError || error instanceof StackStartError)) throw error;
   console.error(`npm start: ${error.message}`);

@@ -8,6 +8,7 @@ import { createDb } from '../shared/db/client.js';
 import { METRICS } from '../shared/metrics.js';
 import { coldStart, createObservability, wrapHandler } from '../shared/observability.js';
 import { lazyStripe } from '../shared/stripe/api-client.js';
+import { awsWebhookRuntime } from '../shared/webhooks/runtime.js';
 
 /** The HTTP API function: every route of shared/http/routes.ts whose `fn` is `api`. */
 export function createApiHandler(deps: ApiDependencies) {
@@ -46,6 +47,7 @@ export const handler = coldStart(() => {
       secretKey: config.stripeSecretKey,
       apiBase: config.stripeApiBase,
     }),
+    ...(config.webhooks && { webhooks: awsWebhookRuntime(config.webhooks) }),
     dispatchReconciliation: async (runId) => {
       if (!reconcileFunction) throw new Error('RECONCILE_FUNCTION_NAME is not set');
       await lambda.send(

@@ -1,6 +1,6 @@
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import type { Kysely } from 'kysely';
-import { loadSweeperConfig } from '../shared/config.js';
+import { loadSweeperConfig, loadWebhookConfig } from '../shared/config.js';
 import { createDb } from '../shared/db/client.js';
 import type { Database } from '../shared/db/schema.js';
 import { expireDueHolds } from '../shared/holds/holds.js';
@@ -9,6 +9,9 @@ import { METRICS } from '../shared/metrics.js';
 import { coldStart, createObservability, wrapHandler } from '../shared/observability.js';
 import { DEFAULT_CATALOG, type PlanCatalog } from '../shared/plans/catalog.js';
 import { grantDueAllowances } from '../shared/plans/plans.js';
+import { flushWebhooks } from '../shared/webhooks/outbox.js';
+import type { DeliveryQueue } from '../shared/webhooks/queue.js';
+import { awsWebhookRuntime } from '../shared/webhooks/runtime.js';
 
 export interface SweeperDependencies {
   readonly db: Kysely<Database>;
@@ -18,19 +21,37 @@ export interface SweeperDependencies {
   readonly budgetMs?: number;
   /** The plans, for the month's allowances granted ahead. @default one plan with none */
   readonly plans?: PlanCatalog;
+  /** The webhook dispatcher's queue: the sweeper sends the outbox and the deliveries due. @default none */
+  readonly webhookQueue?: DeliveryQueue;
 }
 
 /**
  * The sweeper, every minute from EventBridge Scheduler (locally every SWEEP_INTERVAL_SECONDS): marks holds
  * past their expiry expired and writes off expired grants' remainders as `grant_expiry` entries. Reads and
- * debits already treat both as expired; the sweeper makes idle accounts' rows and entries catch up. It also
- * grants each month's allowances ahead (a debit or a read grants one the sweeper has not reached yet).
+ * debits already treat both as expired; the sweeper makes idle accounts' rows and entries catch up. It
+ * grants each month's allowances ahead (a debit or a read grants one the sweeper has not reached yet), and is
+ * the webhook outbox's safety net: events a crash left unsent, and deliveries whose wait outlasted SQS's delay.
  */
 export function createSweeper(deps: SweeperDependencies) {
   const obs = createObservability('sweeper');
   const { logger, metrics } = obs;
 
-  async function sweep(): Promise<SweepResult & { expiredHolds: number; allowancesGranted: number }> {
+  async function sendWebhooks(now: Date): Promise<number> {
+    if (!deps.webhookQueue) return 0;
+    try {
+      const { sent } = await flushWebhooks(deps.db, deps.webhookQueue, now);
+      metrics.addMetric(METRICS.webhookOutboxSent, MetricUnit.Count, sent);
+      return sent;
+    } catch (error: unknown) {
+      // Left in the database: the next sweep sends it.
+      logger.error('webhook outbox not sent', { error: error as Error });
+      return 0;
+    }
+  }
+
+  async function sweep(): Promise<
+    SweepResult & { expiredHolds: number; allowancesGranted: number; webhooksSent: number }
+  > {
     const now = deps.clock?.() ?? new Date();
     const budgetMs = deps.budgetMs ?? 40_000;
     const started = Date.now();
@@ -51,7 +72,8 @@ export function createSweeper(deps: SweeperDependencies) {
         allowancesGranted: allowances.granted,
       });
     }
-    return { ...result, unfinished, expiredHolds, allowancesGranted: allowances.granted };
+    const webhooksSent = await sendWebhooks(now);
+    return { ...result, unfinished, expiredHolds, allowancesGranted: allowances.granted, webhooksSent };
   }
 
   return wrapHandler(obs, sweep);
@@ -63,5 +85,6 @@ export const handler = coldStart(() => {
   return createSweeper({
     db: createDb(config.database, { max: config.poolMax, applicationName: 'sweeper' }),
     plans: config.plans,
+    ...(process.env.WEBHOOK_QUEUE_URL && { webhookQueue: awsWebhookRuntime(loadWebhookConfig()).queue }),
   });
 });

@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { Duration, RemovalPolicy, Validations } from 'aws-cdk-lib';
 import type * as ec2 from 'aws-cdk-lib/aws-ec2';
+import type * as kms from 'aws-cdk-lib/aws-kms';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import { NodejsFunction, OutputFormat } from 'aws-cdk-lib/aws-lambda-nodejs';
 import * as logs from 'aws-cdk-lib/aws-logs';
@@ -90,6 +91,27 @@ export class CreditsFunction extends NodejsFunction {
   bindQueueSender(queue: sqs.IQueue): this {
     queue.grantSendMessages(this);
     this.addEnvironment('QUEUE_URL', queue.queueUrl);
+    return this;
+  }
+
+  /**
+   * May send to the webhook dispatcher's queue (and its DLQ, when given): sets WEBHOOK_QUEUE_URL (and
+   * WEBHOOK_DLQ_URL).
+   */
+  bindWebhookQueue(queue: sqs.IQueue, deadLetterQueue?: sqs.IQueue): this {
+    queue.grantSendMessages(this);
+    this.addEnvironment('WEBHOOK_QUEUE_URL', queue.queueUrl);
+    if (deadLetterQueue) {
+      deadLetterQueue.grantSendMessages(this);
+      this.addEnvironment('WEBHOOK_DLQ_URL', deadLetterQueue.queueUrl);
+    }
+    return this;
+  }
+
+  /** May use the webhook secrets key for `use` only (kms:Encrypt or kms:Decrypt): sets WEBHOOK_KMS_KEY_ID. */
+  bindWebhookKey(key: kms.IKey, use: 'encrypt' | 'decrypt'): this {
+    key.grant(this, use === 'encrypt' ? 'kms:Encrypt' : 'kms:Decrypt');
+    this.addEnvironment('WEBHOOK_KMS_KEY_ID', key.keyArn);
     return this;
   }
 

@@ -17,6 +17,8 @@ export interface MonitoringProps {
   readonly sweeper: lambda.IFunction;
   /** The sweep schedule's dead-letter queue. */
   readonly sweepScheduleDlq: sqs.IQueue;
+  /** The webhook dispatcher's dead-letter queue: deliveries that ran out of retries. */
+  readonly webhookDeadLetterQueue: sqs.IQueue;
   /** Where alarms are emailed. @default none (subscribe to the topic yourself) */
   readonly alarmEmail?: string;
 }
@@ -89,6 +91,11 @@ export function defineMonitoring(scope: Construct, props: MonitoringProps): sns.
       props.sweepScheduleDlq.metricApproximateNumberOfMessagesVisible({ period: Duration.minutes(5) }),
       'the schedule could not invoke the sweeper',
     ],
+    [
+      'WebhookDlqNotEmpty',
+      props.webhookDeadLetterQueue.metricApproximateNumberOfMessagesVisible({ period: Duration.minutes(5) }),
+      'outbound webhooks ran out of retries: see GET /v1/admin/webhook-deliveries?status=dead, then redeliver',
+    ],
   ];
   for (const [name, alarmMetric, description] of alarms) {
     new cloudwatch.Alarm(scope, name, {
@@ -119,6 +126,18 @@ export function defineMonitoring(scope: Construct, props: MonitoringProps): sns.
         ]),
         graph('Credits', [METRICS.creditsGranted, METRICS.creditsClawedBack]),
         graph('Grants', [METRICS.grantsExpired]),
+      ],
+      [
+        graph('Outbound webhooks', [
+          METRICS.webhookDelivered,
+          METRICS.webhookAttemptFailed,
+          METRICS.webhookDead,
+          METRICS.webhookOutboxSent,
+        ]),
+        new cloudwatch.GraphWidget({
+          title: 'Outbound webhook queue',
+          left: [props.webhookDeadLetterQueue.metricApproximateNumberOfMessagesVisible()],
+        }),
       ],
       [
         new cloudwatch.GraphWidget({

@@ -1,6 +1,7 @@
 import { ArnFormat, Duration, RemovalPolicy, Stack, type StackProps, Validations } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as iam from 'aws-cdk-lib/aws-iam';
+import * as kms from 'aws-cdk-lib/aws-kms';
 import * as rds from 'aws-cdk-lib/aws-rds';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
@@ -12,6 +13,8 @@ import type { Construct } from 'constructs';
  * every other function connects as it, and it may not change ledger entries, run DDL or own anything.
  */
 export const DATABASE = { name: 'credits', owner: 'postgres', appUser: 'credits_app' } as const;
+/** The webhook dispatcher's timeout: a batch of POSTs of at most 10 s each; its queue's visibility is six times it. */
+export const DISPATCHER_TIMEOUT = Duration.seconds(60);
 /** The crediting worker's timeout; the queue's visibility timeout is six times it. */
 export const WORKER_TIMEOUT = Duration.seconds(30);
 
@@ -33,6 +36,12 @@ export class StatefulStack extends Stack {
   readonly stripeSecret: secretsmanager.Secret;
   readonly queue: sqs.Queue;
   readonly deadLetterQueue: sqs.Queue;
+  /** The webhook dispatcher's queue: one message per due attempt of an outbound webhook delivery. */
+  readonly webhookQueue: sqs.Queue;
+  /** Deliveries whose retry schedule ran out (sent by the dispatcher), and messages received 5 times. */
+  readonly webhookDeadLetterQueue: sqs.Queue;
+  /** Encrypts the webhook endpoints' signing secrets (stored in the database as ciphertext only). */
+  readonly webhookSecretsKey: kms.Key;
 
   constructor(scope: Construct, id: string, props: StatefulStackProps = {}) {
     super(scope, id, { ...props, terminationProtection: true });
@@ -148,6 +157,25 @@ export class StatefulStack extends Stack {
       visibilityTimeout: Duration.seconds(WORKER_TIMEOUT.toSeconds() * 6),
       retentionPeriod: Duration.days(14),
       deadLetterQueue: { queue: this.deadLetterQueue, maxReceiveCount: 5 },
+    });
+
+    this.webhookDeadLetterQueue = new sqs.Queue(this, 'WebhookDeliveriesDlq', {
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+      retentionPeriod: Duration.days(14),
+    });
+    this.webhookQueue = new sqs.Queue(this, 'WebhookDeliveries', {
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+      visibilityTimeout: Duration.seconds(DISPATCHER_TIMEOUT.toSeconds() * 6),
+      retentionPeriod: Duration.days(14),
+      deadLetterQueue: { queue: this.webhookDeadLetterQueue, maxReceiveCount: 5 },
+    });
+    // Retained: without it the stored secrets cannot be decrypted, and every endpoint would need a new one.
+    this.webhookSecretsKey = new kms.Key(this, 'WebhookSecretsKey', {
+      description: 'Credits: outbound webhook signing secrets',
+      enableKeyRotation: true,
+      removalPolicy: RemovalPolicy.RETAIN,
     });
   }
 }

@@ -9,7 +9,7 @@ import { type CallerKind, defineHttpApi } from './api.js';
 import { CreditsFunction } from './credits-function.js';
 import { defineMonitoring } from './monitoring.js';
 import { defineNightlyReconciliation } from './reconciliation.js';
-import { DATABASE, type StatefulStack, WORKER_TIMEOUT } from './stateful-stack.js';
+import { DATABASE, DISPATCHER_TIMEOUT, type StatefulStack, WORKER_TIMEOUT } from './stateful-stack.js';
 import { defineSweepSchedule, SWEEPER_TIMEOUT } from './sweeper.js';
 
 export interface StatelessStackProps extends StackProps {
@@ -38,6 +38,8 @@ export interface StatelessStackProps extends StackProps {
   readonly adminPrincipals: string[];
   /** Concurrent worker invocations at most, to protect the database. @default 5 */
   readonly workerConcurrency?: number;
+  /** Seconds between outbound webhook attempts, comma-separated (WEBHOOK_RETRY_SECONDS). @default about 3 days */
+  readonly webhookRetrySeconds?: string;
 }
 
 /** IAM user, role or assumed-role ARNs; `*` may stand for any part after the account, never for the account. */
@@ -63,7 +65,7 @@ export function validateAdminPrincipals(principals: readonly string[]): void {
 export class StatelessStack extends Stack {
   readonly api: apigw.HttpApi;
   readonly functions: Record<
-    'intake' | 'worker' | 'api' | 'reconcile' | 'sweeper' | 'migrate',
+    'intake' | 'worker' | 'api' | 'reconcile' | 'sweeper' | 'migrate' | 'dispatcher',
     CreditsFunction
   >;
   readonly alarmTopic: sns.Topic;
@@ -127,7 +129,10 @@ export class StatelessStack extends Stack {
       },
     })
       .bindDatabase(stateful.proxy, app)
-      .bindStripeSecret(stateful.stripeSecret);
+      .bindStripeSecret(stateful.stripeSecret)
+      // Registering an endpoint encrypts its secret; redeliver sends to the queue. The API never decrypts.
+      .bindWebhookQueue(stateful.webhookQueue)
+      .bindWebhookKey(stateful.webhookSecretsKey, 'encrypt');
     reconcile.grantInvoke(apiFunction);
     Validations.of(apiFunction.role!).acknowledge({
       id: 'AwsSolutions-IAM5[Resource::<ReconcileD51D4F4F.Arn>:*]',
@@ -142,7 +147,29 @@ export class StatelessStack extends Stack {
       reservedConcurrentExecutions: 1,
       ...inVpc,
       environment: { ...(props.plans && { PLANS: props.plans }) },
-    }).bindDatabase(stateful.proxy, app);
+    })
+      .bindDatabase(stateful.proxy, app)
+      // The outbox's safety net, and attempts whose wait is longer than SQS's 15-minute delay.
+      .bindWebhookQueue(stateful.webhookQueue);
+
+    // Outbound webhooks: one attempt per message; it re-sends itself with a delay, or dead-letters itself.
+    const dispatcher = new CreditsFunction(this, 'WebhookDispatcher', {
+      entry: 'webhook-dispatcher',
+      timeout: DISPATCHER_TIMEOUT,
+      ...inVpc,
+      environment: { ...(props.webhookRetrySeconds && { WEBHOOK_RETRY_SECONDS: props.webhookRetrySeconds }) },
+    })
+      .bindDatabase(stateful.proxy, app)
+      .bindWebhookQueue(stateful.webhookQueue, stateful.webhookDeadLetterQueue)
+      .bindWebhookKey(stateful.webhookSecretsKey, 'decrypt');
+    dispatcher.addEventSource(
+      new SqsEventSource(stateful.webhookQueue, {
+        batchSize: 10,
+        maxBatchingWindow: Duration.seconds(1),
+        reportBatchItemFailures: true,
+        maxConcurrency: 5,
+      }),
+    );
 
     const migrate = new CreditsFunction(this, 'Migrate', {
       entry: 'migrate',
@@ -154,10 +181,10 @@ export class StatelessStack extends Stack {
       handler: migrate,
       timeout: Duration.minutes(5),
       executeOnHandlerChange: true,
-      executeBefore: [worker, apiFunction, reconcile, sweeper],
+      executeBefore: [worker, apiFunction, reconcile, sweeper, dispatcher],
     });
 
-    this.functions = { intake, worker, api: apiFunction, reconcile, sweeper, migrate };
+    this.functions = { intake, worker, api: apiFunction, reconcile, sweeper, migrate, dispatcher };
 
     const httpApi = defineHttpApi(this, {
       functions: { api: apiFunction, 'webhook-intake': intake },
@@ -175,11 +202,16 @@ export class StatelessStack extends Stack {
       scheduleDlq,
       sweeper,
       sweepScheduleDlq,
+      webhookDeadLetterQueue: stateful.webhookDeadLetterQueue,
       alarmEmail: props.alarmEmail,
     });
 
     new CfnOutput(this, 'ApiUrl', { value: this.api.apiEndpoint });
     new CfnOutput(this, 'StripeWebhookUrl', { value: `${this.api.apiEndpoint}/webhooks/stripe` });
+    new CfnOutput(this, 'WebhookDeadLetterQueueUrl', {
+      description: 'Outbound webhook deliveries that ran out of retries (npm run admin -- dlq --dlq-url ...)',
+      value: stateful.webhookDeadLetterQueue.queueUrl,
+    });
     new CfnOutput(this, 'StripeSecretName', { value: stateful.stripeSecret.secretName });
     new CfnOutput(this, 'ServiceCallerPolicyArn', {
       description: 'Attach to the IAM principals of the services that spend, hold, meter and quote',

@@ -8,6 +8,7 @@ import {
 } from '@aws-sdk/client-sqs';
 import { defaultProvider } from '@aws-sdk/credential-provider-node';
 import { importFromGenaiPrices } from '../shared/pricing/import.js';
+import { WEBHOOK_EVENT_TYPES } from '../shared/webhooks/events.js';
 import { LOCAL_REGION, LocalAuth, type LocalPrincipal, signRequest } from './auth.js';
 import type { StackFile } from './stack.js';
 
@@ -17,6 +18,7 @@ const MAX_WINDOW_HOURS = 24 * 90;
 const MAX_EXPIRY_DAYS = 3650;
 const APPROVAL_STATUSES = ['pending', 'approved', 'rejected'] as const;
 const CATEGORIES = ['paid', 'promotional'] as const;
+const DELIVERY_STATUSES = ['pending', 'delivered', 'failed', 'dead'] as const;
 /** The local principals that may sign admin calls (DATA_DIR/local-auth.json). */
 const LOCAL_ADMINS = ['admin', 'second-admin'] as const;
 
@@ -218,6 +220,48 @@ const COMMANDS: Record<string, CommandSpec> = {
     options: {
       'dlq-url': { value: 'URL', help: 'the queue (deployed stage: the stack output DeadLetterQueueUrl)' },
     },
+  },
+  webhooks: {
+    args: '',
+    summary: 'outbound webhook endpoints, newest first (webhooks list does the same)',
+    positionals: [0, 0],
+  },
+  'webhooks list': { args: '', summary: 'outbound webhook endpoints, newest first', positionals: [0, 0] },
+  'webhooks add': {
+    args: '<url>',
+    summary: 'register an endpoint; prints its signing secret, the only time it is shown',
+    positionals: [1, 1],
+    options: {
+      events: {
+        value: 'a,b',
+        help: `event types, comma-separated: ${WEBHOOK_EVENT_TYPES.join(', ')}`,
+        required: true,
+      },
+      description: { value: 'D', help: 'what the endpoint is, for operators' },
+      reason: { value: 'R', help: 'why (audit trail; default: registered a webhook endpoint)' },
+    },
+  },
+  'webhooks delete': {
+    args: '<id>',
+    summary: 'delete an endpoint: it receives nothing more',
+    positionals: [1, 1],
+  },
+  deliveries: {
+    args: '',
+    summary: 'the webhook delivery log, newest first',
+    positionals: [0, 0],
+    options: {
+      status: { value: DELIVERY_STATUSES.join('|'), help: 'only deliveries in this status' },
+      // --endpoint is taken: it names a deployed stage.
+      'endpoint-id': { value: 'ID', help: 'only deliveries to this webhook endpoint' },
+      limit: { value: 'N', help: 'how many, 1-100 (default: 20)' },
+    },
+  },
+  'deliveries redeliver': {
+    args: '<id>',
+    summary: 'send a delivery again now, with the same webhook-id and a fresh retry schedule',
+    positionals: [1, 1],
+    options: { reason: reasonOption },
   },
   help: { args: '[command]', summary: 'this text, or one command in detail', positionals: [0, 2] },
 };
@@ -425,7 +469,38 @@ function validate({ command, args, options }: Parsed): void {
   if (command === 'grant' || command === 'coupons create')
     checkWhole(command, '--expires-in-days', options['expires-in-days'], MAX_EXPIRY_DAYS);
   const status = options.status;
-  if (typeof status === 'string' && !(APPROVAL_STATUSES as readonly string[]).includes(status))
+  if (command === 'deliveries') {
+    if (typeof status === 'string' && !(DELIVERY_STATUSES as readonly string[]).includes(status))
+      throw new UsageError(
+        `deliveries: --status must be ${DELIVERY_STATUSES.join(', ')}, got ${status}`,
+        command,
+      );
+    const endpointId = options.endpoint;
+    if (typeof endpointId === 'string' && !UUID.test(endpointId))
+      throw new UsageError(
+        `deliveries: --endpoint must be an endpoint id (a UUID), got ${endpointId}`,
+        command,
+      );
+    checkWhole(command, '--limit', options.limit, 100);
+  }
+  if ((command === 'webhooks delete' || command === 'deliveries redeliver') && !UUID.test(args[0]!))
+    throw new UsageError(`${command}: <id> must be an id (a UUID), got ${args[0]}`, command);
+  if (command === 'webhooks add') {
+    const events = String(options.events)
+      .split(',')
+      .map((e) => e.trim());
+    const unknown = events.filter((e) => !(WEBHOOK_EVENT_TYPES as readonly string[]).includes(e));
+    if (unknown.length > 0)
+      throw new UsageError(
+        `webhooks add: unknown event type ${unknown.join(', ')} in --events (known: ${WEBHOOK_EVENT_TYPES.join(', ')})`,
+        command,
+      );
+  }
+  if (
+    command.startsWith('approvals') &&
+    typeof status === 'string' &&
+    !(APPROVAL_STATUSES as readonly string[]).includes(status)
+  )
     throw new UsageError(
       `approvals: --status must be ${APPROVAL_STATUSES.join(', ')}, got ${status}`,
       command,
@@ -804,6 +879,36 @@ async function execute(
       return call('POST', `/v1/admin/parked-events/${encodeURIComponent(args[0]!)}/replay`, { reason });
     case 'invariants':
       return call('GET', '/v1/admin/invariants');
+    case 'webhooks':
+    case 'webhooks list':
+      return call('GET', '/v1/admin/webhook-endpoints');
+    case 'webhooks add':
+      return call('POST', '/v1/admin/webhook-endpoints', {
+        url: args[0],
+        events: String(options.events)
+          .split(',')
+          .map((e) => e.trim()),
+        ...(typeof options.description === 'string' && { description: options.description }),
+        ...(typeof options.reason === 'string' && { reason: options.reason }),
+      });
+    case 'webhooks delete':
+      return call('DELETE', `/v1/admin/webhook-endpoints/${encodeURIComponent(args[0]!)}`);
+    case 'deliveries': {
+      const query = new URLSearchParams();
+      for (const [name, param] of [
+        ['status', 'status'],
+        ['endpoint-id', 'endpoint'],
+        ['limit', 'limit'],
+      ] as const) {
+        const value = options[name];
+        if (typeof value === 'string') query.set(param, value);
+      }
+      return call('GET', `/v1/admin/webhook-deliveries${query.size ? `?${query}` : ''}`);
+    }
+    case 'deliveries redeliver':
+      return call('POST', `/v1/admin/webhook-deliveries/${encodeURIComponent(args[0]!)}/redeliver`, {
+        reason,
+      });
     case 'dlq': {
       const info = local
         ? ((await (await fetch(new URL('/_local/info', endpoint))).json()) as { dlqUrl: string })

@@ -25,6 +25,8 @@ export interface LocalQueueOptions {
   readonly batchSize?: number;
   readonly accountId?: string;
   readonly region?: string;
+  /** The queue's name; its DLQ is `<name>-dlq`. @default credits-events */
+  readonly name?: string;
   /**
    * The local IAM principals whose SigV4 signatures (service `sqs`) the API accepts. Without it every API
    * call is refused: the queue is never reachable unsigned.
@@ -67,6 +69,7 @@ export class LocalQueue {
   private stopped = false;
   private readonly visibilityMs: number;
   private readonly maxReceiveCount: number;
+  private readonly name: string;
 
   constructor(
     private readonly baseUrl: () => string,
@@ -74,21 +77,35 @@ export class LocalQueue {
   ) {
     const region = options.region ?? 'us-east-1';
     const account = options.accountId ?? '000000000000';
-    this.mainArn = `arn:aws:sqs:${region}:${account}:credits-events`;
-    this.dlqArn = `arn:aws:sqs:${region}:${account}:credits-events-dlq`;
+    this.name = options.name ?? 'credits-events';
+    this.mainArn = `arn:aws:sqs:${region}:${account}:${this.name}`;
+    this.dlqArn = `arn:aws:sqs:${region}:${account}:${this.name}-dlq`;
     this.visibilityMs = (options.visibilityTimeoutSeconds ?? 30) * 1000;
     this.maxReceiveCount = options.maxReceiveCount ?? 5;
   }
 
   get mainUrl(): string {
-    return `${this.baseUrl()}/_local/sqs/000000000000/credits-events`;
+    return `${this.baseUrl()}/_local/sqs/000000000000/${this.name}`;
   }
 
   get dlqUrl(): string {
-    return `${this.baseUrl()}/_local/sqs/000000000000/credits-events-dlq`;
+    return `${this.baseUrl()}/_local/sqs/000000000000/${this.name}-dlq`;
   }
 
-  send(body: string, attributes: LocalMessage['attributes'] = {}, queue = this.main): LocalMessage {
+  /** True when `urlOrArn` names this queue or its DLQ: how the local SQS endpoint picks the queue asked. */
+  owns(urlOrArn: unknown): boolean {
+    if (typeof urlOrArn !== 'string') return false;
+    if (urlOrArn === this.mainArn || urlOrArn === this.dlqArn) return true;
+    return urlOrArn.endsWith(`/${this.name}`) || urlOrArn.endsWith(`/${this.name}-dlq`);
+  }
+
+  /** Enqueues `body`, invisible for `delaySeconds` first (SQS's DelaySeconds). */
+  send(
+    body: string,
+    attributes: LocalMessage['attributes'] = {},
+    queue = this.main,
+    delaySeconds = 0,
+  ): LocalMessage {
     const message: LocalMessage = {
       messageId: randomUUID(),
       receiptHandle: randomUUID(),
@@ -96,7 +113,7 @@ export class LocalQueue {
       attributes,
       sentAt: Date.now(),
       receiveCount: 0,
-      visibleAt: Date.now(),
+      visibleAt: Date.now() + delaySeconds * 1000,
     };
     queue.push(message);
     return message;
@@ -221,8 +238,8 @@ export class LocalQueue {
   }
 
   private queueOf(url: unknown): LocalMessage[] {
-    if (typeof url === 'string' && url.endsWith('/credits-events-dlq')) return this.dlq;
-    if (typeof url === 'string' && url.endsWith('/credits-events')) return this.main;
+    if (typeof url === 'string' && url.endsWith(`/${this.name}-dlq`)) return this.dlq;
+    if (typeof url === 'string' && url.endsWith(`/${this.name}`)) return this.main;
     throw Object.assign(new Error(`The specified queue does not exist: ${String(url)}`), {
       code: 'AWS.SimpleQueueService.NonExistentQueue',
     });
@@ -261,6 +278,7 @@ export class LocalQueue {
             String(input.MessageBody ?? ''),
             input.MessageAttributes ?? {},
             this.queueOf(input.QueueUrl),
+            Number(input.DelaySeconds ?? 0),
           );
           return reply(200, { MessageId: message.messageId, MD5OfMessageBody: md5(message.body) });
         }

@@ -8,6 +8,7 @@ import pg from 'pg';
 import { createApiHandler } from '../functions/api.js';
 import { createCreditWorker } from '../functions/credit-worker.js';
 import { createSweeper } from '../functions/sweeper.js';
+import { createWebhookDispatcher } from '../functions/webhook-dispatcher.js';
 import { createWebhookIntake } from '../functions/webhook-intake.js';
 import type { ApiConfig } from '../shared/config.js';
 import { createDb } from '../shared/db/client.js';
@@ -17,6 +18,10 @@ import { type PlanCatalog, parsePlans } from '../shared/plans/catalog.js';
 import { ensureActivePriceBook, type NewPriceBook } from '../shared/pricing/price-book.js';
 import { executeRun } from '../shared/reconcile/reconcile.js';
 import { lazyStripe } from '../shared/stripe/api-client.js';
+import { DEFAULT_RETRY_SECONDS } from '../shared/webhooks/outbox.js';
+import { sqsDeliveryQueue } from '../shared/webhooks/queue.js';
+import type { WebhookRuntime } from '../shared/webhooks/runtime.js';
+import { localSecretCipher } from '../shared/webhooks/secrets.js';
 import { createLocalGateway, type Handler } from './api-gateway.js';
 import { LOCAL_REGION, LocalAuth } from './auth.js';
 import { appRoleUrl, freePort, startLocalPostgres } from './postgres.js';
@@ -51,6 +56,8 @@ export interface LocalStackOptions {
   readonly sweepIntervalSeconds?: number;
   /** The `PLANS` JSON (allowances, caps, rate limits). @default one plan with none */
   readonly plans?: string;
+  /** Seconds between outbound webhook attempts (WEBHOOK_RETRY_SECONDS). @default about 3 days' worth */
+  readonly webhookRetrySeconds?: readonly number[];
 }
 
 export interface LocalStack {
@@ -59,6 +66,8 @@ export interface LocalStack {
   readonly databaseUrl: string;
   readonly auth: LocalAuth;
   readonly queue: LocalQueue;
+  /** The webhook dispatcher's queue and its DLQ. */
+  readonly webhookQueue: LocalQueue;
   readonly emulator: RunningStripeEmulator | undefined;
   stop(): Promise<void>;
 }
@@ -275,6 +284,12 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
       auth,
     });
     stops.push(() => queue.stop());
+    const webhookQueue = new LocalQueue(() => baseUrl, {
+      name: 'credits-webhook-deliveries',
+      visibilityTimeoutSeconds: options.visibilityTimeoutSeconds ?? 30,
+      auth,
+    });
+    stops.push(() => webhookQueue.stop());
     const packages = parsePackages(options.creditPackages);
 
     const webhookSecret = options.stripeWebhookSecret ?? 'whsec_local_emulator_secret';
@@ -315,17 +330,30 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
       apiBase: config.stripeApiBase,
       maxNetworkRetries: 0,
     });
+    const service = auth.principal('service');
+    const sqs = new SQSClient({
+      region: LOCAL_REGION,
+      endpoint: baseUrl,
+      credentials: { accessKeyId: service.accessKeyId, secretAccessKey: service.secretAccessKey },
+    });
+    // Outbound webhooks as in AWS, with the local queue for SQS and a key file under DATA_DIR for KMS.
+    const webhooks: WebhookRuntime = {
+      queue: sqsDeliveryQueue(sqs, { queueUrl: webhookQueue.mainUrl, deadLetterUrl: webhookQueue.dlqUrl }),
+      cipher: localSecretCipher(path.join(dataDir, 'webhook-secrets.key')),
+      retrySeconds: options.webhookRetrySeconds ?? DEFAULT_RETRY_SECONDS,
+      allowLoopbackHttp: true,
+    };
     const api = createApiHandler({
       db,
       config,
       stripe,
+      webhooks,
       dispatchReconciliation: async (runId) => {
         void executeRun({ db, stripe: await stripe(), packages }, runId).catch((error: unknown) =>
           console.error('reconciliation failed', error),
         );
       },
     });
-    const service = auth.principal('service');
     const intake = createWebhookIntake({
       config: {
         QUEUE_URL: queue.mainUrl,
@@ -333,16 +361,14 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
         STRIPE_LIVEMODE: false,
         WEBHOOK_MAX_BYTES: 256 * 1024,
       },
-      sqs: new SQSClient({
-        region: LOCAL_REGION,
-        endpoint: baseUrl,
-        credentials: { accessKeyId: service.accessKeyId, secretAccessKey: service.secretAccessKey },
-      }),
+      sqs,
     });
     const worker = createCreditWorker({ db, packages });
     queue.startPolling(async (event) => worker(event, context('credit-worker')));
+    const dispatcher = createWebhookDispatcher({ db, ...webhooks });
+    webhookQueue.startPolling(async (event) => dispatcher(event, context('webhook-dispatcher')));
     // EventBridge Scheduler's part: the sweeper on a timer, one run at a time.
-    const sweeper = createSweeper({ db, plans });
+    const sweeper = createSweeper({ db, plans, webhookQueue: webhooks.queue });
     let sweeping: Promise<unknown> = Promise.resolve();
     const sweepTimer = setInterval(
       () => {
@@ -363,11 +389,22 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
     } satisfies Record<string, Handler>);
     const demoPage = readFileSync(new URL('./demo/index.html', import.meta.url), 'utf8');
 
+    /** The queue an SQS call names (QueueUrl, or SourceArn for a redrive); the crediting queue otherwise. */
+    const sqsQueueOf = (body: Buffer): LocalQueue => {
+      let input: { QueueUrl?: unknown; SourceArn?: unknown } = {};
+      try {
+        input = JSON.parse(body.toString('utf8') || '{}');
+      } catch {
+        // the queue answers the malformed request itself
+      }
+      return webhookQueue.owns(input.QueueUrl ?? input.SourceArn) ? webhookQueue : queue;
+    };
+
     async function serve(req: IncomingMessage, res: ServerResponse) {
       const url = new URL(req.url ?? '/', baseUrl);
       const body = await readBody(req);
       if (String(req.headers['x-amz-target'] ?? '').startsWith('AmazonSQS.')) {
-        return queue.handleSqsApi(req, res, body);
+        return sqsQueueOf(body).handleSqsApi(req, res, body);
       }
       if (req.method === 'GET' && url.pathname === '/') {
         res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
@@ -396,6 +433,9 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
             queueUrl: queue.mainUrl,
             dlqUrl: queue.dlqUrl,
             dlqArn: queue.dlqArn,
+            webhookQueueUrl: webhookQueue.mainUrl,
+            webhookDlqUrl: webhookQueue.dlqUrl,
+            webhookDlqArn: webhookQueue.dlqArn,
             region: LOCAL_REGION,
             dataDir,
           }),
@@ -419,7 +459,7 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
       stripeUrl: emulator?.url ?? null,
       postgresPort,
     });
-    return { url: baseUrl, stripeUrl: emulator?.url, databaseUrl, auth, queue, emulator, stop };
+    return { url: baseUrl, stripeUrl: emulator?.url, databaseUrl, auth, queue, webhookQueue, emulator, stop };
   } catch (error: unknown) {
     await stop();
     throw error;

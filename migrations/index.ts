@@ -8,6 +8,7 @@ import * as priceBook from './2026-12-03-price-book.js';
 import * as holds from './2026-12-04-holds.js';
 import * as usage from './2026-12-05-usage.js';
 import * as plans from './2026-12-06-plans.js';
+import * as webhooks from './2026-12-07-webhooks.js';
 import * as savedCards from './2026-12-08-saved-cards.js';
 
 /** Every migration, in order. Static imports so the set survives bundling into a Lambda. */
@@ -21,6 +22,7 @@ const migrations: Record<string, Migration> = {
   '2026-12-04-holds': holds,
   '2026-12-05-usage': usage,
   '2026-12-06-plans': plans,
+  '2026-12-07-webhooks': webhooks,
   '2026-12-08-saved-cards': savedCards,
 };
 

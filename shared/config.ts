@@ -76,6 +76,16 @@ const apiSchema = z.object({
 });
 
 const plansSchema = z.object({ PLANS: z.optional(z.string()) });
+const webhookSchema = z.object({
+  /** The webhook dispatcher's queue. */
+  WEBHOOK_QUEUE_URL: z.url(),
+  /** The dispatcher's DLQ: deliveries whose schedule ran out are parked there. */
+  WEBHOOK_DLQ_URL: z.optional(z.url()),
+  /** The KMS key that encrypts endpoints' signing secrets. */
+  WEBHOOK_KMS_KEY_ID: text(),
+  /** Comma-separated seconds between attempts; replaces the default schedule (about 3 days). */
+  WEBHOOK_RETRY_SECONDS: text(),
+});
 
 export type IntakeConfig = z.infer<typeof intakeSchema>;
 export interface DatabaseConfig {
@@ -90,7 +100,19 @@ export interface ReconcileConfig extends WorkerConfig {
   readonly stripeSecretKey?: string;
   readonly stripeApiBase?: string;
 }
+export interface WebhookConfig {
+  readonly queueUrl: string;
+  readonly deadLetterQueueUrl?: string;
+  readonly kmsKeyId?: string;
+  /** The waits between attempts, in seconds; undefined: the default schedule. */
+  readonly retrySeconds?: readonly number[];
+}
+export interface DispatcherConfig extends DatabaseConfig {
+  readonly webhooks: WebhookConfig & { readonly deadLetterQueueUrl: string; readonly kmsKeyId: string };
+}
 export interface ApiConfig extends ReconcileConfig {
+  /** Outbound webhooks (WEBHOOK_QUEUE_URL and the KMS key); unset: the webhook admin routes answer 503. */
+  readonly webhooks?: WebhookConfig;
   readonly checkoutSuccessUrl: string;
   readonly checkoutCancelUrl: string;
   readonly corsAllowedOrigins: readonly string[];
@@ -180,7 +202,47 @@ export function loadApiConfig(env: NodeJS.ProcessEnv = process.env): ApiConfig {
     adminApprovalThreshold: config.ADMIN_APPROVAL_THRESHOLD,
     allowPromotionCodes: config.ALLOW_PROMOTION_CODES,
     plans: parsePlans(config.PLANS),
+    ...(env.WEBHOOK_QUEUE_URL && { webhooks: loadWebhookConfig(env) }),
   };
+}
+
+/**
+ * WEBHOOK_RETRY_SECONDS: the waits between attempts, comma-separated whole seconds (each 0-43200, at most
+ * 50). Throws naming the variable when it is not that.
+ */
+export function parseRetrySeconds(raw: string): number[] {
+  const parts = raw.split(',').map((s) => s.trim());
+  const waits = parts.map(Number);
+  if (
+    parts.length > 50 ||
+    waits.some((w, i) => parts[i] === '' || !Number.isInteger(w) || w < 0 || w > 43_200)
+  ) {
+    throw new Error(
+      `invalid configuration: WEBHOOK_RETRY_SECONDS: expected at most 50 comma-separated whole seconds of 0-43200, got ${JSON.stringify(raw)}`,
+    );
+  }
+  return waits;
+}
+
+/** Outbound webhooks' part: the queue, the DLQ, the KMS key and the retry schedule. */
+export function loadWebhookConfig(env: NodeJS.ProcessEnv = process.env): WebhookConfig {
+  const config = parseEnv(webhookSchema, env);
+  return {
+    queueUrl: config.WEBHOOK_QUEUE_URL,
+    deadLetterQueueUrl: config.WEBHOOK_DLQ_URL,
+    kmsKeyId: config.WEBHOOK_KMS_KEY_ID,
+    ...(config.WEBHOOK_RETRY_SECONDS && { retrySeconds: parseRetrySeconds(config.WEBHOOK_RETRY_SECONDS) }),
+  };
+}
+
+/** The webhook dispatcher's configuration: the database, the queue and its DLQ, the KMS key, the schedule. */
+export function loadDispatcherConfig(env: NodeJS.ProcessEnv = process.env): DispatcherConfig {
+  const webhooks = loadWebhookConfig(env);
+  const { deadLetterQueueUrl, kmsKeyId } = webhooks;
+  if (!deadLetterQueueUrl || !kmsKeyId) {
+    throw new Error('invalid configuration: WEBHOOK_DLQ_URL and WEBHOOK_KMS_KEY_ID must be set');
+  }
+  return { ...loadDatabaseConfig(env), webhooks: { ...webhooks, deadLetterQueueUrl, kmsKeyId } };
 }
 
 /** The sweeper's configuration: the database and the plans (for allowances granted ahead). */

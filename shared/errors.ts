@@ -25,6 +25,8 @@ export const ERROR_STATUS = {
   coupon_not_found: 404,
   price_book_not_found: 404,
   plan_not_found: 404,
+  webhook_endpoint_not_found: 404,
+  webhook_delivery_not_found: 404,
   idempotency_conflict: 409,
   reconciliation_running: 409,
   approval_decided: 409,
@@ -50,6 +52,7 @@ export const ERROR_STATUS = {
   stripe_unavailable: 502,
   database_unavailable: 503,
   queue_unavailable: 503,
+  webhooks_not_configured: 503,
 } as const satisfies Record<string, number>;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;

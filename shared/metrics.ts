@@ -34,6 +34,11 @@ export const METRICS = {
   grantsExpired: 'GrantsExpired',
   allowancesGranted: 'AllowancesGranted',
   holdsExpired: 'HoldsExpired',
+  webhookOutboxSent: 'WebhookOutboxSent',
+  // webhook-dispatcher
+  webhookDelivered: 'WebhookDelivered',
+  webhookAttemptFailed: 'WebhookAttemptFailed',
+  webhookDead: 'WebhookDead',
 } as const;
 
 export type MetricName = (typeof METRICS)[keyof typeof METRICS];
@@ -66,4 +71,11 @@ export const METRIC_SERVICE = {
   GrantsExpired: 'sweeper',
   AllowancesGranted: 'sweeper',
   HoldsExpired: 'sweeper',
-} as const satisfies Record<MetricName, 'webhook-intake' | 'credit-worker' | 'api' | 'reconcile' | 'sweeper'>;
+  WebhookOutboxSent: 'sweeper',
+  WebhookDelivered: 'webhook-dispatcher',
+  WebhookAttemptFailed: 'webhook-dispatcher',
+  WebhookDead: 'webhook-dispatcher',
+} as const satisfies Record<
+  MetricName,
+  'webhook-intake' | 'credit-worker' | 'api' | 'reconcile' | 'sweeper' | 'webhook-dispatcher'
+>;

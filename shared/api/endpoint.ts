@@ -4,6 +4,7 @@ import type { z } from 'zod';
 import type { ApiConfig } from '../config.js';
 import type { Database } from '../db/schema.js';
 import type { RouteKey } from '../http/routes.js';
+import type { WebhookRuntime } from '../webhooks/runtime.js';
 
 /** Who is calling, from the authorizer context only: never from the body, query or path. */
 export type Caller =
@@ -18,6 +19,8 @@ export interface ApiDependencies {
   readonly stripe: () => Promise<Stripe>;
   /** Starts executing an open reconciliation run without waiting for it (AWS: async Lambda invoke). */
   readonly dispatchReconciliation: (runId: string) => Promise<void>;
+  /** Outbound webhooks' queue and secret cipher; without it the webhook admin routes answer 503. */
+  readonly webhooks?: WebhookRuntime;
   /** The time expiry and limits are judged at; tests move it. @default the system clock */
   readonly clock?: () => Date;
 }

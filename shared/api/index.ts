@@ -29,6 +29,13 @@ import { createQuote } from './quotes.js';
 import { getRun, listRuns, startRun } from './reconciliation.js';
 import { spend } from './spend.js';
 import { getAccountUsage, getMyUsage, recordUsage } from './usage.js';
+import {
+  createWebhookEndpoint,
+  deleteWebhookEndpoint,
+  listWebhookDeliveries,
+  listWebhookEndpoints,
+  redeliverWebhook,
+} from './webhooks.js';
 
 /** Every endpoint of the api function (the OpenAPI document lists exactly these). */
 export const ENDPOINTS: readonly Endpoint[] = [
@@ -77,4 +84,9 @@ export const ENDPOINTS: readonly Endpoint[] = [
   listParkedEvents,
   replayParkedEvent,
   getInvariants,
+  listWebhookEndpoints,
+  createWebhookEndpoint,
+  deleteWebhookEndpoint,
+  listWebhookDeliveries,
+  redeliverWebhook,
 ];

@@ -43,7 +43,10 @@ export type AdminActionKind =
   | 'disable_coupon'
   | 'create_prices'
   | 'activate_prices'
-  | 'change_plan';
+  | 'change_plan'
+  | 'create_webhook_endpoint'
+  | 'delete_webhook_endpoint'
+  | 'redeliver_webhook';
 export type GrantCategory = 'paid' | 'promotional';
 export type GrantSource =
   | 'purchase'
@@ -358,6 +361,10 @@ export interface Database {
   debit_days: DebitDaysTable;
   price_books: PriceBooksTable;
   price_items: PriceItemsTable;
+  webhook_endpoints: WebhookEndpointsTable;
+  webhook_outbox: WebhookOutboxTable;
+  webhook_deliveries: WebhookDeliveriesTable;
+  webhook_attempts: WebhookAttemptsTable;
 }
 
 export type Account = Selectable<AccountsTable>;
@@ -372,3 +379,60 @@ export type Coupon = Selectable<CouponsTable>;
 export type PriceBookRow = Selectable<PriceBooksTable>;
 export type PriceItemRow = Selectable<PriceItemsTable>;
 export type Hold = Selectable<HoldsTable>;
+
+export type WebhookDeliveryStatus = 'pending' | 'delivered' | 'failed' | 'dead';
+
+export interface WebhookEndpointsTable {
+  id: string;
+  url: string;
+  event_types: string[];
+  description: string | null;
+  /** `kms:` or `local:` and the ciphertext of the signing secret (shared/webhooks/secrets.ts). */
+  secret_ciphertext: string;
+  created_action_id: string;
+  deleted_action_id: string | null;
+  created_at: CreatedAt;
+  deleted_at: Date | null;
+}
+
+export interface WebhookOutboxTable {
+  /** `evt_` and 32 hex digits: the event body's `id`. */
+  id: string;
+  type: string;
+  account_id: string | null;
+  /** The JSON body every endpoint receives, byte for byte. */
+  payload: string;
+  created_at: ColumnType<Date, Date | undefined, never>;
+  fanned_out_at: Date | null;
+}
+
+export interface WebhookDeliveriesTable {
+  id: Generated<string>;
+  /** The Standard Webhooks `webhook-id`: the same on every attempt. */
+  webhook_id: string;
+  event_id: string;
+  endpoint_id: string;
+  type: string;
+  status: ColumnType<WebhookDeliveryStatus, WebhookDeliveryStatus | undefined, WebhookDeliveryStatus>;
+  attempts: ColumnType<number, number | undefined, number>;
+  last_status: number | null;
+  last_response: string | null;
+  last_attempt_at: Date | null;
+  next_attempt_at: Date | null;
+  enqueued_at: Date | null;
+  lease_until: Date | null;
+  created_at: ColumnType<Date, Date | undefined, never>;
+}
+
+export interface WebhookAttemptsTable {
+  id: Generated<number>;
+  delivery_id: string;
+  webhook_id: string;
+  status: number | null;
+  response: string | null;
+  attempted_at: Date;
+}
+
+export type WebhookEndpoint = Selectable<WebhookEndpointsTable>;
+export type WebhookDelivery = Selectable<WebhookDeliveriesTable>;
+export type WebhookAttempt = Selectable<WebhookAttemptsTable>;

@@ -53,6 +53,11 @@ export const ROUTES = {
   'GET /v1/admin/parked-events': { fn: 'api', auth: 'admin' },
   'POST /v1/admin/parked-events/{eventId}/replay': { fn: 'api', auth: 'admin' },
   'GET /v1/admin/invariants': { fn: 'api', auth: 'admin' },
+  'GET /v1/admin/webhook-endpoints': { fn: 'api', auth: 'admin' },
+  'POST /v1/admin/webhook-endpoints': { fn: 'api', auth: 'admin' },
+  'DELETE /v1/admin/webhook-endpoints/{id}': { fn: 'api', auth: 'admin' },
+  'GET /v1/admin/webhook-deliveries': { fn: 'api', auth: 'admin' },
+  'POST /v1/admin/webhook-deliveries/{id}/redeliver': { fn: 'api', auth: 'admin' },
   // CORS preflight for the user routes: answered by the api function, never authorized.
   'OPTIONS /v1/{proxy+}': { fn: 'api', auth: 'none' },
 } as const satisfies Record<

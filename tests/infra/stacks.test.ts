@@ -188,8 +188,8 @@ describe('stateful stack', () => {
     expect(connects).toHaveLength(1);
   });
 
-  it('encrypts both queues and refuses non-TLS access to them', () => {
-    stateful.resourcePropertiesCountIs('AWS::SQS::Queue', { SqsManagedSseEnabled: true }, 2);
+  it('encrypts all four queues (events and webhook deliveries, each with a DLQ) and refuses non-TLS access', () => {
+    stateful.resourcePropertiesCountIs('AWS::SQS::Queue', { SqsManagedSseEnabled: true }, 4);
     stateful.resourcePropertiesCountIs(
       'AWS::SQS::QueuePolicy',
       {
@@ -199,8 +199,31 @@ describe('stateful stack', () => {
           ]),
         },
       },
-      2,
+      4,
     );
+  });
+
+  it("gives the webhook dispatcher its own queue: DLQ after 5 receives, visibility six times the dispatcher's timeout", () => {
+    const [dlq] = Object.keys(stateful.findResources('AWS::SQS::Queue')).filter((id) =>
+      id.startsWith('WebhookDeliveriesDlq'),
+    );
+    stateful.hasResourceProperties('AWS::SQS::Queue', {
+      VisibilityTimeout: 360,
+      MessageRetentionPeriod: 14 * 86_400,
+      RedrivePolicy: { maxReceiveCount: 5, deadLetterTargetArn: { 'Fn::GetAtt': [dlq, 'Arn'] } },
+    });
+    expect(functionOf(stateless, 'WebhookDispatcher').Properties.Timeout).toBe(60);
+  });
+
+  it('keeps the webhook signing secrets key rotated and retained', () => {
+    stateful.hasResource('AWS::KMS::Key', {
+      Properties: Match.objectLike({
+        Description: 'Credits: outbound webhook signing secrets',
+        EnableKeyRotation: true,
+      }),
+      DeletionPolicy: 'Retain',
+      UpdateReplacePolicy: 'Retain',
+    });
   });
 
   it('redrives to the DLQ after 5 receives, with a visibility timeout six times the worker timeout', () => {
@@ -220,7 +243,15 @@ describe('stateful stack', () => {
 
 describe('functions', () => {
   it('run on ARM64 with the latest Node runtime, active tracing, log retention and Powertools settings', () => {
-    for (const name of ['WebhookIntake', 'CreditWorker', 'Api', 'Reconcile', 'Sweeper', 'Migrate']) {
+    for (const name of [
+      'WebhookIntake',
+      'CreditWorker',
+      'Api',
+      'Reconcile',
+      'Sweeper',
+      'Migrate',
+      'WebhookDispatcher',
+    ]) {
       const fn = stateless.findResources('AWS::Lambda::Function')[functionLogicalId(stateless, name)]!;
       expect(fn.Properties).toMatchObject({
         Architectures: ['arm64'],
@@ -229,7 +260,7 @@ describe('functions', () => {
         Environment: { Variables: { POWERTOOLS_METRICS_NAMESPACE: 'Credits' } },
       });
     }
-    stateless.resourcePropertiesCountIs('AWS::Logs::LogGroup', { RetentionInDays: 30 }, 6);
+    stateless.resourcePropertiesCountIs('AWS::Logs::LogGroup', { RetentionInDays: 30 }, 7);
   });
 
   it('lets intake send to the queue and read the Stripe secret, and nothing else; no VPC, no database', () => {
@@ -249,17 +280,32 @@ describe('functions', () => {
     expect(Object.keys(fn.Properties.Environment.Variables)).not.toContain('DB_HOST');
   });
 
-  it('lets only the worker consume the queue, and only database functions connect to the database', () => {
-    const all = ['WebhookIntake', 'CreditWorker', 'Api', 'Reconcile', 'Sweeper', 'Migrate'];
+  it('lets only the worker and the dispatcher consume a queue, and only database functions connect to the database', () => {
+    const all = [
+      'WebhookIntake',
+      'CreditWorker',
+      'Api',
+      'Reconcile',
+      'Sweeper',
+      'Migrate',
+      'WebhookDispatcher',
+    ];
     const consumers = all.filter((name) => policyOf(stateless, name).includes('sqs:ReceiveMessage'));
-    expect(consumers).toEqual(['CreditWorker']);
+    expect(consumers).toEqual(['CreditWorker', 'WebhookDispatcher']);
     const connectors = all.filter((name) => policyOf(stateless, name).includes('rds-db:connect'));
-    expect(connectors).toEqual(['CreditWorker', 'Api', 'Reconcile', 'Sweeper', 'Migrate']);
+    expect(connectors).toEqual([
+      'CreditWorker',
+      'Api',
+      'Reconcile',
+      'Sweeper',
+      'Migrate',
+      'WebhookDispatcher',
+    ]);
     expect(policyOf(stateless, 'CreditWorker')).not.toContain('secretsmanager:GetSecretValue');
   });
 
-  it('connects api, worker, reconcile and sweeper as the application role, and only migrate as the owner', () => {
-    for (const name of ['CreditWorker', 'Api', 'Reconcile', 'Sweeper']) {
+  it('connects api, worker, reconcile, sweeper and dispatcher as the application role, and only migrate as the owner', () => {
+    for (const name of ['CreditWorker', 'Api', 'Reconcile', 'Sweeper', 'WebhookDispatcher']) {
       expect(functionOf(stateless, name).Properties.Environment.Variables.DB_USER, name).toBe('credits_app');
       const resources = connectResourcesOf(stateless, name);
       expect(resources, name).toHaveLength(1);
@@ -271,7 +317,7 @@ describe('functions', () => {
     expect(migrate[0]).toMatch(/\/postgres"\]\]\}$/);
   });
 
-  it('gives the sweeper the database through the proxy, in the database clients group, and nothing else', () => {
+  it('gives the sweeper the database through the proxy, in the database clients group, and the webhook queue', () => {
     const fn = functionOf(stateless, 'Sweeper').Properties;
     expect(fn.Environment.Variables).toEqual({
       NODE_OPTIONS: '--enable-source-maps',
@@ -282,11 +328,16 @@ describe('functions', () => {
       DB_NAME: 'credits',
       DB_USER: 'credits_app',
       PLANS: JSON.stringify(PLANS),
+      WEBHOOK_QUEUE_URL: { 'Fn::ImportValue': expect.stringMatching(/RefWebhookDeliveries(?!Dlq)/) },
     });
     expect(fn.VpcConfig.SecurityGroupIds).toEqual([
       { 'Fn::ImportValue': expect.stringMatching(/DatabaseClients\w*GroupId/) },
     ]);
-    expect(policyOf(stateless, 'Sweeper').filter((a) => !a.startsWith('xray:'))).toEqual(['rds-db:connect']);
+    expect(
+      policyOf(stateless, 'Sweeper')
+        .filter((a) => !a.startsWith('xray:'))
+        .sort(),
+    ).toEqual(['rds-db:connect', 'sqs:GetQueueAttributes', 'sqs:GetQueueUrl', 'sqs:SendMessage'].sort());
   });
 
   it('runs one sweep at a time, each well within the minute between sweeps', () => {
@@ -301,6 +352,45 @@ describe('functions', () => {
       FunctionName: { Ref: functionLogicalId(stateless, 'Sweeper') },
       MaximumRetryAttempts: 0,
       MaximumEventAgeInSeconds: 60,
+    });
+  });
+
+  it('lets the dispatcher consume and send to its queue, send to its DLQ and decrypt with the secrets key only', () => {
+    const actions = policyOf(stateless, 'WebhookDispatcher').filter((a) => !a.startsWith('xray:'));
+    expect([...new Set(actions)].sort()).toEqual(
+      [
+        'kms:Decrypt',
+        'rds-db:connect',
+        'sqs:ChangeMessageVisibility',
+        'sqs:DeleteMessage',
+        'sqs:GetQueueAttributes',
+        'sqs:GetQueueUrl',
+        'sqs:ReceiveMessage',
+        'sqs:SendMessage',
+      ].sort(),
+    );
+    const variables = functionOf(stateless, 'WebhookDispatcher').Properties.Environment.Variables;
+    expect(variables).toMatchObject({
+      WEBHOOK_QUEUE_URL: { 'Fn::ImportValue': expect.stringMatching(/RefWebhookDeliveries(?!Dlq)/) },
+      WEBHOOK_DLQ_URL: { 'Fn::ImportValue': expect.stringMatching(/RefWebhookDeliveriesDlq/) },
+      WEBHOOK_KMS_KEY_ID: { 'Fn::ImportValue': expect.stringMatching(/WebhookSecretsKey\w*Arn/) },
+      DB_USER: 'credits_app',
+    });
+    stateless.hasResourceProperties('AWS::Lambda::EventSourceMapping', {
+      FunctionName: { Ref: functionLogicalId(stateless, 'WebhookDispatcher') },
+      FunctionResponseTypes: ['ReportBatchItemFailures'],
+      EventSourceArn: { 'Fn::ImportValue': Match.stringLikeRegexp('GetAttWebhookDeliveries[0-9A-F]+Arn') },
+    });
+  });
+
+  it('lets the api encrypt webhook secrets but never decrypt them', () => {
+    const actions = policyOf(stateless, 'Api');
+    expect(actions).toContain('kms:Encrypt');
+    expect(actions).not.toContain('kms:Decrypt');
+    expect(actions).not.toContain('sqs:ReceiveMessage');
+    expect(functionOf(stateless, 'Api').Properties.Environment.Variables).toMatchObject({
+      WEBHOOK_QUEUE_URL: expect.anything(),
+      WEBHOOK_KMS_KEY_ID: expect.anything(),
     });
   });
 
@@ -320,6 +410,7 @@ describe('functions', () => {
       'Migrate',
       'Reconcile',
       'Sweeper',
+      'WebhookDispatcher',
       'WebhookIntake',
     ]);
     const intake = reports.find((r) => r.name === 'WebhookIntake')!;
@@ -487,7 +578,7 @@ describe('operations', () => {
     const trigger = Object.entries(stateless.findResources('Custom::Trigger'));
     expect(trigger).toHaveLength(1);
     const [triggerId] = trigger[0]!;
-    for (const name of ['CreditWorker', 'Api', 'Reconcile', 'Sweeper']) {
+    for (const name of ['CreditWorker', 'Api', 'Reconcile', 'Sweeper', 'WebhookDispatcher']) {
       const fn = stateless.findResources('AWS::Lambda::Function')[functionLogicalId(stateless, name)]!;
       expect([fn.DependsOn].flat(), name).toContain(triggerId);
     }
@@ -500,7 +591,7 @@ describe('operations', () => {
       Endpoint: 'ops@example.com',
     });
     const alarms = Object.values(stateless.findResources('AWS::CloudWatch::Alarm'));
-    expect(alarms.length).toBe(9);
+    expect(alarms.length).toBe(10);
     for (const alarm of alarms) expect(alarm.Properties.AlarmActions).toHaveLength(1);
     const names = alarms.map((a) => a.Properties.MetricName).filter(Boolean);
     expect(names).toEqual(
@@ -513,6 +604,22 @@ describe('operations', () => {
       ]),
     );
     stateless.resourceCountIs('AWS::CloudWatch::Dashboard', 1);
+  });
+
+  it("alarms on the webhook dispatcher's DLQ, to the alarm topic", () => {
+    const topic = { Ref: Object.keys(stateless.findResources('AWS::SNS::Topic'))[0] };
+    stateless.hasResourceProperties('AWS::CloudWatch::Alarm', {
+      Namespace: 'AWS/SQS',
+      MetricName: 'ApproximateNumberOfMessagesVisible',
+      Dimensions: [
+        {
+          Name: 'QueueName',
+          Value: { 'Fn::ImportValue': Match.stringLikeRegexp('WebhookDeliveriesDlq\\w*QueueName') },
+        },
+      ],
+      Threshold: 1,
+      AlarmActions: [topic],
+    });
   });
 
   it("alarms on the sweeper's errors and on its schedule's DLQ, to the alarm topic", () => {

@@ -38,11 +38,16 @@ const EXPECTED_TABLE_PRIVILEGES: Record<string, string[]> = {
   usage_rollups: ['INSERT', 'SELECT', 'UPDATE'],
   account_plans: ['INSERT', 'SELECT', 'UPDATE'],
   debit_days: ['INSERT', 'SELECT', 'UPDATE'],
+  webhook_attempts: ['INSERT', 'SELECT'],
+  webhook_deliveries: ['INSERT', 'SELECT', 'UPDATE'],
+  webhook_endpoints: ['INSERT', 'SELECT', 'UPDATE'],
+  webhook_outbox: ['INSERT', 'SELECT', 'UPDATE'],
 };
 const EXPECTED_SEQUENCE_PRIVILEGES: Record<string, string[]> = {
   coupon_failures_id_seq: ['USAGE'],
   ledger_entries_id_seq: ['USAGE'],
   reconciliation_findings_id_seq: ['USAGE'],
+  webhook_attempts_id_seq: ['USAGE'],
 };
 
 async function privileges(kind: 'table' | 'sequence') {

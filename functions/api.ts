@@ -14,10 +14,13 @@ import { awsWebhookRuntime } from '../shared/webhooks/runtime.js';
 export function createApiHandler(deps: ApiDependencies) {
   const obs = createObservability('api');
   const { logger, metrics } = obs;
-  const route = createApiRouter(deps, {
-    onUnexpectedError: (error, routeKey) =>
-      logger.error('request failed', { routeKey, error: error as Error }),
-  });
+  const route = createApiRouter(
+    { reportError: (what, error) => logger.warn(what, { error: error as Error }), ...deps },
+    {
+      onUnexpectedError: (error, routeKey) =>
+        logger.error('request failed', { routeKey, error: error as Error }),
+    },
+  );
 
   async function handleRequest(event: APIGatewayProxyEventV2): Promise<APIGatewayProxyStructuredResultV2> {
     const response = await route(event);

@@ -2,7 +2,7 @@ import { BatchProcessor, EventType, processPartialResponse } from '@aws-lambda-p
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import type { Context, SQSBatchResponse, SQSEvent, SQSRecord } from 'aws-lambda';
 import type { Kysely } from 'kysely';
-import { loadWorkerConfig } from '../shared/config.js';
+import { loadWebhookConfig, loadWorkerConfig } from '../shared/config.js';
 import { createDb } from '../shared/db/client.js';
 import type { Database } from '../shared/db/schema.js';
 import { applyStripeEvent, type EventOutcome } from '../shared/events/apply-event.js';
@@ -10,6 +10,9 @@ import { METRICS } from '../shared/metrics.js';
 import { coldStart, createObservability, wrapHandler } from '../shared/observability.js';
 import type { CreditPackage } from '../shared/packages.js';
 import { type StripeEvent, stripeEventSchema } from '../shared/stripe/events.js';
+import { flushWebhooks } from '../shared/webhooks/outbox.js';
+import type { DeliveryQueue } from '../shared/webhooks/queue.js';
+import { awsWebhookRuntime } from '../shared/webhooks/runtime.js';
 
 /** A queue message that is not a Stripe event: it fails its own record and reaches the DLQ after 5 receives. */
 export class PoisonMessageError extends Error {}
@@ -29,6 +32,8 @@ function parseQueuedEvent(record: SQSRecord): StripeEvent {
 export interface WorkerDependencies {
   readonly db: Kysely<Database>;
   readonly packages: readonly CreditPackage[];
+  /** The webhook dispatcher's queue: events the batch wrote are sent after it. @default none (the sweeper sends them) */
+  readonly webhookQueue?: DeliveryQueue;
 }
 
 const OUTCOME_METRIC: Record<EventOutcome, string> = {
@@ -79,6 +84,12 @@ export function createCreditWorker(deps: WorkerDependencies) {
     if (response.batchItemFailures.length > 0) {
       metrics.addMetric(METRICS.eventRetried, MetricUnit.Count, response.batchItemFailures.length);
     }
+    if (deps.webhookQueue && response.batchItemFailures.length < event.Records.length) {
+      // The credits.granted / payment.* events the batch committed, sent now; the sweeper sends what is left.
+      await flushWebhooks(deps.db, deps.webhookQueue).catch((error: unknown) =>
+        logger.warn('webhook events left for the sweeper', { error: error as Error }),
+      );
+    }
     return response;
   }
 
@@ -91,5 +102,6 @@ export const handler = coldStart(() => {
   return createCreditWorker({
     db: createDb(config.database, { max: config.poolMax, applicationName: 'credit-worker' }),
     packages: config.packages,
+    ...(process.env.WEBHOOK_QUEUE_URL && { webhookQueue: awsWebhookRuntime(loadWebhookConfig()).queue }),
   });
 });

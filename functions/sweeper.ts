@@ -3,6 +3,7 @@ import type { Kysely } from 'kysely';
 import { loadSweeperConfig, loadWebhookConfig } from '../shared/config.js';
 import { createDb } from '../shared/db/client.js';
 import type { Database } from '../shared/db/schema.js';
+import { notifyExpiringGrants } from '../shared/grants/grants.js';
 import { expireDueHolds } from '../shared/holds/holds.js';
 import { type SweepResult, sweepExpiredGrants } from '../shared/ledger/sweep.js';
 import { METRICS } from '../shared/metrics.js';
@@ -60,20 +61,31 @@ export function createSweeper(deps: SweeperDependencies) {
     const allowances = await grantDueAllowances(deps.db, deps.plans ?? DEFAULT_CATALOG, now, {
       budgetMs: Math.max(budgetMs - (Date.now() - started), 0),
     });
+    const expiringNotified = await notifyExpiringGrants(deps.db, now);
     metrics.addMetric(METRICS.holdsExpired, MetricUnit.Count, expiredHolds);
     metrics.addMetric(METRICS.grantsExpired, MetricUnit.Count, result.expiredGrants);
     metrics.addMetric(METRICS.allowancesGranted, MetricUnit.Count, allowances.granted);
     const unfinished = result.unfinished || allowances.unfinished;
-    if (expiredHolds > 0 || result.expiredGrants > 0 || allowances.granted > 0 || unfinished) {
-      logger.info('expired holds and grants written off, allowances granted', {
-        ...result,
-        unfinished,
-        expiredHolds,
-        allowancesGranted: allowances.granted,
-      });
+    const summary = {
+      ...result,
+      unfinished,
+      expiredHolds,
+      allowancesGranted: allowances.granted,
+      expiringNotified,
+    };
+    if (
+      expiredHolds > 0 ||
+      result.expiredGrants > 0 ||
+      allowances.granted > 0 ||
+      expiringNotified > 0 ||
+      unfinished
+    ) {
+      logger.info(
+        'expired holds and grants written off, allowances granted, expiring grants notified',
+        summary,
+      );
     }
-    const webhooksSent = await sendWebhooks(now);
-    return { ...result, unfinished, expiredHolds, allowancesGranted: allowances.granted, webhooksSent };
+    return { ...summary, webhooksSent: await sendWebhooks(now) };
   }
 
   return wrapHandler(obs, sweep);

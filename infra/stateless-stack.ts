@@ -99,7 +99,10 @@ export class StatelessStack extends Stack {
       timeout: WORKER_TIMEOUT,
       ...inVpc,
       environment: { ...(props.creditPackages && { CREDIT_PACKAGES: props.creditPackages }) },
-    }).bindDatabase(stateful.proxy, app);
+    })
+      .bindDatabase(stateful.proxy, app)
+      // credits.granted and payment.* events, sent after each batch (the sweeper sends what is left).
+      .bindWebhookQueue(stateful.webhookQueue);
     worker.addEventSource(
       new SqsEventSource(stateful.queue, {
         batchSize: 10,

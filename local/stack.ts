@@ -363,7 +363,7 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
       },
       sqs,
     });
-    const worker = createCreditWorker({ db, packages });
+    const worker = createCreditWorker({ db, packages, webhookQueue: webhooks.queue });
     queue.startPolling(async (event) => worker(event, context('credit-worker')));
     const dispatcher = createWebhookDispatcher({ db, ...webhooks });
     webhookQueue.startPolling(async (event) => dispatcher(event, context('webhook-dispatcher')));

@@ -10,6 +10,7 @@ import * as usage from './2026-12-05-usage.js';
 import * as plans from './2026-12-06-plans.js';
 import * as webhooks from './2026-12-07-webhooks.js';
 import * as savedCards from './2026-12-08-saved-cards.js';
+import * as grantExpiring from './2026-12-09-grant-expiring.js';
 
 /** Every migration, in order. Static imports so the set survives bundling into a Lambda. */
 const migrations: Record<string, Migration> = {
@@ -24,6 +25,7 @@ const migrations: Record<string, Migration> = {
   '2026-12-06-plans': plans,
   '2026-12-07-webhooks': webhooks,
   '2026-12-08-saved-cards': savedCards,
+  '2026-12-09-grant-expiring': grantExpiring,
 };
 
 /** A kysely migration provider over the static set above. */

@@ -4,6 +4,7 @@ import type { z } from 'zod';
 import type { ApiConfig } from '../config.js';
 import type { Database } from '../db/schema.js';
 import type { RouteKey } from '../http/routes.js';
+import { flushWebhooks } from '../webhooks/outbox.js';
 import type { WebhookRuntime } from '../webhooks/runtime.js';
 
 /** Who is calling, from the authorizer context only: never from the body, query or path. */
@@ -23,6 +24,21 @@ export interface ApiDependencies {
   readonly webhooks?: WebhookRuntime;
   /** The time expiry and limits are judged at; tests move it. @default the system clock */
   readonly clock?: () => Date;
+  /** Told of a failure after the answer is settled (an event left for the sweeper to send). */
+  readonly reportError?: (what: string, error: unknown) => void;
+}
+
+/**
+ * After a commit that wrote events to the outbox: sends them now. A failure is reported, never answered:
+ * the change is committed and the sweeper sends whatever is left within a minute.
+ */
+export async function sendEvents(deps: ApiDependencies, written: { readonly emitted: boolean }) {
+  if (!written.emitted || !deps.webhooks) return;
+  try {
+    await flushWebhooks(deps.db, deps.webhooks.queue, nowOf(deps));
+  } catch (error: unknown) {
+    deps.reportError?.('webhook events left for the sweeper', error);
+  }
 }
 
 /** The admin behind an IAM call, with the reason they gave, as audit rows record them. */

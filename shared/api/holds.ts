@@ -14,7 +14,7 @@ import {
 import { planGuard } from '../plans/plans.js';
 import { costOf, quoteUsage } from '../pricing/cost.js';
 import { findPriceInVersion } from '../pricing/price-book.js';
-import { defineEndpoint, nowOf, ok } from './endpoint.js';
+import { defineEndpoint, nowOf, ok, sendEvents } from './endpoint.js';
 import { credits, metadata, sku, storableText, usageSchema, userIdParams } from './schemas.js';
 import { idempotencyKeyOf } from './spend.js';
 
@@ -109,6 +109,7 @@ export const createHoldEndpoint = defineEndpoint({
     const now = nowOf(deps);
     const account = await requireAccountByUserId(deps.db, params.userId);
     const cost = body.sku && body.usage ? await quoteUsage(deps.db, body.sku, body.usage) : undefined;
+    const guard = planGuard(deps.config.plans, now);
     const result = await inAccountTransaction(deps.db, account.id, (trx, locked) =>
       createHold(
         trx,
@@ -124,9 +125,10 @@ export const createHoldEndpoint = defineEndpoint({
           metadata: body.metadata ?? null,
         },
         now,
-        planGuard(deps.config.plans, now),
+        guard,
       ).then((created) => ({ ...created, balance: locked.balance })),
     );
+    await sendEvents(deps, guard);
     return ok(
       {
         holdId: result.hold.id,
@@ -204,6 +206,7 @@ export const captureHoldEndpoint = defineEndpoint({
       throw new ValidationError('credits', 'give credits or usage, one of them');
     }
     const now = nowOf(deps);
+    const guard = planGuard(deps.config.plans, now);
     const settlement = await captureHold(
       deps.db,
       params.holdId,
@@ -219,8 +222,9 @@ export const captureHoldEndpoint = defineEndpoint({
         return costOf(price, body.usage!).credits;
       },
       now,
-      planGuard(deps.config.plans, now),
+      guard,
     );
+    await sendEvents(deps, guard);
     return ok(
       settlementView(settlement, now),
       200,

@@ -3,7 +3,7 @@ import { inAccountTransaction, requireAccountByUserId } from '../accounts/accoun
 import { ValidationError } from '../errors.js';
 import { spendCredits } from '../ledger/ledger.js';
 import { planGuard } from '../plans/plans.js';
-import { defineEndpoint, nowOf, ok } from './endpoint.js';
+import { defineEndpoint, nowOf, ok, sendEvents } from './endpoint.js';
 import { credits, metadata, storableText, userIdParams } from './schemas.js';
 
 const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/;
@@ -55,6 +55,7 @@ export const spend = defineEndpoint({
     const key = idempotencyKeyOf(headers);
     const now = nowOf(deps);
     const account = await requireAccountByUserId(deps.db, params.userId);
+    const guard = planGuard(deps.config.plans, now);
     const result = await inAccountTransaction(deps.db, account.id, (trx, locked) =>
       spendCredits(
         trx,
@@ -66,9 +67,10 @@ export const spend = defineEndpoint({
           metadata: body.metadata ?? null,
         },
         now,
-        planGuard(deps.config.plans, now),
+        guard,
       ),
     );
+    await sendEvents(deps, guard);
     return ok(
       { ...result, createdAt: result.createdAt.toISOString() },
       200,

@@ -184,6 +184,8 @@ export interface CreditGrantsTable {
   entry_id: number | null;
   reference: string;
   created_at: CreatedAt;
+  /** When `grant.expiring` was sent for it (once). */
+  expiring_notified_at: ColumnType<Date | null, Date | null | undefined, Date | null>;
 }
 
 export interface GrantAllocationsTable {

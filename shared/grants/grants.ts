@@ -1,6 +1,7 @@
 import { type Kysely, sql } from 'kysely';
 import type { Trx } from '../db/locks.js';
 import type { CreditGrant, Database, GrantCategory, GrantSource } from '../db/schema.js';
+import { emitEvent } from '../webhooks/outbox.js';
 
 /**
  * The only writer of `credit_grants` and `grant_allocations`. The ledger calls these in the same transaction
@@ -218,4 +219,63 @@ export function listGrants(db: Kysely<Database>, accountId: string, limit: numbe
     .orderBy('id')
     .limit(limit)
     .execute();
+}
+
+/** `grant.expiring` is sent this long before a grant expires. */
+export const EXPIRING_NOTICE_MS = 3 * 86_400_000;
+
+/**
+ * The sweeper's part: tells the app, once per grant, of grants with credits left that expire within three
+ * days of `now` (`grant.expiring`, through the outbox, in the transaction that marks them). A batch at a time.
+ */
+export async function notifyExpiringGrants(db: Kysely<Database>, now: Date, limit = 500): Promise<number> {
+  return db.transaction().execute(async (trx) => {
+    const due = await trx
+      .updateTable('credit_grants')
+      .set({ expiring_notified_at: now })
+      .where(
+        'id',
+        'in',
+        trx
+          .selectFrom('credit_grants')
+          .select('id')
+          .where('expiring_notified_at', 'is', null)
+          .where('remaining', '>', 0)
+          .where('expires_at', '>', now)
+          .where('expires_at', '<=', new Date(now.getTime() + EXPIRING_NOTICE_MS))
+          .orderBy('expires_at')
+          .limit(limit)
+          .forUpdate()
+          .skipLocked(),
+      )
+      .returning(['id', 'account_id', 'category', 'source', 'remaining', 'expires_at'])
+      .execute();
+    if (due.length === 0) return 0;
+    const users = await trx
+      .selectFrom('accounts')
+      .select(['id', 'external_user_id'])
+      .where(
+        'id',
+        'in',
+        due.map((g) => g.account_id),
+      )
+      .execute();
+    const userOf = new Map(users.map((u) => [u.id, u.external_user_id]));
+    for (const grant of due) {
+      await emitEvent(trx, {
+        type: 'grant.expiring',
+        accountId: grant.account_id,
+        createdAt: now,
+        data: {
+          userId: userOf.get(grant.account_id) ?? null,
+          grantId: grant.id,
+          category: grant.category,
+          source: grant.source,
+          remaining: grant.remaining,
+          expiresAt: grant.expires_at!.toISOString(),
+        },
+      });
+    }
+    return due.length;
+  });
 }

@@ -84,7 +84,13 @@ export async function createHold(
     })
     .returningAll()
     .executeTakeFirstOrThrow();
-  return { hold, replayed: false, available: account.balance - held - input.credits };
+  const available = account.balance - held - input.credits;
+  await guard.settled(trx, account, {
+    credits: input.credits,
+    availableBefore: account.balance - held,
+    availableAfter: available,
+  });
+  return { hold, replayed: false, available };
 }
 
 export function findHold(db: Kysely<Database>, holdId: string): Promise<Hold | undefined> {
@@ -150,6 +156,7 @@ export async function captureHold(
       kind: 'capture',
     });
     const { live } = await expireDueGrants(trx, account, now);
+    const availableBefore = account.balance - heldByOthers - (expired ? 0 : hold.credits);
     const take = Math.min(admitted, Math.max(account.balance - heldByOthers, 0));
     const entry =
       take > 0 ? await debitMetered(trx, account, 'hold_capture', hold.id, take, live, now) : null;
@@ -168,6 +175,11 @@ export async function captureHold(
       .where('id', '=', hold.id)
       .returningAll()
       .executeTakeFirstOrThrow();
+    await guard.settled(trx, account, {
+      credits: take,
+      availableBefore,
+      availableAfter: account.balance - heldByOthers,
+    });
     return settled(trx, account, captured, now, false);
   });
 }

@@ -19,6 +19,7 @@ import {
   purchaseGrantId,
   recordAllocations,
 } from '../grants/grants.js';
+import { emitEvent } from '../webhooks/outbox.js';
 
 /**
  * The only writer of `ledger_entries` (append-only) and, through `moveBalance`, of the cached balance.
@@ -60,7 +61,10 @@ async function writeEntry(trx: Trx, account: Account, entry: NewEntry): Promise<
     .executeTakeFirstOrThrow();
 }
 
-/** Appends a positive entry and the grant it brings in, which pays any debt first. */
+/**
+ * Appends a positive entry and the grant it brings in, which pays any debt first, and tells the app
+ * (`credits.granted`, through the outbox in the same transaction).
+ */
 export async function creditEntry(
   trx: Trx,
   account: Account,
@@ -69,7 +73,21 @@ export async function creditEntry(
 ): Promise<{ entry: LedgerEntry; grant: CreditGrant }> {
   const debt = -account.balance;
   const written = await writeEntry(trx, account, entry);
-  return { entry: written, grant: await createGrant(trx, account, written, spec, debt) };
+  const grant = await createGrant(trx, account, written, spec, debt);
+  await emitEvent(trx, {
+    type: 'credits.granted',
+    accountId: account.id,
+    data: {
+      userId: account.external_user_id,
+      grantId: grant.id,
+      credits: grant.amount,
+      category: grant.category,
+      source: grant.source,
+      expiresAt: grant.expires_at?.toISOString() ?? null,
+      balance: account.balance,
+    },
+  });
+  return { entry: written, grant };
 }
 
 /**
@@ -186,10 +204,22 @@ export interface DebitGuard {
       readonly kind: 'spend' | 'hold' | 'usage' | 'capture';
     },
   ): Promise<number>;
+  /**
+   * After the debit's writes, in its transaction: what it took and `available` before and after it, for
+   * what follows from that (balance and cap events, an auto top-up).
+   */
+  settled(
+    trx: Trx,
+    account: Account,
+    change: { readonly credits: number; readonly availableBefore: number; readonly availableAfter: number },
+  ): Promise<void>;
 }
 
 /** No plan: every debit admitted as asked (direct callers: the tests of the ledger itself, scripts). */
-export const UNLIMITED: DebitGuard = { admit: async (_trx, _account, debit) => debit.credits };
+export const UNLIMITED: DebitGuard = {
+  admit: async (_trx, _account, debit) => debit.credits,
+  settled: async () => {},
+};
 
 function findEntry(trx: Trx, accountId: string, kind: EntryKind, reference: string) {
   return trx
@@ -294,6 +324,16 @@ export async function movePaymentCredits(
   }
   // A clawback takes from the purchase's own grant first, then burn order, then into debt.
   const { live } = await expireDueGrants(trx, account, now);
+  await emitEvent(trx, {
+    type: input.kind === 'refund_clawback' ? 'payment.refunded' : 'payment.disputed',
+    accountId: account.id,
+    data: {
+      userId: account.external_user_id,
+      paymentId: input.paymentId,
+      credits,
+      balance: account.balance - credits,
+    },
+  });
   const entry = await debitEntry(
     trx,
     account,
@@ -358,6 +398,7 @@ export async function spendCredits(
   await guard.admit(trx, account, { credits: amount, held, kind: 'spend' });
   const { live } = await expireDueGrants(trx, account, now);
   if (account.balance - held < amount) throw new InsufficientCreditsError(account.balance, amount, held);
+  const availableBefore = account.balance - held;
   const entry = await debitEntry(
     trx,
     account,
@@ -372,6 +413,11 @@ export async function spendCredits(
     live,
     now,
   );
+  await guard.settled(trx, account, {
+    credits: amount,
+    availableBefore,
+    availableAfter: account.balance - held,
+  });
   return spendResult(entry, false);
 }
 

@@ -6,6 +6,8 @@ import type { Trx } from '../db/locks.js';
 import type { Account, AccountPlansTable, Database } from '../db/schema.js';
 import { ServiceError, ValidationError } from '../errors.js';
 import { creditEntry, creditsUsed, type DebitGuard } from '../ledger/ledger.js';
+import type { WebhookEventType } from '../webhooks/events.js';
+import { emitEvent } from '../webhooks/outbox.js';
 import { findPlan, type Plan, type PlanCatalog, planOfId } from './catalog.js';
 
 /**
@@ -184,14 +186,37 @@ function admitRate(plan: Plan, row: PlanRow | undefined, now: Date): Date[] | un
   return [...recent, now].slice(-limit);
 }
 
+/** A DebitGuard that also says whether it wrote events, so the caller flushes the outbox after commit. */
+export interface PlanGuard extends DebitGuard {
+  readonly emitted: boolean;
+}
+
 /**
  * The plan's part in every debit (a DebitGuard for the ledger, holds and usage): under the account lock,
  * grants the month's allowance if it is due, applies the rate limit to spends and hold creations, and checks
  * every cap over the month's (day's) debits plus active holds. One read of the plan row; one write only
  * when the allowance or the rate window changed; a read of the day totals only when a cap applies.
+ * Once the debit is written, it sends `balance.low` (available fell below the threshold: once per crossing),
+ * `balance.depleted` (available reached zero) and `spend_cap.reached` (a cap has nothing left), through the
+ * outbox in the debit's transaction.
  */
-export function planGuard(catalog: PlanCatalog, now: Date): DebitGuard {
+export function planGuard(catalog: PlanCatalog, now: Date): PlanGuard {
+  // What admit saw, per account, for settled (a usage batch spans accounts, one transaction each).
+  const seen = new Map<string, { plan: Plan; row: PlanRow | undefined; caps: CapState[] }>();
+  let emitted = false;
+  const emit = async (trx: Trx, account: Account, type: WebhookEventType, data: Record<string, unknown>) => {
+    await emitEvent(trx, {
+      type,
+      accountId: account.id,
+      data: { userId: account.external_user_id, ...data },
+      createdAt: now,
+    });
+    emitted = true;
+  };
   return {
+    get emitted() {
+      return emitted;
+    },
     async admit(trx, account, debit) {
       const row = await readPlanRow(trx, account.id);
       const plan = planOfId(catalog, row?.plan_id);
@@ -204,7 +229,29 @@ export function planGuard(catalog: PlanCatalog, now: Date): DebitGuard {
       }
       if (recent) Object.assign(changes, { recent_debits: recent });
       if (Object.keys(changes).length > 0) await writePlanRow(trx, account.id, changes);
+      seen.set(account.id, { plan, row: row && { ...row, ...changes }, caps });
       return Math.min(debit.credits, room);
+    },
+    async settled(trx, account, change) {
+      const state = seen.get(account.id);
+      if (!state) return;
+      const { availableBefore: before, availableAfter: after } = change;
+      const threshold = lowBalanceThresholdOf(state.plan, state.row);
+      const balance = { available: after, balance: account.balance };
+      if (threshold !== null && before >= threshold && after < threshold) {
+        await emit(trx, account, 'balance.low', { ...balance, threshold });
+      }
+      if (before > 0 && after <= 0) await emit(trx, account, 'balance.depleted', balance);
+      for (const cap of state.caps) {
+        if (cap.remaining > 0 && cap.remaining - change.credits <= 0) {
+          await emit(trx, account, 'spend_cap.reached', {
+            period: cap.period,
+            source: cap.source,
+            cap: cap.limit,
+            resetsAt: cap.resetsAt.toISOString(),
+          });
+        }
+      }
     },
   };
 }

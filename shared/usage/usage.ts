@@ -119,8 +119,12 @@ async function applyUsageEvent(
     if (credits > 0) await guard.admit(trx, account, { credits, held, kind: 'usage' });
     const { live } = await expireDueGrants(trx, account, now);
     if (account.balance - held < credits) throw new InsufficientCreditsError(account.balance, credits, held);
+    const availableBefore = account.balance - held;
     const entry =
       credits > 0 ? await debitMetered(trx, account, 'usage', input.eventId, credits, live, now) : null;
+    if (entry) {
+      await guard.settled(trx, account, { credits, availableBefore, availableAfter: account.balance - held });
+    }
     await trx
       .insertInto('usage_events')
       .values({

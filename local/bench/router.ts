@@ -27,6 +27,11 @@ export async function activateBenchPrices(db: Kysely<Database>): Promise<void> {
   await activatePriceBook(db, book.version, BENCH_ACTOR, new Date(Date.now() - 60_000));
 }
 
+// Read once: the load generator must not charge a file read per request to the figures it measures.
+const sample = fixture<APIGatewayProxyEventV2 & { requestContext: { authorizer: { iam: object } } }>(
+  'aws/apigw-v2-request-iam.json',
+);
+
 /** An API Gateway v2 event for a service route, from AWS's IAM sample, as the api function receives it. */
 export function serviceEvent(
   routeKey: string,
@@ -34,9 +39,6 @@ export function serviceEvent(
   body: unknown,
   headers: Record<string, string> = {},
 ): APIGatewayProxyEventV2 {
-  const sample = fixture<APIGatewayProxyEventV2 & { requestContext: { authorizer: { iam: object } } }>(
-    'aws/apigw-v2-request-iam.json',
-  );
   return {
     ...sample,
     routeKey,

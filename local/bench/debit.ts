@@ -12,6 +12,7 @@ import {
   expectSameRowsWritten,
   hasPgbench,
   type Item,
+  logQueries,
   replayWithPg,
   replayWithPgbench,
 } from './captured-transaction.js';
@@ -355,6 +356,7 @@ export async function benchDebit({ db, databaseUrl, scale, report }: BenchContex
     console.error(
       `  the router's spend: ${spend.statements.length} statements (${spend.statements.length} round trips: ${verbs.join(', ')}), ${spend.statements.length - lockAt - 1} after the lock, writing ${JSON.stringify(spend.rowsWritten)}`,
     );
+    console.error(`  statements per request: ${await countStatements(databaseUrl, users[3]!, run)}`);
 
     const prototypeSpend = (userId: string, key: string) =>
       pool.query(`SELECT * FROM ${SCRATCH}.spend($1, $2, 1, $3)`, [userId, key, requestHash]);
@@ -539,22 +541,16 @@ async function measurePaths(
     if (holdId === undefined) return false;
     await call(serviceEvent('POST /v1/holds/{holdId}/capture', { holdId }, { credits: 3 }), 200);
   });
+  // Untimed: the holds left active would weigh on every later debit of the account (each sums them).
+  await Promise.all(
+    Array.from({ length: CLIENTS }, async () => {
+      for (let holdId = holds.pop(); holdId !== undefined; holdId = holds.pop())
+        await call(serviceEvent('POST /v1/holds/{holdId}/void', { holdId }, undefined), 200);
+    }),
+  );
   const usage = await load(CLIENTS, seconds, async (client, i) => {
     const answer = await call(
-      serviceEvent(
-        'POST /v1/usage',
-        {},
-        {
-          events: [
-            {
-              eventId: `usage-${run}-${scenario.slug}-${client}-${i}`,
-              userId: scenario.user(),
-              sku: BENCH_SKU,
-              usage: USAGE,
-            },
-          ],
-        },
-      ),
+      usageEvent(scenario.user(), `usage-${run}-${scenario.slug}-${client}-${i}`),
       200,
     );
     const [result] = answer.results as Array<{ status: string; message?: string }>;
@@ -566,6 +562,42 @@ async function measurePaths(
     ['hold capture', holdCapture],
     ['usage event', usage],
   ];
+}
+
+const usageEvent = (userId: string, eventId: string) =>
+  serviceEvent('POST /v1/usage', {}, { events: [{ eventId, userId, sku: BENCH_SKU, usage: USAGE }] });
+
+/** Statements (each a round trip) that one request of each path sends, from the query log, as text. */
+async function countStatements(databaseUrl: string, userId: string, run: string): Promise<string> {
+  const counted: string[] = [];
+  const count = async (name: string, work: (call: Call) => Promise<unknown>) => {
+    let result: unknown;
+    const executed = await logQueries(databaseUrl, async (db) => {
+      result = await work(benchRouter(db, 1));
+    });
+    counted.push(`${name} ${executed.length}`);
+    return result as Record<string, unknown>;
+  };
+  await count('spend', (call) => call(spendEvent(userId, `count-${run}-spend`), 200));
+  const hold = await count('hold create', (call) =>
+    call(
+      serviceEvent(
+        'POST /v1/accounts/{userId}/holds',
+        { userId },
+        { credits: 5 },
+        { 'idempotency-key': `count-${run}-hold` },
+      ),
+      201,
+    ),
+  );
+  await count('hold capture', (call) =>
+    call(
+      serviceEvent('POST /v1/holds/{holdId}/capture', { holdId: String(hold.holdId) }, { credits: 3 }),
+      200,
+    ),
+  );
+  await count('usage event', (call) => call(usageEvent(userId, `count-${run}-usage`), 200));
+  return counted.join(', ');
 }
 
 /** Two equal-length runs combined (harmonic mean of throughput). */

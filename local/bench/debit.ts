@@ -249,8 +249,9 @@ const pick = (count: number) => Math.floor(Math.random() * count);
 /**
  * Raw `pg` replays of the captured spend at CLIENTS clients, timing each statement: the mean time per
  * statement, the mean wait for the account lock, and the mean time from holding it to the commit's
- * answer (the critical section). With `withoutLock`, the advisory lock statement is skipped (unsafe:
- * only to see what the lock costs; every balance move still serializes on the account row).
+ * answer (the critical section; NaN when no statement of its own takes the lock). With `withoutLock`,
+ * the advisory lock statement is replaced by `SELECT 1` (unsafe: only to see what holding the lock
+ * costs; every balance move still serializes on the account row).
  */
 async function replayTimed(
   pool: pg.Pool,
@@ -258,7 +259,8 @@ async function replayTimed(
   user: () => string,
   { seconds, run, clients = CLIENTS, withoutLock = false }: ReplayOptions,
 ) {
-  const lockAt = spend.statements.findIndex((s) => s.sql.includes('pg_advisory_xact_lock'));
+  const lockAt = lockStatementOf(spend);
+  if (withoutLock && lockAt < 0) throw new Error('the captured spend has no lock statement to leave out');
   const transaction = withoutLock
     ? {
         ...spend,
@@ -293,8 +295,8 @@ async function replayTimed(
   return {
     result,
     perStatement: spent.map((total) => total / count),
-    lockWait: lockWait / count,
-    lockHeld: lockHeld / count,
+    lockWait: lockAt < 0 ? Number.NaN : lockWait / count,
+    lockHeld: lockAt < 0 ? Number.NaN : lockHeld / count,
   };
 }
 
@@ -308,7 +310,11 @@ interface ReplayOptions {
   readonly withoutLock?: boolean;
 }
 
-const ms = (n: number) => `${n.toFixed(2)} ms`;
+/** The statement that takes the account's advisory lock; -1 once the lock is inside a larger statement. */
+const lockStatementOf = (spend: CapturedTransaction) =>
+  spend.statements.findIndex((s) => s.sql.includes('pg_advisory_xact_lock'));
+
+const ms = (n: number) => (Number.isNaN(n) ? 'n/a' : `${n.toFixed(2)} ms`);
 
 /**
  * Single debits through the api router in process (API Gateway events in; real router, zod, kysely, a
@@ -352,9 +358,13 @@ export async function benchDebit({ db, databaseUrl, scale, report }: BenchContex
       await check.end();
     }
     const verbs = spend.statements.map((s) => s.sql.trim().split(/\s/, 1)[0]!.toLowerCase());
-    const lockAt = spend.statements.findIndex((s) => s.sql.includes('pg_advisory_xact_lock'));
+    const lockAt = lockStatementOf(spend);
+    const underLock =
+      lockAt < 0
+        ? 'the lock taken inside a statement'
+        : `${spend.statements.length - lockAt - 1} after the lock`;
     console.error(
-      `  the router's spend: ${spend.statements.length} statements (${spend.statements.length} round trips: ${verbs.join(', ')}), ${spend.statements.length - lockAt - 1} after the lock, writing ${JSON.stringify(spend.rowsWritten)}`,
+      `  the router's spend: ${spend.statements.length} statements (${spend.statements.length} round trips: ${verbs.join(', ')}), ${underLock}, writing ${JSON.stringify(spend.rowsWritten)}`,
     );
     console.error(`  statements per request: ${await countStatements(databaseUrl, users[3]!, run)}`);
 
@@ -405,11 +415,14 @@ export async function benchDebit({ db, databaseUrl, scale, report }: BenchContex
         seconds: scale.seconds,
         run: `raw-${run}-${scenario.slug}`,
       });
-      const unlocked = await replayTimed(pool, spend, scenario.user, {
-        seconds: scale.seconds,
-        run: `unlocked-${run}-${scenario.slug}`,
-        withoutLock: true,
-      });
+      const unlocked =
+        lockAt < 0
+          ? undefined
+          : await replayTimed(pool, spend, scenario.user, {
+              seconds: scale.seconds,
+              run: `unlocked-${run}-${scenario.slug}`,
+              withoutLock: true,
+            });
       const prototype = await load(CLIENTS, scale.seconds, async (client, i) => {
         await prototypeSpend(scenario.user(), `prototype-${run}-${scenario.slug}-${client}-${i}`);
       });
@@ -430,7 +443,7 @@ export async function benchDebit({ db, databaseUrl, scale, report }: BenchContex
         baseline: [
           pgbench && `pgbench ${fmt(pgbench.perSecond)}/s (${ms(pgbench.latencyMs)} mean)`,
           `raw pg ${fmt(timed.result.perSecond)}/s (lock wait ${ms(timed.lockWait)}, held ${ms(timed.lockHeld)})`,
-          `raw pg without the lock ${fmt(unlocked.result.perSecond)}/s`,
+          unlocked && `raw pg without the lock ${fmt(unlocked.result.perSecond)}/s`,
           `prototype one-call spend ${fmt(prototype.perSecond)}/s p50 ${prototype.p50.toFixed(1)} ms`,
         ]
           .filter(Boolean)
@@ -445,7 +458,7 @@ export async function benchDebit({ db, databaseUrl, scale, report }: BenchContex
           rawPgP50: timed.result.p50,
           lockWaitMs: timed.lockWait,
           lockHeldMs: timed.lockHeld,
-          unlockedPerSecond: unlocked.result.perSecond,
+          ...(unlocked && { unlockedPerSecond: unlocked.result.perSecond }),
           prototypePerSecond: prototype.perSecond,
           prototypeP50: prototype.p50,
           statements: spend.statements.length,

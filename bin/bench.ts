@@ -1,6 +1,7 @@
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { benchBundles } from '../local/bench/bundles.js';
+import { benchDebit } from '../local/bench/debit.js';
 import {
   type BenchContext,
   benchScale,
@@ -19,7 +20,7 @@ import { checkInvariants } from '../shared/invariants.js';
 
 const USAGE = `usage: npm run bench [-- --quick] [--out FILE] [--only SECTION,...]
 
-sections: reconciliation, worker, http, metering, intake, bundles (default: all)
+sections: reconciliation, worker, debit, http, metering, intake, bundles (default: all)
 
 Measures the service against a baseline taken in the same run on the same machine, and prints a table
 with ratios. Uses DATABASE_URL's server when set (it creates and drops a database of its own), otherwise
@@ -29,6 +30,7 @@ an embedded Postgres in a temporary directory.`;
 const SECTIONS: Record<string, (context: BenchContext) => Promise<void>> = {
   reconciliation: benchReconciliation,
   worker: benchWorker,
+  debit: benchDebit,
   http: benchHttp,
   metering: benchMetering,
   intake: benchIntake,
@@ -75,7 +77,11 @@ try {
       printProgress(row);
     },
   };
-  for (const name of only) await SECTIONS[name]!(context);
+  for (const name of only) {
+    const started = performance.now();
+    await SECTIONS[name]!(context);
+    console.error(`  (${name}: ${((performance.now() - started) / 1000).toFixed(0)} s)`);
+  }
   const invariants = await checkInvariants(database.db);
   if (!invariants.ok)
     throw new Error(`invariants broken after the benchmark: ${JSON.stringify(invariants.violations)}`);

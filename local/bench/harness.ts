@@ -65,26 +65,39 @@ export interface LoadResult {
   readonly p99: number;
 }
 
-/** Runs `clients` loops of `call` for `seconds`; throughput and latency percentiles in ms. */
+/**
+ * Runs `clients` loops of `call` for `seconds`; throughput and latency percentiles in ms. A client stops
+ * early when its call answers `false` (no work left), and that call is not counted.
+ */
 export async function load(
   clients: number,
   seconds: number,
-  call: (client: number, i: number) => Promise<void>,
+  call: (client: number, i: number) => Promise<unknown>,
 ): Promise<LoadResult> {
   const latencies: number[] = [];
   const deadline = performance.now() + seconds * 1000;
   const started = performance.now();
   let i = 0;
-  await Promise.all(
+  let failed = false;
+  // On a failure every client stops, and the first error is thrown once all have (none left running).
+  const outcomes = await Promise.allSettled(
     Array.from({ length: clients }, async (_, client) => {
-      while (performance.now() < deadline) {
-        const t = performance.now();
-        await call(client, i++);
-        latencies.push(performance.now() - t);
+      try {
+        while (!failed && performance.now() < deadline) {
+          const t = performance.now();
+          if ((await call(client, i++)) === false) break;
+          latencies.push(performance.now() - t);
+        }
+      } catch (error: unknown) {
+        failed = true;
+        throw error;
       }
     }),
   );
+  const failure = outcomes.find((o) => o.status === 'rejected');
+  if (failure) throw failure.reason;
   const elapsed = (performance.now() - started) / 1000;
+  if (latencies.length === 0) throw new Error('the load run completed no call');
   latencies.sort((a, b) => a - b);
   return {
     perSecond: latencies.length / elapsed,

@@ -4,26 +4,9 @@ import { once } from 'node:events';
 import path from 'node:path';
 import pg from 'pg';
 import { LocalAuth, type LocalPrincipal, signRequest } from '../auth.js';
+import { connect, expectSameRowsWritten, replayWithPg } from './captured-transaction.js';
+import { captureSpend } from './debit.js';
 import { type BenchContext, latency, load } from './harness.js';
-
-/**
- * The spend transaction as plain SQL, the ceiling for the same work without the service around it: the
- * account by user id, then under the lock the account, the idempotency read, the open grants in burn
- * order, the credits held, the balance, the entry, its allocation and the grant's remaining (as
- * shared/ledger/ledger.ts does).
- */
-const SPEND_SQL = {
-  account: 'SELECT id FROM accounts WHERE external_user_id = $1',
-  lock: 'SELECT pg_advisory_xact_lock(1, hashtext($1))',
-  locked: 'SELECT * FROM accounts WHERE id = $1',
-  previous: `SELECT * FROM ledger_entries WHERE account_id = $1 AND kind = 'spend' AND reference = $2`,
-  move: 'UPDATE accounts SET balance = balance - $1::bigint, version = version + 1, updated_at = now() WHERE id = $2 RETURNING balance',
-  grants: `SELECT * FROM credit_grants WHERE account_id = $1 AND remaining > 0 ORDER BY expires_at ASC NULLS LAST, (category = 'paid') ASC, created_at, id`,
-  held: `SELECT coalesce(sum(credits), 0)::bigint AS held FROM holds WHERE account_id = $1 AND status = 'active' AND expires_at > now()`,
-  entry: `INSERT INTO ledger_entries (account_id, amount, balance_after, kind, reference, request_hash) VALUES ($1, -$2::bigint, $3, 'spend', $4, 'bench') RETURNING id`,
-  allocate: 'INSERT INTO grant_allocations (entry_id, grant_id, amount) VALUES ($1, $2, $3)',
-  draw: 'UPDATE credit_grants g SET remaining = g.remaining - d.amount FROM (VALUES ($1::uuid, $2::bigint)) AS d (id, amount) WHERE g.id = d.id',
-};
 
 /** `npm start` (bin/start.ts) in a child process on free ports; resolves once it prints its URL. */
 async function startStackProcess(databaseUrl: string, dataDir: string) {
@@ -77,7 +60,10 @@ async function postSigned(
   await response.arrayBuffer();
 }
 
-/** Spends at 1, 16 and 64 clients and balance reads at 16 against `npm start`, beside the same SQL raw. */
+/**
+ * Spends at 1, 16 and 64 clients and balance reads at 16 against `npm start`, beside the router's own
+ * spend statements (captured) replayed through raw `pg`, and a raw SELECT.
+ */
 export async function benchHttp({ databaseUrl, scratch, scale, report }: BenchContext): Promise<void> {
   console.error(
     'HTTP: spend at 1, 16 and 64 clients, balance reads at 16, against npm start in its own process',
@@ -93,6 +79,16 @@ export async function benchHttp({ databaseUrl, scratch, scale, report }: BenchCo
       const url = new URL(`/v1/admin/accounts/${user}/adjustments`, stack.url);
       await postSigned(url, { amount: 100_000_000, reason: 'bench' }, admin, 201);
     }
+    // The raw baseline: the router's own spend, captured from its query log (see debit.ts).
+    const spend = await captureSpend(databaseUrl, users[0]!, users[1]!);
+    const check = await connect(databaseUrl);
+    try {
+      const item = { userId: users[2]!, key: `check-${randomUUID()}` };
+      await replayWithPg(check, spend, item);
+      await expectSameRowsWritten(check, spend, item, 'raw pg');
+    } finally {
+      await check.end();
+    }
     const service = stack.auth.principal('service');
     const run = randomUUID().slice(0, 8);
     for (const clients of [1, 16, 64]) {
@@ -105,25 +101,10 @@ export async function benchHttp({ databaseUrl, scratch, scale, report }: BenchCo
       const raw = await load(clients, scale.seconds, async (client, i) => {
         const connection = await pool.connect();
         try {
-          const { rows } = await connection.query(SPEND_SQL.account, [users[client % users.length]]);
-          const id = rows[0].id as string;
-          await connection.query('BEGIN');
-          await connection.query(SPEND_SQL.lock, [id]);
-          await connection.query(SPEND_SQL.locked, [id]);
-          await connection.query(SPEND_SQL.previous, [id, `raw-${run}-${clients}-${i}`]);
-          const grants = await connection.query(SPEND_SQL.grants, [id]);
-          await connection.query(SPEND_SQL.held, [id]);
-          const moved = await connection.query(SPEND_SQL.move, [1, id]);
-          const entry = await connection.query(SPEND_SQL.entry, [
-            id,
-            1,
-            moved.rows[0].balance,
-            `raw-${run}-${clients}-${i}`,
-          ]);
-          // The bench accounts hold one large grant each: the spend of 1 draws on the first in burn order.
-          await connection.query(SPEND_SQL.allocate, [entry.rows[0].id, grants.rows[0].id, 1]);
-          await connection.query(SPEND_SQL.draw, [grants.rows[0].id, 1]);
-          await connection.query('COMMIT');
+          await replayWithPg(connection, spend, {
+            userId: users[client % users.length]!,
+            key: `raw-${run}-${clients}-${i}`,
+          });
         } finally {
           connection.release();
         }

@@ -5,15 +5,14 @@ import { createDb } from '../../shared/db/client.js';
 import type { Database } from '../../shared/db/schema.js';
 import { DEFAULT_PACKAGES } from '../../shared/packages.js';
 import {
-  type CreditTransaction,
-  captureCreditTransaction,
+  type CapturedTransaction,
   connect,
   expectSameRowsWritten,
   hasPgbench,
   replayWithPg,
   replayWithPgbench,
-  type WorkItem,
-} from './credit-transaction.js';
+} from './captured-transaction.js';
+import { captureCreditTransaction, replayItem, type WorkItem } from './credit-transaction.js';
 import { checkoutSession, lambdaContext, sqsEvent, stripeEvent } from './events.js';
 import { type BenchContext, fmt } from './harness.js';
 
@@ -117,12 +116,12 @@ const workerThroughput: Throughput = async (databaseUrl, items) => {
 
 /** The captured transaction through raw `pg`, one connection per instance. */
 const rawThroughput =
-  (transaction: CreditTransaction): Throughput =>
+  (transaction: CapturedTransaction): Throughput =>
   async (databaseUrl, items) => {
     const clients = await Promise.all(Array.from({ length: WORKERS }, () => connect(databaseUrl)));
     try {
       return await drain(items, WORKERS, async (batch, i) => {
-        for (const item of batch) await replayWithPg(clients[i]!, transaction, item);
+        for (const item of batch) await replayWithPg(clients[i]!, transaction, replayItem(item));
       });
     } finally {
       await Promise.all(clients.map((c) => c.end()));
@@ -142,11 +141,11 @@ async function captureBaseline(db: Kysely<Database>, databaseUrl: string) {
   const [forPg, forPgbench] = await seedPurchases(db, pgbench ? [owner!, owner!] : [owner!]);
   const client = await connect(databaseUrl);
   try {
-    await replayWithPg(client, transaction, forPg!);
-    await expectSameRowsWritten(client, transaction, forPg!, 'raw pg');
+    await replayWithPg(client, transaction, replayItem(forPg!));
+    await expectSameRowsWritten(client, transaction, replayItem(forPg!), 'raw pg');
     if (forPgbench) {
-      await replayWithPgbench(databaseUrl, transaction, [forPgbench], 1);
-      await expectSameRowsWritten(client, transaction, forPgbench, 'pgbench');
+      await replayWithPgbench(databaseUrl, transaction, [replayItem(forPgbench)], 1);
+      await expectSameRowsWritten(client, transaction, replayItem(forPgbench), 'pgbench');
     }
     return { transaction, pgbench };
   } finally {
@@ -187,12 +186,13 @@ export async function benchWorker({ db, databaseUrl, scale, report }: BenchConte
     let bench: number | undefined;
     if (baseline.pgbench) {
       await sql`VACUUM ANALYZE`.execute(db);
-      bench = await replayWithPgbench(
+      const purchases = await seedPurchases(db, all);
+      ({ perSecond: bench } = await replayWithPgbench(
         databaseUrl,
         baseline.transaction,
-        await seedPurchases(db, all),
+        purchases.map(replayItem),
         WORKERS,
-      );
+      ));
     }
     const ratio = ours / rawPerSecond;
     report({

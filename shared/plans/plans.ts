@@ -209,7 +209,6 @@ export function planGuard(catalog: PlanCatalog, now: Date): PlanGuard {
       type,
       accountId: account.id,
       data: { userId: account.external_user_id, ...data },
-      createdAt: now,
     });
     emitted = true;
   };

@@ -399,6 +399,19 @@ export async function listAwaitingSessions(db: Kysely<Database>, from: Date, to:
   return rows.map((r) => r.stripe_checkout_session_id!);
 }
 
+/** Credited auto top-ups created in [from, to], with their PaymentIntents: reconciliation checks Stripe agrees. */
+export function listCreditedTopUpsInWindow(db: Kysely<Database>, from: Date, to: Date) {
+  return db
+    .selectFrom('payments')
+    .select(['id', 'account_id', 'stripe_payment_intent_id'])
+    .where('kind', '=', 'auto_topup')
+    .where('status', 'in', CREDITED_STATUSES)
+    .where('stripe_payment_intent_id', 'is not', null)
+    .where('created_at', '>=', from)
+    .where('created_at', '<=', to)
+    .execute();
+}
+
 /** Credited payments created in [from, to] with a checkout session: reconciliation checks Stripe agrees. */
 export function listCreditedInWindow(db: Kysely<Database>, from: Date, to: Date) {
   return db

@@ -4,7 +4,11 @@ import type { Database } from '../db/schema.js';
 import { applyStripeEvent } from '../events/apply-event.js';
 import { checkInvariants } from '../invariants.js';
 import type { CreditPackage } from '../packages.js';
-import { listAwaitingSessions, listCreditedInWindow } from '../payments/payments.js';
+import {
+  listAwaitingSessions,
+  listCreditedInWindow,
+  listCreditedTopUpsInWindow,
+} from '../payments/payments.js';
 import type { StripeEvent } from '../stripe/events.js';
 import { type Finding, findRun, finishRun, type ReconcileWindow, recordFinding } from './runs.js';
 
@@ -39,6 +43,8 @@ export interface RunCounts {
   paymentsChecked: number;
   /** Our payments awaiting credit from before the window, looked up in Stripe one by one. */
   pendingChecked: number;
+  /** Auto top-up PaymentIntents in the window (ours, by their metadata). */
+  topUps: number;
   stripeRequests: number;
   stripeRetries: number;
 }
@@ -136,6 +142,7 @@ export async function executeRun(deps: ReconcileDependencies, runId: string): Pr
     disputes: 0,
     paymentsChecked: 0,
     pendingChecked: 0,
+    topUps: 0,
     stripeRequests: 0,
     stripeRetries: 0,
   };
@@ -222,6 +229,44 @@ export async function executeRun(deps: ReconcileDependencies, runId: string): Pr
           ? 'charge.dispute.closed'
           : 'charge.dispute.created';
       await heal(syntheticEvent(type, dispute, dispute.status), dispute.id);
+    }
+    // Off-session top-ups have no checkout session: their PaymentIntents say what became of them. A lost
+    // payment_intent.succeeded would leave a charged card uncredited; a lost payment_failed, a top-up in
+    // flight for ever (and no other top-up started).
+    const topUpsPaid = new Set<string>();
+    for await (const intent of listAll(
+      call,
+      (p) => deps.stripe.paymentIntents.list(p),
+      window,
+    )) {
+      if (intent.metadata?.kind !== 'auto_topup') continue;
+      counts.topUps++;
+      if (intent.status === 'succeeded') {
+        topUpsPaid.add(intent.id);
+        await heal(syntheticEvent('payment_intent.succeeded', intent), intent.id);
+      } else if (intent.status === 'requires_payment_method' && intent.last_payment_error) {
+        await heal(syntheticEvent('payment_intent.payment_failed', intent, 'failed'), intent.id);
+      }
+    }
+    for (const topUp of await listCreditedTopUpsInWindow(db, window.start, window.end)) {
+      counts.paymentsChecked++;
+      const intentId = topUp.stripe_payment_intent_id!;
+      if (topUpsPaid.has(intentId)) continue;
+      const intent = await call(() => deps.stripe.paymentIntents.retrieve(intentId)).catch(
+        (failure: unknown) => {
+          if ((failure as { statusCode?: number }).statusCode === 404) return undefined;
+          throw failure;
+        },
+      );
+      if (intent?.status !== 'succeeded') {
+        await record({
+          kind: 'credited_not_paid',
+          stripeObjectId: intentId,
+          paymentId: topUp.id,
+          accountId: topUp.account_id,
+          details: { stripeStatus: intent?.status ?? 'no such payment intent' },
+        });
+      }
     }
     // Credited here but not paid in Stripe.
     const credited = await listCreditedInWindow(db, window.start, window.end);

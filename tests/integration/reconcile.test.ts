@@ -8,10 +8,12 @@ import { beforeEach, describe, expect, it } from 'vitest';
 import { createCreditWorker } from '../../functions/credit-worker.js';
 import { createReconcileHandler } from '../../functions/reconcile.js';
 import { createWebhookIntake } from '../../functions/webhook-intake.js';
+import { inAccountTransaction, saveCard } from '../../shared/accounts/accounts.js';
 import { loadIntakeConfig } from '../../shared/config.js';
 import { DEFAULT_PACKAGES } from '../../shared/packages.js';
 import { createRun, executeRun } from '../../shared/reconcile/reconcile.js';
 import { createStripeClient } from '../../shared/stripe/client.js';
+import { createTopUp, startTopUp } from '../../shared/topup/topup.js';
 import { ADMIN_ARN, testApi } from '../support/api.js';
 import { createTestDatabase } from '../support/database.js';
 import { lambdaContext, sqsEvent, webhookRequest } from '../support/events.js';
@@ -360,5 +362,88 @@ describe('reconciliation', () => {
       .executeTakeFirstOrThrow();
     expect(row).toMatchObject({ trigger: 'schedule', status: 'succeeded' });
     expect(row.finished_at).toBeInstanceOf(Date);
+  });
+});
+
+describe('reconciliation of auto top-ups', () => {
+  /** An account with a saved card in the emulator (`card` is one of its test cards). */
+  async function withSavedCard(card: string) {
+    const account = await givenAccount(db);
+    const customer = await stripe.customers.create({ payment_method: card });
+    const [method] = (await stripe.paymentMethods.list({ customer: customer.id })).data;
+    await inAccountTransaction(db, account.id, (trx, locked) =>
+      saveCard(trx, locked, { customerId: customer.id, paymentMethodId: method!.id, savedAt: new Date() }),
+    );
+    return db.selectFrom('accounts').selectAll().where('id', '=', account.id).executeTakeFirstOrThrow();
+  }
+  const paymentOf = (id: string) =>
+    db.selectFrom('payments').selectAll().where('id', '=', id).executeTakeFirstOrThrow();
+
+  it("credits a charged top-up whose payment_intent.succeeded was lost, once; a lost decline's payment is FAILED", async () => {
+    // The emulator's webhooks are paused (beforeEach): every one of them is lost.
+    const paid = await withSavedCard('pm_card_visa');
+    const declined = await withSavedCard('pm_card_chargeDeclined');
+    const charged = await startTopUp(db, stripe, paid.id, PACK);
+    expect(charged.outcome).toBe('succeeded');
+    const chargedId = (charged as { paymentId: string }).paymentId;
+    expect((await paymentOf(chargedId)).status).toBe('INIT');
+    // A decline whose answer was lost too (a crash after Stripe answered, before it was recorded).
+    const refused = await inAccountTransaction(db, declined.id, (trx, locked) =>
+      createTopUp(trx, locked, PACK),
+    );
+    if (typeof refused === 'string') throw new Error(refused);
+    await expect(
+      stripe.paymentIntents.create(
+        {
+          amount: PACK.amount,
+          currency: PACK.currency,
+          customer: declined.stripe_customer_id!,
+          payment_method: declined.stripe_payment_method_id!,
+          off_session: true,
+          confirm: true,
+          metadata: {
+            payment_id: refused.id,
+            kind: 'auto_topup',
+            package_id: PACK.id,
+            user_id: declined.external_user_id!,
+          },
+        },
+        { idempotencyKey: refused.id },
+      ),
+    ).rejects.toMatchObject({ code: 'card_declined' });
+    expect((await paymentOf(refused.id)).status).toBe('INIT');
+
+    const first = await run();
+    expect(first).toMatchObject({ status: 'succeeded', counts: { topUps: 2 } });
+    expect((await paymentOf(chargedId)).status).toBe('CREDITED');
+    expect((await paymentOf(refused.id)).status).toBe('FAILED');
+    expect(await balanceOf(paid.external_user_id!)).toBe(PACK.credits);
+    expect(await balanceOf(declined.external_user_id!)).toBe(0);
+    const second = await run();
+    expect(second.healed).toBe(0);
+    const ours = new Set([chargedId, refused.id]);
+    const findings = await findingsOf(second.runId);
+    expect(findings.filter((f) => ours.has(f.payment_id ?? ''))).toEqual([]);
+    await expectInvariantsHold(db);
+  });
+
+  it('reports a credited top-up whose PaymentIntent Stripe does not show as paid', async () => {
+    const account = await withSavedCard('pm_card_visa');
+    const charged = await startTopUp(db, stripe, account.id, PACK);
+    const paymentId = (charged as { paymentId: string }).paymentId;
+    await run();
+    expect((await paymentOf(paymentId)).status).toBe('CREDITED');
+    // Pointed at an intent that never succeeded (as a hand-made row would be).
+    const other = await stripe.paymentIntents.create({ amount: PACK.amount, currency: PACK.currency });
+    await db
+      .updateTable('payments')
+      .set({ stripe_payment_intent_id: other.id })
+      .where('id', '=', paymentId)
+      .execute();
+    const summary = await run();
+    const findings = await findingsOf(summary.runId, 'credited_not_paid');
+    expect(findings.filter((f) => f.payment_id === paymentId)).toMatchObject([
+      { stripe_object_id: other.id, details: { stripeStatus: 'requires_payment_method' } },
+    ]);
   });
 });

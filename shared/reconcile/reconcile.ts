@@ -234,11 +234,7 @@ export async function executeRun(deps: ReconcileDependencies, runId: string): Pr
     // payment_intent.succeeded would leave a charged card uncredited; a lost payment_failed, a top-up in
     // flight for ever (and no other top-up started).
     const topUpsPaid = new Set<string>();
-    for await (const intent of listAll(
-      call,
-      (p) => deps.stripe.paymentIntents.list(p),
-      window,
-    )) {
+    for await (const intent of listAll(call, (p) => deps.stripe.paymentIntents.list(p), window)) {
       if (intent.metadata?.kind !== 'auto_topup') continue;
       counts.topUps++;
       if (intent.status === 'succeeded') {

@@ -7,7 +7,7 @@ import { waitFor } from '../support/stripe.js';
 import { startWebhookReceiver } from '../support/webhook-receiver.js';
 
 // The sweeper every second: the event below is committed without a post-commit flush, as a crash leaves it.
-const { db, signed, admin } = await startStackForTest({ sweepIntervalSeconds: 1 });
+const { db, signed, admin, asUser } = await startStackForTest({ sweepIntervalSeconds: 1 });
 const receiver = await startWebhookReceiver([200]);
 afterAll(() => receiver.close());
 
@@ -98,5 +98,50 @@ describe('outbound webhooks through the local stack', () => {
       0,
     );
     expect(help.join('\n')).toContain('--events a,b');
+  });
+
+  it('sends a signed balance.low once per crossing and balance.depleted at zero, right after the spends', async () => {
+    const alerts = await startWebhookReceiver([200]);
+    try {
+      const created = await signed('admin', 'POST', '/v1/admin/webhook-endpoints', {
+        url: alerts.url,
+        events: ['balance.low', 'balance.depleted'],
+      });
+      const secret = String(created.body.secret);
+      const user = 'e2e-low-balance';
+      expect((await admin('adjust', user, '300', '--reason', 'setup')).code).toBe(0);
+      expect((await asUser(user, 'PUT', '/v1/me/alerts', { lowBalance: 100 })).status).toBe(200);
+      let key = 0;
+      const spend = async (amount: number) => {
+        const response = await signed(
+          'service',
+          'POST',
+          `/v1/accounts/${user}/spend`,
+          { amount },
+          { 'idempotency-key': `e2e-low-${++key}` },
+        );
+        expect(response.status).toBe(200);
+      };
+      await spend(150); // 150: above the threshold
+      await spend(60); // 90: crosses it
+      await spend(10); // 80: below already
+      expect((await admin('adjust', user, '200', '--reason', 'top up')).code).toBe(0); // 280: re-armed
+      await spend(200); // 80: crosses again
+      await spend(80); // 0: depleted
+      await waitFor(() => alerts.received.length >= 3, 'three balance events');
+      // Nothing more arrives: no event for the spend below the threshold.
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      const events = alerts.received.map((r) => alerts.verify(r, secret) as { type: string; data: unknown });
+      expect(events.map((e) => e.type).sort()).toEqual(['balance.depleted', 'balance.low', 'balance.low']);
+      expect(events.filter((e) => e.type === 'balance.low').map((e) => e.data)).toEqual(
+        expect.arrayContaining([
+          { userId: user, available: 90, balance: 90, threshold: 100 },
+          { userId: user, available: 80, balance: 80, threshold: 100 },
+        ]),
+      );
+      expect(new Set(alerts.received.map((r) => r.headers['webhook-id'])).size).toBe(3);
+    } finally {
+      await alerts.close();
+    }
   });
 });

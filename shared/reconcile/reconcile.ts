@@ -168,12 +168,14 @@ export async function executeRun(deps: ReconcileDependencies, runId: string): Pr
     }
   };
 
-  /** A checkout session, or undefined when Stripe has none by that id (another account or mode, a hand-made row). */
-  const retrieveSession = (sessionId: string) =>
-    call(() => deps.stripe.checkout.sessions.retrieve(sessionId)).catch((failure: unknown) => {
+  /** Stripe's object, or undefined when it has none by that id (another account or mode, a hand-made row). */
+  const retrieve = <T>(request: () => Promise<T>) =>
+    call(request).catch((failure: unknown) => {
       if ((failure as { statusCode?: number }).statusCode === 404) return undefined;
       throw failure;
     });
+  const retrieveSession = (sessionId: string) =>
+    retrieve(() => deps.stripe.checkout.sessions.retrieve(sessionId));
 
   let status: RunSummary['status'] = 'succeeded';
   let error: string | null = null;
@@ -248,12 +250,7 @@ export async function executeRun(deps: ReconcileDependencies, runId: string): Pr
       counts.paymentsChecked++;
       const intentId = topUp.stripe_payment_intent_id!;
       if (topUpsPaid.has(intentId)) continue;
-      const intent = await call(() => deps.stripe.paymentIntents.retrieve(intentId)).catch(
-        (failure: unknown) => {
-          if ((failure as { statusCode?: number }).statusCode === 404) return undefined;
-          throw failure;
-        },
-      );
+      const intent = await retrieve(() => deps.stripe.paymentIntents.retrieve(intentId));
       if (intent?.status !== 'succeeded') {
         await record({
           kind: 'credited_not_paid',

@@ -3,7 +3,7 @@ import { App, Validations } from 'aws-cdk-lib';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { StatefulStack } from '../infra/stateful-stack.js';
 import { StatelessStack } from '../infra/stateless-stack.js';
-import { parsePlans } from '../shared/plans/catalog.js';
+import { parsePlans } from '../shared/plan-catalog.js';
 
 /**
  * The CDK app: `npm run synth` offline, `npx cdk deploy --all -c adminPrincipals=...` to deploy. Context

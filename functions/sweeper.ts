@@ -8,7 +8,7 @@ import { expireDueHolds } from '../shared/holds/holds.js';
 import { type SweepResult, sweepExpiredGrants } from '../shared/ledger/sweep.js';
 import { METRICS } from '../shared/metrics.js';
 import { coldStart, createObservability, wrapHandler } from '../shared/observability.js';
-import { DEFAULT_CATALOG, type PlanCatalog } from '../shared/plans/catalog.js';
+import { DEFAULT_CATALOG, type PlanCatalog } from '../shared/plan-catalog.js';
 import { grantDueAllowances } from '../shared/plans/plans.js';
 import { flushWebhooks } from '../shared/webhooks/outbox.js';
 import type { DeliveryQueue } from '../shared/webhooks/queue.js';

@@ -14,7 +14,7 @@ import type { ApiConfig } from '../shared/config.js';
 import { createDb } from '../shared/db/client.js';
 import { migrateToLatest } from '../shared/db/migrate.js';
 import { parsePackages } from '../shared/packages.js';
-import { type PlanCatalog, parsePlans } from '../shared/plans/catalog.js';
+import { type PlanCatalog, parsePlans } from '../shared/plan-catalog.js';
 import { ensureActivePriceBook, type NewPriceBook } from '../shared/pricing/price-book.js';
 import { executeRun } from '../shared/reconcile/reconcile.js';
 import { lazyStripe } from '../shared/stripe/api-client.js';

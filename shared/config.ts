@@ -2,7 +2,7 @@ import { en } from 'zod/locales';
 import * as z from 'zod/mini';
 import type { DatabaseTarget } from './db/client.js';
 import { type CreditPackage, parsePackages } from './packages.js';
-import { type PlanCatalog, parsePlans } from './plans/catalog.js';
+import { type PlanCatalog, parsePlans } from './plan-catalog.js';
 
 // zod/mini keeps the intake bundle small (classic zod would add 60 KB), but carries no messages of its own:
 // with the English locale, errors name the variable and say what is wrong.

@@ -5,7 +5,7 @@ import { createApiRouter } from '../../shared/api/router.js';
 import type { ApiConfig } from '../../shared/config.js';
 import type { Database } from '../../shared/db/schema.js';
 import { DEFAULT_PACKAGES } from '../../shared/packages.js';
-import { DEFAULT_CATALOG } from '../../shared/plans/catalog.js';
+import { DEFAULT_CATALOG } from '../../shared/plan-catalog.js';
 import { activatePriceBook, createPriceBookDraft } from '../../shared/pricing/price-book.js';
 import { fixture } from './events.js';
 

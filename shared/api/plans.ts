@@ -1,6 +1,6 @@
 import * as z from 'zod';
 import { findOrCreateAccount } from '../accounts/accounts.js';
-import type { Plan } from '../plans/catalog.js';
+import type { Plan } from '../plan-catalog.js';
 import {
   alertsOf,
   changePlan,

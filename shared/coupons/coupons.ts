@@ -4,7 +4,7 @@ import { type AdminActor, recordAdminAction } from '../audit/audit.js';
 import type { Account, Coupon, Database } from '../db/schema.js';
 import { ServiceError } from '../errors.js';
 import { creditEntry } from '../ledger/ledger.js';
-import { DEFAULT_CATALOG, type PlanCatalog } from '../plans/catalog.js';
+import { DEFAULT_CATALOG, type PlanCatalog } from '../plan-catalog.js';
 import { planOf } from '../plans/plans.js';
 
 /** The only writer of `coupons`, `coupon_redemptions` and `coupon_failures`. */

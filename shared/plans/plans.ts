@@ -6,9 +6,9 @@ import type { Trx } from '../db/locks.js';
 import type { Account, AccountPlansTable, Database } from '../db/schema.js';
 import { ServiceError, ValidationError } from '../errors.js';
 import { creditEntry, creditsUsed, type DebitGuard } from '../ledger/ledger.js';
+import { findPlan, type Plan, type PlanCatalog, planOfId } from '../plan-catalog.js';
 import type { WebhookEventType } from '../webhooks/events.js';
 import { emitEvent } from '../webhooks/outbox.js';
-import { findPlan, type Plan, type PlanCatalog, planOfId } from './catalog.js';
 
 /**
  * The only writer of `account_plans`: which plan an account is on, its own monthly budget, the month's

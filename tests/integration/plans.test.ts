@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { createSweeper } from '../../functions/sweeper.js';
 import type { Account } from '../../shared/db/schema.js';
-import { parsePlans } from '../../shared/plans/catalog.js';
+import { parsePlans } from '../../shared/plan-catalog.js';
 import { ADMIN_ARN, SERVICE_ARN, testApi } from '../support/api.js';
 import { createTestDatabase } from '../support/database.js';
 import { lambdaContext } from '../support/events.js';

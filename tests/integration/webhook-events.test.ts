@@ -3,7 +3,7 @@ import { createSweeper } from '../../functions/sweeper.js';
 import { inAccountTransaction } from '../../shared/accounts/accounts.js';
 import type { Account } from '../../shared/db/schema.js';
 import { adjustCredits, movePaymentCredits } from '../../shared/ledger/ledger.js';
-import { parsePlans } from '../../shared/plans/catalog.js';
+import { parsePlans } from '../../shared/plan-catalog.js';
 import { ADMIN_ARN, SERVICE_ARN, testApi } from '../support/api.js';
 import { createTestDatabase } from '../support/database.js';
 import { lambdaContext } from '../support/events.js';

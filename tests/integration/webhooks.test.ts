@@ -11,7 +11,7 @@ import { createApiRouter } from '../../shared/api/router.js';
 import { type ApiConfig, loadWebhookConfig } from '../../shared/config.js';
 import type { RouteKey } from '../../shared/http/routes.js';
 import { DEFAULT_PACKAGES } from '../../shared/packages.js';
-import { DEFAULT_CATALOG } from '../../shared/plans/catalog.js';
+import { DEFAULT_CATALOG } from '../../shared/plan-catalog.js';
 import { deleteEndpoint, listEndpoints } from '../../shared/webhooks/endpoints.js';
 import type { WebhookEventType } from '../../shared/webhooks/events.js';
 import {

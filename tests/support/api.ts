@@ -11,7 +11,7 @@ import type { ApiConfig } from '../../shared/config.js';
 import type { Database } from '../../shared/db/schema.js';
 import type { RouteKey } from '../../shared/http/routes.js';
 import { DEFAULT_PACKAGES } from '../../shared/packages.js';
-import { DEFAULT_CATALOG } from '../../shared/plans/catalog.js';
+import { DEFAULT_CATALOG } from '../../shared/plan-catalog.js';
 import { executeRun } from '../../shared/reconcile/reconcile.js';
 import { fixture } from './events.js';
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { loadApiConfig, loadIntakeConfig, loadSweeperConfig, loadWorkerConfig } from '../../shared/config.js';
 import { DEFAULT_PACKAGES, parsePackages } from '../../shared/packages.js';
-import { DEFAULT_CATALOG, parsePlans } from '../../shared/plans/catalog.js';
+import { DEFAULT_CATALOG, parsePlans } from '../../shared/plan-catalog.js';
 
 describe('configuration', () => {
   it('parses the intake settings with their defaults', () => {

@@ -1,5 +1,12 @@
 import { randomBytes } from 'node:crypto';
-import type { StripeObject } from './store.js';
+
+/** Every object the emulator keeps carries these Stripe fields. */
+export interface StripeObject {
+  id: string;
+  object: string;
+  created: number;
+  [field: string]: unknown;
+}
 
 /**
  * The full shape of each Stripe object the emulator serves: every top-level field of Stripe's published

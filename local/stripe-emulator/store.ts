@@ -1,15 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { invalid } from './errors.js';
 import { type Params, str } from './params.js';
-import { withStripeShape } from './shapes.js';
+import { type StripeObject, withStripeShape } from './shapes.js';
 
-/** Every object the emulator keeps carries these Stripe fields. */
-export interface StripeObject {
-  id: string;
-  object: string;
-  created: number;
-  [field: string]: unknown;
-}
+export type { StripeObject };
 
 export interface ListEnvelope<T> {
   object: 'list';

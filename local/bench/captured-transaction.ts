@@ -1,4 +1,5 @@
 import { execFile, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -20,7 +21,9 @@ type Source =
   | { readonly kind: 'result'; readonly statement: number; readonly column: string }
   | { readonly kind: 'constant'; readonly value: unknown }
   /** The caller's clock (`new Date()` passed as a parameter): the replay's own time. */
-  | { readonly kind: 'now' };
+  | { readonly kind: 'now' }
+  /** A random id the service generates (an outbox event's `evt_...`): a fresh one per replay. */
+  | { readonly kind: 'unique'; readonly prefix: string };
 
 interface ReplayStatement {
   readonly sql: string;
@@ -84,6 +87,19 @@ export async function logQueries(
   return logged.map((q) => ({ sql: q.sql, parameters: q.parameters, row: rows.get(q.queryId) }));
 }
 
+/** A random id as the service makes them: a prefix and 32 hex digits. */
+const RANDOM_ID = /^([a-z]+_)[0-9a-f]{32}$/;
+
+/** A JSON object as text: a document whose content (ids, times) differs per request but not its size class. */
+const isJsonObject = (value: unknown) => {
+  if (typeof value !== 'string' || !value.startsWith('{')) return false;
+  try {
+    return typeof JSON.parse(value) === 'object';
+  } catch {
+    return false;
+  }
+};
+
 /** A Date within five minutes of now: the caller's clock, not a stored value. */
 const isClock = (value: unknown) =>
   value instanceof Date && Math.abs(value.getTime() - Date.now()) < 5 * 60_000;
@@ -104,6 +120,8 @@ function traceParameter(
   if (field) return { kind: 'item', field };
   if (isDeepStrictEqual(values[0], values[1])) return { kind: 'constant', value: values[1] };
   if (values.every(isClock)) return { kind: 'now' };
+  const random = values.map((v) => (typeof v === 'string' ? RANDOM_ID.exec(v)?.[1] : undefined));
+  if (random[0] && random[0] === random[1]) return { kind: 'unique', prefix: random[0] };
   for (let statement = at - 1; statement >= 0; statement--) {
     const [first, second] = runs.map((run) => run[statement]!.row);
     const column = Object.keys(second ?? {}).find(
@@ -111,6 +129,8 @@ function traceParameter(
     );
     if (column) return { kind: 'result', statement, column };
   }
+  // A document (an outbox event's body) is written as captured: the same row, the same cost.
+  if (values.every(isJsonObject)) return { kind: 'constant', value: values[1] };
   throw new Error(
     `parameter $${index + 1} of "${runs[1][at]!.sql}" differs between two alike requests and comes from neither the item nor an earlier result`,
   );
@@ -216,6 +236,7 @@ export async function replayWithPg(
       if (source.kind === 'item') return item[source.field];
       if (source.kind === 'result') return rows[source.statement]?.[source.column];
       if (source.kind === 'now') return new Date();
+      if (source.kind === 'unique') return source.prefix + randomBytes(16).toString('hex');
       return source.value;
     });
     rows.push((await client.query(sql, values)).rows[0]);
@@ -231,12 +252,14 @@ function pgbenchValue(source: Source): string {
   if (source.kind === 'item') return `:${columnOf(source.field)}`;
   if (source.kind === 'result') return `:s${source.statement}_${source.column}`;
   if (source.kind === 'now') return 'now()';
+  if (source.kind === 'unique') return `'${source.prefix}' || md5(random()::text)`;
   const { value } = source;
   if (value === null || value === undefined) return 'NULL';
   if (!['string', 'number', 'bigint', 'boolean'].includes(typeof value)) {
     throw new Error(`pgbench cannot carry the constant ${JSON.stringify(value)}`);
   }
-  const text = String(value);
+  // A JSON document's `"key":value` would read as a variable; a space after the colon is the same jsonb.
+  const text = isJsonObject(value) ? String(value).replaceAll('":', '": ') : String(value);
   // pgbench reads `:name` anywhere in a command as a variable, quoted or not.
   if (/:[A-Za-z_]/.test(text)) throw new Error(`pgbench would read a variable in the constant ${text}`);
   return `'${text.replaceAll("'", "''")}'`;

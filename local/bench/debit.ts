@@ -105,8 +105,8 @@ END $$;
  * A prototype, not the service: the spend as one server-side function against the service's own tables,
  * to show the ceiling of issue 21's first direction. It does what the captured spend does for an account
  * with no grant due to expire (it refuses one rather than expiring it): the account by user id, the
- * account lock, the idempotency read, the frozen and available checks, the balance, the entry, and the
- * draws on open grants in burn order. Start-up checks that it writes the rows the service's spend does.
+ * account lock, the idempotency read, the frozen and available checks, the plan row, the balance, the entry,
+ * the draws on open grants in burn order and the day's debit total (what caps count). Start-up checks that it writes the rows the service's spend does.
  */
 const PROTOTYPE_SPEND = `
 CREATE FUNCTION ${SCRATCH}.spend(p_user text, p_key text, p_amount bigint, p_request_hash text)
@@ -135,6 +135,8 @@ BEGIN
     RETURN;
   END IF;
   IF v_account.status = 'frozen' THEN RAISE EXCEPTION 'account frozen'; END IF;
+  -- The plan row the service reads (no plan in the benchmark: no caps, no allowance, no rate limit).
+  PERFORM FROM account_plans WHERE account_id = v_account.id;
   IF EXISTS (SELECT FROM credit_grants WHERE account_id = v_account.id AND remaining > 0 AND expires_at <= now()) THEN
     RAISE EXCEPTION 'a grant is due to expire: the prototype leaves expiry to the service';
   END IF;
@@ -157,6 +159,8 @@ BEGIN
     UPDATE credit_grants SET remaining = remaining - v_take WHERE id = v_grant.id;
     v_left := v_left - v_take;
   END LOOP;
+  INSERT INTO debit_days (account_id, day, credits) VALUES (v_account.id, (now() AT TIME ZONE 'UTC')::date, p_amount)
+    ON CONFLICT (account_id, day) DO UPDATE SET credits = debit_days.credits + excluded.credits;
   RETURN QUERY SELECT v_entry, v_balance, false;
 END $$;
 `;

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { StackAlreadyRunningError, StackStartError, startLocalStack } from '../local/stack.js';
 import { parseRetrySeconds } from '../shared/config.js';
 
@@ -41,6 +42,10 @@ if (promotionCodes !== 'true' && promotionCodes !== 'false') {
   process.exit(2);
 }
 
+// PLANS, or the sample plans (a free plan with a monthly allowance, caps and a rate limit, and a pro plan).
+const plans =
+  process.env.PLANS || readFileSync(new URL('../local/sample-plans.json', import.meta.url), 'utf8');
+
 const stack = await startLocalStack({
   dataDir,
   port: Number(process.env.PORT || 3000),
@@ -53,6 +58,7 @@ const stack = await startLocalStack({
   allowPromotionCodes: promotionCodes === 'true',
   sweepIntervalSeconds: wholeNumber('SWEEP_INTERVAL_SECONDS', 1),
   webhookRetrySeconds: retrySchedule(),
+  plans,
 }).catch((error: unknown) => {
   if (!(error instanceof StackAlreadyRunningError || error instanceof StackStartError)) throw error;
   console.error(`npm start: ${error.message}`);
@@ -69,12 +75,14 @@ Credits service running locally (Node ${process.version})
   HTTP API          ${stack.url}  (OpenAPI: ${stack.url}/openapi.json)
   Stripe            ${stack.stripeUrl ?? 'real Stripe (STRIPE_SECRET_KEY)'}${stack.stripeUrl ? `  (control: ${stack.stripeUrl}/_emulator/webhooks)` : ''}
   Postgres          ${stack.databaseUrl.replace(/:[^:@/]+@/, ':***@')}
+  Plans             ${process.env.PLANS ? 'PLANS' : 'local/sample-plans.json (set PLANS to change)'}
 
 Try:
   TOKEN=$(${env}npm run -s token -- alice)
   curl -s -H "authorization: Bearer $TOKEN" ${stack.url}/v1/me/credits
   ${env}npm run -s admin -- adjust alice 500 --reason "welcome bonus" --description "Welcome bonus"
   ${env}npm run -s admin -- account alice
+  ${env}npm run -s admin -- plan alice pro --reason "upgrade"
   ${env}npm run -s admin -- reconcile
   ${env}npm run -s admin -- help
 

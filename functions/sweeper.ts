@@ -11,6 +11,7 @@ import { METRICS } from '../shared/metrics.js';
 import { coldStart, createObservability, wrapHandler } from '../shared/observability.js';
 import { DEFAULT_CATALOG, type PlanCatalog } from '../shared/plans/catalog.js';
 import { grantDueAllowances } from '../shared/plans/plans.js';
+import { lazyStripe } from '../shared/stripe/api-client.js';
 import { chargeUnchargedTopUps } from '../shared/topup/topup.js';
 import { flushWebhooks } from '../shared/webhooks/outbox.js';
 import type { DeliveryQueue } from '../shared/webhooks/queue.js';
@@ -130,5 +131,9 @@ export const handler = coldStart(() => {
     db: createDb(config.database, { max: config.poolMax, applicationName: 'sweeper' }),
     plans: config.plans,
     ...(process.env.WEBHOOK_QUEUE_URL && { webhookQueue: awsWebhookRuntime(loadWebhookConfig()).queue }),
+    // Set by bindStripeSecret (infra): the sweeper charges auto top-ups a crash left uncharged.
+    ...(process.env.STRIPE_SECRET_NAME && {
+      stripe: lazyStripe({ secretName: process.env.STRIPE_SECRET_NAME }),
+    }),
   });
 });

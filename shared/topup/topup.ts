@@ -240,7 +240,7 @@ async function recordFailure(
   });
 }
 
-/** Statuses of a top-up in flight: charged or being charged, not yet credited, failed or expired. */
+/** A top-up in flight: being charged or charged, and neither credited, failed nor expired yet. */
 const IN_FLIGHT = ['INIT', 'PAID'] as const;
 
 /**

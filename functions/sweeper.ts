@@ -1,5 +1,6 @@
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import type { Kysely } from 'kysely';
+import type Stripe from 'stripe';
 import { loadSweeperConfig, loadWebhookConfig } from '../shared/config.js';
 import { createDb } from '../shared/db/client.js';
 import type { Database } from '../shared/db/schema.js';
@@ -10,6 +11,8 @@ import { METRICS } from '../shared/metrics.js';
 import { coldStart, createObservability, wrapHandler } from '../shared/observability.js';
 import { DEFAULT_CATALOG, type PlanCatalog } from '../shared/plan-catalog.js';
 import { grantDueAllowances } from '../shared/plans/plans.js';
+import { lazyStripe } from '../shared/stripe/api-client.js';
+import { chargeUnchargedTopUps } from '../shared/topup/topup.js';
 import { flushWebhooks } from '../shared/webhooks/outbox.js';
 import type { DeliveryQueue } from '../shared/webhooks/queue.js';
 import { awsWebhookRuntime } from '../shared/webhooks/runtime.js';
@@ -24,6 +27,8 @@ export interface SweeperDependencies {
   readonly plans?: PlanCatalog;
   /** The webhook dispatcher's queue: the sweeper sends the outbox and the deliveries due. @default none */
   readonly webhookQueue?: DeliveryQueue;
+  /** Stripe, to charge auto top-ups a crash left uncharged. @default none: they wait for a sweeper with it */
+  readonly stripe?: () => Promise<Stripe>;
 }
 
 /**
@@ -31,7 +36,8 @@ export interface SweeperDependencies {
  * past their expiry expired and writes off expired grants' remainders as `grant_expiry` entries. Reads and
  * debits already treat both as expired; the sweeper makes idle accounts' rows and entries catch up. It
  * grants each month's allowances ahead (a debit or a read grants one the sweeper has not reached yet), and is
- * the webhook outbox's safety net: events a crash left unsent, and deliveries whose wait outlasted SQS's delay.
+ * the webhook outbox's safety net: events a crash left unsent, and deliveries whose wait outlasted SQS's delay;
+ * and auto top-up's: top-ups a crash between a debit's commit and its charge left uncharged for a minute.
  */
 export function createSweeper(deps: SweeperDependencies) {
   const obs = createObservability('sweeper');
@@ -50,8 +56,34 @@ export function createSweeper(deps: SweeperDependencies) {
     }
   }
 
+  /** Charges top-ups left uncharged (same idempotency key: never twice); their events go out below. */
+  async function chargeTopUps(now: Date): Promise<number> {
+    if (!deps.stripe) return 0;
+    try {
+      const outcomes = await chargeUnchargedTopUps(deps.db, await deps.stripe(), now);
+      if (outcomes.length > 0) {
+        logger.info('uncharged auto top-ups charged', {
+          outcomes: outcomes.map((o) => ({
+            paymentId: 'paymentId' in o ? o.paymentId : null,
+            outcome: o.outcome,
+          })),
+        });
+      }
+      return outcomes.length;
+    } catch (error: unknown) {
+      // Still INIT without a PaymentIntent: the next sweep tries again, with the same key.
+      logger.error('uncharged auto top-ups not charged', { error: error as Error });
+      return 0;
+    }
+  }
+
   async function sweep(): Promise<
-    SweepResult & { expiredHolds: number; allowancesGranted: number; webhooksSent: number }
+    SweepResult & {
+      expiredHolds: number;
+      allowancesGranted: number;
+      topUpsCharged: number;
+      webhooksSent: number;
+    }
   > {
     const now = deps.clock?.() ?? new Date();
     const budgetMs = deps.budgetMs ?? 40_000;
@@ -85,7 +117,8 @@ export function createSweeper(deps: SweeperDependencies) {
         summary,
       );
     }
-    return { ...summary, webhooksSent: await sendWebhooks(now) };
+    const topUpsCharged = await chargeTopUps(now);
+    return { ...summary, topUpsCharged, webhooksSent: await sendWebhooks(now) };
   }
 
   return wrapHandler(obs, sweep);
@@ -98,5 +131,9 @@ export const handler = coldStart(() => {
     db: createDb(config.database, { max: config.poolMax, applicationName: 'sweeper' }),
     plans: config.plans,
     ...(process.env.WEBHOOK_QUEUE_URL && { webhookQueue: awsWebhookRuntime(loadWebhookConfig()).queue }),
+    // Set by bindStripeSecret (infra): the sweeper charges auto top-ups a crash left uncharged.
+    ...(process.env.STRIPE_SECRET_NAME && {
+      stripe: lazyStripe({ secretName: process.env.STRIPE_SECRET_NAME }),
+    }),
   });
 });

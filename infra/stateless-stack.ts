@@ -153,7 +153,9 @@ export class StatelessStack extends Stack {
     })
       .bindDatabase(stateful.proxy, app)
       // The outbox's safety net, and attempts whose wait is longer than SQS's 15-minute delay.
-      .bindWebhookQueue(stateful.webhookQueue);
+      .bindWebhookQueue(stateful.webhookQueue)
+      // Auto top-ups a crash left uncharged, charged with their idempotency key.
+      .bindStripeSecret(stateful.stripeSecret);
 
     // Outbound webhooks: one attempt per message; it re-sends itself with a delay, or dead-letters itself.
     const dispatcher = new CreditsFunction(this, 'WebhookDispatcher', {

@@ -11,6 +11,7 @@ import * as plans from './2026-12-06-plans.js';
 import * as webhooks from './2026-12-07-webhooks.js';
 import * as savedCards from './2026-12-08-saved-cards.js';
 import * as grantExpiring from './2026-12-09-grant-expiring.js';
+import * as autoTopUp from './2026-12-10-auto-topup.js';
 
 /** Every migration, in order. Static imports so the set survives bundling into a Lambda. */
 const migrations: Record<string, Migration> = {
@@ -26,6 +27,7 @@ const migrations: Record<string, Migration> = {
   '2026-12-07-webhooks': webhooks,
   '2026-12-08-saved-cards': savedCards,
   '2026-12-09-grant-expiring': grantExpiring,
+  '2026-12-10-auto-topup': autoTopUp,
 };
 
 /** A kysely migration provider over the static set above. */

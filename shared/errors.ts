@@ -36,6 +36,7 @@ export const ERROR_STATUS = {
   hold_voided: 409,
   price_book_exists: 409,
   price_book_not_draft: 409,
+  no_saved_card: 409,
   coupon_disabled: 410,
   coupon_exhausted: 410,
   coupon_expired: 410,

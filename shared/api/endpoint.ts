@@ -4,6 +4,7 @@ import type { z } from 'zod';
 import type { ApiConfig } from '../config.js';
 import type { Database } from '../db/schema.js';
 import type { RouteKey } from '../http/routes.js';
+import { chargeTopUp } from '../topup/topup.js';
 import { flushWebhooks } from '../webhooks/outbox.js';
 import type { WebhookRuntime } from '../webhooks/runtime.js';
 
@@ -29,11 +30,27 @@ export interface ApiDependencies {
 }
 
 /**
- * After a commit that wrote events to the outbox: sends them now. A failure is reported, never answered:
- * the change is committed and the sweeper sends whatever is left within a minute.
+ * The one step after a debit's commit: charges the auto top-ups it started (`chargeTopUp`: the payment id is
+ * Stripe's idempotency key), then sends the events it and the charges wrote. A failure is reported, never
+ * answered: the change is committed, the sweeper charges a top-up left uncharged after a minute and sends
+ * whatever events are left within a minute.
  */
-export async function sendEvents(deps: ApiDependencies, written: { readonly emitted: boolean }) {
-  if (!written.emitted || !deps.webhooks) return;
+export async function sendEvents(
+  deps: ApiDependencies,
+  written: { readonly emitted: boolean; readonly topUpPaymentIds?: readonly string[] },
+) {
+  const topUps = written.topUpPaymentIds ?? [];
+  for (const paymentId of topUps) {
+    try {
+      const charged = await chargeTopUp(deps.db, await deps.stripe(), paymentId);
+      if (charged.outcome === 'retry') {
+        deps.reportError?.('auto top-up left for the sweeper to charge', new Error(charged.reason));
+      }
+    } catch (error: unknown) {
+      deps.reportError?.('auto top-up left for the sweeper to charge', error);
+    }
+  }
+  if ((!written.emitted && topUps.length === 0) || !deps.webhooks) return;
   try {
     await flushWebhooks(deps.db, deps.webhooks.queue, nowOf(deps));
   } catch (error: unknown) {

@@ -109,7 +109,7 @@ export const createHoldEndpoint = defineEndpoint({
     const now = nowOf(deps);
     const account = await requireAccountByUserId(deps.db, params.userId);
     const cost = body.sku && body.usage ? await quoteUsage(deps.db, body.sku, body.usage) : undefined;
-    const guard = planGuard(deps.config.plans, now);
+    const guard = planGuard(deps.config.plans, now, deps.config.packages);
     const result = await inAccountTransaction(deps.db, account.id, (trx, locked) =>
       createHold(
         trx,
@@ -206,7 +206,7 @@ export const captureHoldEndpoint = defineEndpoint({
       throw new ValidationError('credits', 'give credits or usage, one of them');
     }
     const now = nowOf(deps);
-    const guard = planGuard(deps.config.plans, now);
+    const guard = planGuard(deps.config.plans, now, deps.config.packages);
     const settlement = await captureHold(
       deps.db,
       params.holdId,

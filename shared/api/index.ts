@@ -10,6 +10,7 @@ import {
 } from './admin.js';
 import { getAnalytics } from './analytics.js';
 import { approveGrant, listGrantApprovals, rejectGrant } from './approvals.js';
+import { getMyAutoTopUp, putMyAutoTopUp } from './auto-topup.js';
 import { createCheckout } from './checkout.js';
 import { createAdminCoupon, disableAdminCoupon, listAdminCoupons } from './coupons.js';
 import type { Endpoint } from './endpoint.js';
@@ -51,6 +52,8 @@ export const ENDPOINTS: readonly Endpoint[] = [
   putMyLimits,
   getMyAlerts,
   putMyAlerts,
+  getMyAutoTopUp,
+  putMyAutoTopUp,
   redeemMyCoupon,
   createCheckout,
   spend,

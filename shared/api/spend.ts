@@ -55,7 +55,7 @@ export const spend = defineEndpoint({
     const key = idempotencyKeyOf(headers);
     const now = nowOf(deps);
     const account = await requireAccountByUserId(deps.db, params.userId);
-    const guard = planGuard(deps.config.plans, now);
+    const guard = planGuard(deps.config.plans, now, deps.config.packages);
     const result = await inAccountTransaction(deps.db, account.id, (trx, locked) =>
       spendCredits(
         trx,

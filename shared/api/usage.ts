@@ -77,7 +77,7 @@ export const recordUsage = defineEndpoint({
     });
     const results: UsageOutcome[] = [];
     // One event at a time: each in its own account's transaction, never two account locks at once.
-    const guard = planGuard(deps.config.plans, now);
+    const guard = planGuard(deps.config.plans, now, deps.config.packages);
     for (const event of events) results.push(await recordUsageEvent(deps.db, event, now, guard));
     await sendEvents(deps, guard);
     return ok({ results });

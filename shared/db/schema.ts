@@ -341,6 +341,21 @@ export interface UsageRollupsTable {
 }
 
 /** The whole schema as kysely sees it; the migrations are the source of truth. */
+/** An account's auto top-up settings (shared/topup is the only writer). */
+export interface AutoTopUpSettingsTable {
+  account_id: string;
+  enabled: boolean;
+  package_id: string;
+  threshold_credits: Int8;
+  max_per_month: number;
+  /** Top-ups that failed in a row since the last one credited; three disable auto top-up. */
+  consecutive_declines: ColumnType<number, number | undefined, number>;
+  /** Why auto top-up was turned off by the service (not the user); null otherwise. */
+  disabled_reason: string | null;
+  created_at: CreatedAt;
+  updated_at: UpdatedAt;
+}
+
 export interface Database {
   accounts: AccountsTable;
   payments: PaymentsTable;
@@ -367,6 +382,7 @@ export interface Database {
   webhook_outbox: WebhookOutboxTable;
   webhook_deliveries: WebhookDeliveriesTable;
   webhook_attempts: WebhookAttemptsTable;
+  auto_topup_settings: AutoTopUpSettingsTable;
 }
 
 export type Account = Selectable<AccountsTable>;

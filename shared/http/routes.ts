@@ -20,6 +20,8 @@ export const ROUTES = {
   'PUT /v1/me/limits': { fn: 'api', auth: 'user' },
   'GET /v1/me/alerts': { fn: 'api', auth: 'user' },
   'PUT /v1/me/alerts': { fn: 'api', auth: 'user' },
+  'GET /v1/me/auto-topup': { fn: 'api', auth: 'user' },
+  'PUT /v1/me/auto-topup': { fn: 'api', auth: 'user' },
   'POST /v1/me/coupons/redeem': { fn: 'api', auth: 'user' },
   'POST /v1/checkout': { fn: 'api', auth: 'user' },
   'POST /v1/accounts/{userId}/spend': { fn: 'api', auth: 'service' },

@@ -12,6 +12,7 @@ import {
   paymentClawbacks,
 } from '../ledger/ledger.js';
 import type { CreditPackage } from '../packages.js';
+import { recordTopUpCredited } from '../topup/settings.js';
 import { type ChargeFacts, disputeActive, effectiveRefunded, isEmptyFacts } from './facts.js';
 
 /** The only writer of `payments`: create, link, credit, settle, close. */
@@ -208,7 +209,7 @@ export async function creditPurchase(
     .where('id', '=', input.paymentId)
     .where('account_id', '=', account.id)
     .where('status', 'in', ['INIT', 'PAID'])
-    .returning('kind')
+    .returningAll()
     .executeTakeFirst();
   if (!moved) {
     // Not awaiting credit: already credited (a duplicate), or not a payment of this account at all.
@@ -232,6 +233,10 @@ export async function creditPurchase(
       paymentId: input.paymentId,
     },
   );
+  // A top-up's outcome and its event, in the credit's transaction: once, as the credit is.
+  if (moved.kind === 'auto_topup') {
+    await recordTopUpCredited(trx, { ...account, balance: entry.balance_after }, moved);
+  }
   return { entry, duplicate: false };
 }
 
@@ -243,16 +248,16 @@ export interface PaymentFailure {
 
 /**
  * INIT (or PAID, for FAILED) moves to `status`, with Stripe's reason for a failure; a payment past that point
- * is left as it is.
+ * is left as it is. Returns whether this call moved it (true once per payment).
  */
 export async function closeUncredited(
   trx: Trx,
   payment: Pick<Payment, 'id'>,
   status: 'FAILED' | 'EXPIRED',
   failure?: PaymentFailure,
-): Promise<void> {
+): Promise<boolean> {
   const from: PaymentStatus[] = status === 'FAILED' ? ['INIT', 'PAID'] : ['INIT'];
-  await trx
+  const moved = await trx
     .updateTable('payments')
     .set({
       status,
@@ -264,7 +269,8 @@ export async function closeUncredited(
     })
     .where('id', '=', payment.id)
     .where('status', 'in', from)
-    .execute();
+    .executeTakeFirst();
+  return moved.numUpdatedRows > 0n;
 }
 
 /**

@@ -15,6 +15,7 @@ import {
   refundSchema,
   type StripeEvent,
 } from '../stripe/events.js';
+import { recordTopUpFailed } from '../topup/settings.js';
 import { type ChargeFacts, disputeState, recordChargeFacts, refundState } from './facts.js';
 import {
   closeUncredited,
@@ -88,10 +89,11 @@ export async function applyToPayments(
       if (found.kind !== 'auto_topup') return [];
       const payment = await linkPaymentIntent(trx, found, intent.id);
       const error = intent.last_payment_error;
-      await closeUncredited(trx, payment, 'FAILED', {
-        code: error?.code ?? 'payment_failed',
-        message: error?.message ?? null,
-      });
+      const failure = { code: error?.code ?? 'payment_failed', message: error?.message ?? null };
+      // Whichever comes first, this webhook or the charge's own answer, records the outcome and its event.
+      if (await closeUncredited(trx, payment, 'FAILED', failure)) {
+        await recordTopUpFailed(trx, payment.id, failure);
+      }
       return [];
     }
     case 'charge.refunded': {

@@ -6,7 +6,9 @@ import type { Trx } from '../db/locks.js';
 import type { Account, AccountPlansTable, Database } from '../db/schema.js';
 import { ServiceError, ValidationError } from '../errors.js';
 import { creditEntry, creditsUsed, type DebitGuard } from '../ledger/ledger.js';
+import type { CreditPackage } from '../packages.js';
 import { findPlan, type Plan, type PlanCatalog, planOfId } from '../plan-catalog.js';
+import { maybeTopUp } from '../topup/topup.js';
 import type { WebhookEventType } from '../webhooks/events.js';
 import { emitEvent } from '../webhooks/outbox.js';
 
@@ -186,9 +188,13 @@ function admitRate(plan: Plan, row: PlanRow | undefined, now: Date): Date[] | un
   return [...recent, now].slice(-limit);
 }
 
-/** A DebitGuard that also says whether it wrote events, so the caller flushes the outbox after commit. */
+/**
+ * A DebitGuard that also says whether it wrote events, so the caller flushes the outbox after commit, and
+ * which auto top-ups it started, so the caller charges them after commit (`sendEvents`).
+ */
 export interface PlanGuard extends DebitGuard {
   readonly emitted: boolean;
+  readonly topUpPaymentIds: readonly string[];
 }
 
 /**
@@ -198,12 +204,18 @@ export interface PlanGuard extends DebitGuard {
  * when the allowance or the rate window changed; a read of the day totals only when a cap applies.
  * Once the debit is written, it sends `balance.low` (available fell below the threshold: once per crossing),
  * `balance.depleted` (available reached zero) and `spend_cap.reached` (a cap has nothing left), through the
- * outbox in the debit's transaction.
+ * outbox in the debit's transaction, and starts the account's auto top-up when the debit calls for one.
  */
-export function planGuard(catalog: PlanCatalog, now: Date): PlanGuard {
+export function planGuard(
+  catalog: PlanCatalog,
+  now: Date,
+  /** The packs on sale: an auto top-up buys one of them. */
+  packages: readonly CreditPackage[],
+): PlanGuard {
   // What admit saw, per account, for settled (a usage batch spans accounts, one transaction each).
   const seen = new Map<string, { plan: Plan; row: PlanRow | undefined; caps: CapState[] }>();
   let emitted = false;
+  const topUpPaymentIds: string[] = [];
   const emit = async (trx: Trx, account: Account, type: WebhookEventType, data: Record<string, unknown>) => {
     await emitEvent(trx, {
       type,
@@ -215,6 +227,9 @@ export function planGuard(catalog: PlanCatalog, now: Date): PlanGuard {
   return {
     get emitted() {
       return emitted;
+    },
+    get topUpPaymentIds() {
+      return topUpPaymentIds;
     },
     async admit(trx, account, debit) {
       const row = await readPlanRow(trx, account.id);
@@ -251,6 +266,8 @@ export function planGuard(catalog: PlanCatalog, now: Date): PlanGuard {
           });
         }
       }
+      const topUp = await maybeTopUp(trx, account, after, packages, now);
+      if (topUp) topUpPaymentIds.push(topUp.id);
     },
   };
 }

@@ -1,4 +1,4 @@
-import type { Kysely } from 'kysely';
+import { type Kysely, sql } from 'kysely';
 import type Stripe from 'stripe';
 import { inAccountTransaction } from '../accounts/accounts.js';
 import { lockKey, type Trx } from '../db/locks.js';
@@ -10,6 +10,7 @@ import {
   createTopUpPayment,
   isCredited,
 } from '../payments/payments.js';
+import { readAutoTopUpSettings, recordTopUpFailed } from './settings.js';
 
 /**
  * What an off-session top-up came to, for the caller to act on (outbound `auto_topup.*` events, the decline
@@ -233,6 +234,80 @@ async function recordFailure(
   if (intentId) await attachPaymentIntent(db, paymentId, intentId);
   await db.transaction().execute(async (trx) => {
     await lockKey(trx, 'payment', intentId ?? paymentId);
-    await closeUncredited(trx, { id: paymentId }, 'FAILED', failure);
+    if (await closeUncredited(trx, { id: paymentId }, 'FAILED', failure)) {
+      await recordTopUpFailed(trx, paymentId, failure);
+    }
   });
 }
+
+/** A top-up in flight: being charged or charged, and neither credited, failed nor expired yet. */
+const IN_FLIGHT = ['INIT', 'PAID'] as const;
+
+/**
+ * The auto top-up trigger, in a debit's transaction after its writes (the account lock held, so at most one
+ * debit at a time gets here per account): when `availableAfter` is below the account's threshold, auto
+ * top-up is on, no top-up is in flight, fewer than `maxPerMonth` were made this UTC month (failed ones
+ * excepted), the pack is still on sale, the account is not frozen and has a saved card, it creates the
+ * top-up's payment (INIT) and returns it, for the caller to charge with `chargeTopUp` after commit.
+ * Returns undefined otherwise, having written nothing.
+ */
+export async function maybeTopUp(
+  trx: Trx,
+  account: Account,
+  availableAfter: number,
+  packages: readonly CreditPackage[],
+  now: Date,
+): Promise<Payment | undefined> {
+  const settings = await readAutoTopUpSettings(trx, account.id);
+  if (!settings?.enabled || availableAfter >= settings.thresholdCredits) return undefined;
+  const pack = packages.find((p) => p.id === settings.packageId);
+  if (!pack || typeof chargeableCard(account) === 'string') return undefined;
+  const monthStart = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1));
+  const recent = await trx
+    .selectFrom('payments')
+    .select([
+      sql<string>`count(*) FILTER (WHERE status IN ('INIT', 'PAID'))`.as('in_flight'),
+      sql<string>`count(*) FILTER (WHERE created_at >= ${monthStart} AND status NOT IN ('FAILED', 'EXPIRED'))`.as(
+        'this_month',
+      ),
+    ])
+    .where('account_id', '=', account.id)
+    .where('kind', '=', 'auto_topup')
+    .where((eb) => eb.or([eb('status', 'in', IN_FLIGHT), eb('created_at', '>=', monthStart)]))
+    .executeTakeFirstOrThrow();
+  if (Number(recent.in_flight) > 0 || Number(recent.this_month) >= settings.maxPerMonth) return undefined;
+  const created = await createTopUp(trx, account, pack);
+  return typeof created === 'string' ? undefined : created;
+}
+
+/**
+ * The sweeper's safety net: charges top-ups left INIT with no PaymentIntent for more than `graceMs` (a crash
+ * between the debit's commit and its charge, or Stripe not answering), with the same idempotency key, so a
+ * card is never charged twice. Only those younger than a day: Stripe keeps idempotency keys 24 hours.
+ * Returns what each charge came to.
+ */
+export async function chargeUnchargedTopUps(
+  db: Kysely<Database>,
+  stripe: Stripe,
+  now: Date,
+  options: { readonly graceMs?: number; readonly limit?: number } = {},
+): Promise<TopUpOutcome[]> {
+  const graceMs = options.graceMs ?? 60_000;
+  const due = await db
+    .selectFrom('payments')
+    .select('id')
+    .where('kind', '=', 'auto_topup')
+    .where('status', '=', 'INIT')
+    .where('stripe_payment_intent_id', 'is', null)
+    .where('created_at', '<', new Date(now.getTime() - graceMs))
+    .where('created_at', '>', new Date(now.getTime() - UNCHARGED_MAX_AGE_MS))
+    .orderBy('created_at')
+    .limit(options.limit ?? 50)
+    .execute();
+  const outcomes: TopUpOutcome[] = [];
+  for (const { id } of due) outcomes.push(await chargeTopUp(db, stripe, id));
+  return outcomes;
+}
+
+/** Below Stripe's 24 h idempotency-key retention, with room for a slow sweep. */
+const UNCHARGED_MAX_AGE_MS = 23 * 3600_000;

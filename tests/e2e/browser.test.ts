@@ -351,6 +351,89 @@ describe('the demo page in headless Chromium', () => {
   });
 });
 
+describe('alerts and auto top-up on the demo page', () => {
+  const message = (page: Page, id: string) =>
+    page.$eval(`#${id}`, (el) => ({ text: el.textContent, kind: el.getAttribute('data-kind') }));
+
+  it('sets a low-balance alert, saves the card at checkout, turns auto top-up on and shows the top-up a spend started', async () => {
+    const page = await browser.newPage({ viewport: { width: 1000, height: 900 } });
+    await signIn(page, 'browser-topup');
+    expect(await page.isVisible('#no-saved-card')).toBe(true);
+    expect(await page.isDisabled('#auto-topup-enabled')).toBe(true);
+    expect(await page.isVisible('#no-topups')).toBe(true);
+
+    await page.fill('#low-balance', '-5');
+    await page.click('#save-alerts');
+    expect(await message(page, 'alerts-message')).toEqual({
+      text: 'The alert threshold must be a whole number of at least 0.',
+      kind: 'error',
+    });
+    await page.fill('#low-balance', '300');
+    await page.click('#save-alerts');
+    await expect
+      .poll(() => message(page, 'alerts-message'))
+      .toEqual({ text: 'Alert saved: below 300 credits.', kind: 'success' });
+    expect((await asUser('browser-topup', 'GET', '/v1/me/alerts')).body).toMatchObject({ lowBalance: 300 });
+
+    await page.check('#save-card');
+    await buy(page, 'pack_small', '#pay-card');
+    await expect.poll(() => page.textContent('#balance'), { timeout: 15_000 }).toBe('1,000');
+    await expect
+      .poll(
+        async () => {
+          await page.reload();
+          await page.waitForSelector('#app:not([hidden])');
+          return page.isVisible('#no-saved-card');
+        },
+        { timeout: 15_000 },
+      )
+      .toBe(false);
+
+    await page.check('#auto-topup-enabled');
+    await page.selectOption('#auto-topup-pack', 'pack_small');
+    await page.fill('#auto-topup-threshold', '500');
+    await page.fill('#auto-topup-max', '101');
+    await page.click('#save-auto-topup');
+    expect(await message(page, 'auto-topup-message')).toEqual({
+      text: 'Top-ups per month must be a whole number from 1 to 100.',
+      kind: 'error',
+    });
+    await page.fill('#auto-topup-max', '2');
+    await page.click('#save-auto-topup');
+    await expect
+      .poll(() => message(page, 'auto-topup-message'))
+      .toEqual({
+        text: 'Auto top-up on: 1,000 credits when available falls below 500, at most 2 times a month.',
+        kind: 'success',
+      });
+
+    const spent = await signed(
+      'service',
+      'POST',
+      '/v1/accounts/browser-topup/spend',
+      { amount: 600 },
+      { 'idempotency-key': 'browser-topup-1' },
+    );
+    expect(spent.status).toBe(200);
+    await expect
+      .poll(
+        async () => {
+          await page.reload();
+          await page.waitForSelector('#app:not([hidden])');
+          return page.textContent('#topups tr .status');
+        },
+        { timeout: 15_000 },
+      )
+      .toBe('Complete');
+    expect(await page.textContent('#balance')).toBe('1,400');
+    expect(await page.locator('#topups tr').count()).toBe(1);
+    expect(await page.isChecked('#auto-topup-enabled')).toBe(true);
+    expect(await page.inputValue('#low-balance')).toBe('300');
+    await page.locator('#auto-topup-section').screenshot({ path: path.join(screenshots, 'auto-topup.png') });
+    await expectInvariantsHold(db);
+  });
+});
+
 describe('grants and coupons on the demo page', () => {
   it('redeems a coupon and shows the promotional grant with its expiry in the user’s own time', async () => {
     await admin(

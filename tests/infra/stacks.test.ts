@@ -317,7 +317,7 @@ describe('functions', () => {
     expect(migrate[0]).toMatch(/\/postgres"\]\]\}$/);
   });
 
-  it('gives the sweeper the database through the proxy, in the database clients group, and the webhook queue', () => {
+  it('gives the sweeper the database through the proxy, in the database clients group, the webhook queue and the Stripe secret', () => {
     const fn = functionOf(stateless, 'Sweeper').Properties;
     expect(fn.Environment.Variables).toEqual({
       NODE_OPTIONS: '--enable-source-maps',
@@ -329,6 +329,7 @@ describe('functions', () => {
       DB_USER: 'credits_app',
       PLANS: JSON.stringify(PLANS),
       WEBHOOK_QUEUE_URL: { 'Fn::ImportValue': expect.stringMatching(/RefWebhookDeliveries(?!Dlq)/) },
+      STRIPE_SECRET_NAME: expect.anything(),
     });
     expect(fn.VpcConfig.SecurityGroupIds).toEqual([
       { 'Fn::ImportValue': expect.stringMatching(/DatabaseClients\w*GroupId/) },
@@ -337,7 +338,16 @@ describe('functions', () => {
       policyOf(stateless, 'Sweeper')
         .filter((a) => !a.startsWith('xray:'))
         .sort(),
-    ).toEqual(['rds-db:connect', 'sqs:GetQueueAttributes', 'sqs:GetQueueUrl', 'sqs:SendMessage'].sort());
+    ).toEqual(
+      [
+        'rds-db:connect',
+        'secretsmanager:DescribeSecret',
+        'secretsmanager:GetSecretValue',
+        'sqs:GetQueueAttributes',
+        'sqs:GetQueueUrl',
+        'sqs:SendMessage',
+      ].sort(),
+    );
   });
 
   it('runs one sweep at a time, each well within the minute between sweeps', () => {

@@ -42,6 +42,7 @@ const EXPECTED_TABLE_PRIVILEGES: Record<string, string[]> = {
   webhook_deliveries: ['INSERT', 'SELECT', 'UPDATE'],
   webhook_endpoints: ['INSERT', 'SELECT', 'UPDATE'],
   webhook_outbox: ['INSERT', 'SELECT', 'UPDATE'],
+  auto_topup_settings: ['INSERT', 'SELECT', 'UPDATE'],
 };
 const EXPECTED_SEQUENCE_PRIVILEGES: Record<string, string[]> = {
   coupon_failures_id_seq: ['USAGE'],

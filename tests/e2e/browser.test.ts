@@ -111,7 +111,7 @@ describe('the demo page in headless Chromium', () => {
     await page.click('#pay-card');
     await page.waitForURL(`${stack.url}/**`);
 
-    await expect.poll(() => page.textContent('#balance'), { timeout: 15_000 }).toBe('1,000');
+    await expect.poll(() => page.textContent('#balance'), { timeout: 30_000 }).toBe('1,000');
     await expect
       .poll(() => notice(page))
       .toEqual({ text: 'Payment complete: 1,000 credits added.', kind: 'success' });
@@ -358,9 +358,10 @@ describe('alerts and auto top-up on the demo page', () => {
   it('sets a low-balance alert, saves the card at checkout, turns auto top-up on and shows the top-up a spend started', async () => {
     const page = await browser.newPage({ viewport: { width: 1000, height: 900 } });
     await signIn(page, 'browser-topup');
-    expect(await page.isVisible('#no-saved-card')).toBe(true);
+    // The settings load beside the balance, not before it.
+    await expect.poll(() => page.isVisible('#no-saved-card')).toBe(true);
     expect(await page.isDisabled('#auto-topup-enabled')).toBe(true);
-    expect(await page.isVisible('#no-topups')).toBe(true);
+    await expect.poll(() => page.isVisible('#no-topups')).toBe(true);
 
     await page.fill('#low-balance', '-5');
     await page.click('#save-alerts');
@@ -377,7 +378,7 @@ describe('alerts and auto top-up on the demo page', () => {
 
     await page.check('#save-card');
     await buy(page, 'pack_small', '#pay-card');
-    await expect.poll(() => page.textContent('#balance'), { timeout: 15_000 }).toBe('1,000');
+    await expect.poll(() => page.textContent('#balance'), { timeout: 30_000 }).toBe('1,000');
     await expect
       .poll(
         async () => {
@@ -425,10 +426,20 @@ describe('alerts and auto top-up on the demo page', () => {
         { timeout: 15_000 },
       )
       .toBe('Complete');
-    expect(await page.textContent('#balance')).toBe('1,400');
+    // The page reads the payments and the balance side by side: the one after the credit may be the second.
+    await expect
+      .poll(
+        async () => {
+          await page.reload();
+          await page.waitForSelector('#app:not([hidden])');
+          return page.textContent('#balance');
+        },
+        { timeout: 15_000 },
+      )
+      .toBe('1,400');
     expect(await page.locator('#topups tr').count()).toBe(1);
-    expect(await page.isChecked('#auto-topup-enabled')).toBe(true);
-    expect(await page.inputValue('#low-balance')).toBe('300');
+    await expect.poll(() => page.isChecked('#auto-topup-enabled')).toBe(true);
+    await expect.poll(() => page.inputValue('#low-balance')).toBe('300');
     await page.locator('#auto-topup-section').screenshot({ path: path.join(screenshots, 'auto-topup.png') });
     await expectInvariantsHold(db);
   });

@@ -13,7 +13,7 @@ import { DEFAULT_CATALOG, type PlanCatalog } from '../shared/plan-catalog.js';
 import { grantDueAllowances } from '../shared/plans/plans.js';
 import { lazyStripe } from '../shared/stripe/api-client.js';
 import { chargeUnchargedTopUps } from '../shared/topup/topup.js';
-import { flushWebhooks } from '../shared/webhooks/outbox.js';
+import { flushWebhooks, pruneWebhookHistory } from '../shared/webhooks/outbox.js';
 import type { DeliveryQueue } from '../shared/webhooks/queue.js';
 import { awsWebhookRuntime } from '../shared/webhooks/runtime.js';
 
@@ -81,6 +81,8 @@ export function createSweeper(deps: SweeperDependencies) {
     SweepResult & {
       expiredHolds: number;
       allowancesGranted: number;
+      expiringNotified: number;
+      webhookEventsPruned: number;
       topUpsCharged: number;
       webhooksSent: number;
     }
@@ -94,6 +96,7 @@ export function createSweeper(deps: SweeperDependencies) {
       budgetMs: Math.max(budgetMs - (Date.now() - started), 0),
     });
     const expiringNotified = await notifyExpiringGrants(deps.db, now);
+    const webhookEventsPruned = await pruneWebhookHistory(deps.db, now);
     metrics.addMetric(METRICS.holdsExpired, MetricUnit.Count, expiredHolds);
     metrics.addMetric(METRICS.grantsExpired, MetricUnit.Count, result.expiredGrants);
     metrics.addMetric(METRICS.allowancesGranted, MetricUnit.Count, allowances.granted);
@@ -104,12 +107,14 @@ export function createSweeper(deps: SweeperDependencies) {
       expiredHolds,
       allowancesGranted: allowances.granted,
       expiringNotified,
+      webhookEventsPruned,
     };
     if (
       expiredHolds > 0 ||
       result.expiredGrants > 0 ||
       allowances.granted > 0 ||
       expiringNotified > 0 ||
+      webhookEventsPruned > 0 ||
       unfinished
     ) {
       logger.info(

@@ -12,6 +12,7 @@ import * as webhooks from './2026-12-07-webhooks.js';
 import * as savedCards from './2026-12-08-saved-cards.js';
 import * as grantExpiring from './2026-12-09-grant-expiring.js';
 import * as autoTopUp from './2026-12-10-auto-topup.js';
+import * as webhookRetention from './2026-12-11-webhook-retention.js';
 
 /** Every migration, in order. Static imports so the set survives bundling into a Lambda. */
 const migrations: Record<string, Migration> = {
@@ -28,6 +29,7 @@ const migrations: Record<string, Migration> = {
   '2026-12-08-saved-cards': savedCards,
   '2026-12-09-grant-expiring': grantExpiring,
   '2026-12-10-auto-topup': autoTopUp,
+  '2026-12-11-webhook-retention': webhookRetention,
 };
 
 /** A kysely migration provider over the static set above. */

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import type { Kysely } from 'kysely';
+import { type Kysely, sql } from 'kysely';
 import { type AdminActor, recordAdminAction } from '../audit/audit.js';
 import type { Trx } from '../db/locks.js';
 import type {
@@ -399,4 +399,67 @@ export async function redeliver(
       .execute();
   }
   return delivery;
+}
+
+/** How long settled webhook history (events, deliveries, attempts) is kept for the delivery log. */
+export const WEBHOOK_RETENTION_DAYS = 30;
+
+/**
+ * The sweeper's part: deletes events fanned out more than `retentionDays` ago whose every delivery is settled
+ * (delivered or dead), with their deliveries and attempts, a batch at a time, so the history does not grow
+ * for ever (and the user ids in old bodies go with it). Returns the events deleted.
+ */
+export async function pruneWebhookHistory(
+  db: Kysely<Database>,
+  now: Date,
+  options: { readonly retentionDays?: number; readonly batch?: number } = {},
+): Promise<number> {
+  const cutoff = new Date(now.getTime() - (options.retentionDays ?? WEBHOOK_RETENTION_DAYS) * 86_400_000);
+  return db.transaction().execute(async (trx) => {
+    const old = await trx
+      .selectFrom('webhook_outbox as o')
+      .select('o.id')
+      .where('o.fanned_out_at', '<', cutoff)
+      .where(({ not, exists, selectFrom }) =>
+        not(
+          exists(
+            selectFrom('webhook_deliveries as d')
+              .select('d.id')
+              .whereRef('d.event_id', '=', 'o.id')
+              .where('d.status', 'in', ['pending', 'failed']),
+          ),
+        ),
+      )
+      .orderBy('o.fanned_out_at')
+      .limit(options.batch ?? 1000)
+      .forUpdate()
+      .skipLocked()
+      .execute();
+    if (old.length === 0) return 0;
+    const ids = old.map((o) => o.id);
+    await trx
+      .deleteFrom('webhook_attempts')
+      .where(
+        'delivery_id',
+        'in',
+        trx.selectFrom('webhook_deliveries').select('id').where('event_id', 'in', ids),
+      )
+      .execute();
+    await trx.deleteFrom('webhook_deliveries').where('event_id', 'in', ids).execute();
+    await trx.deleteFrom('webhook_outbox').where('id', 'in', ids).execute();
+    return ids.length;
+  });
+}
+
+/**
+ * GDPR erasure's part, in its transaction: the account's events keep their amounts but no longer name the
+ * user (`data.userId` null), so a delivery still pending or a redelivery sends no personal data.
+ */
+export async function eraseEventsOf(trx: Trx, accountId: string): Promise<void> {
+  await trx
+    .updateTable('webhook_outbox')
+    .set({ payload: sql<string>`jsonb_set(payload::jsonb, '{data,userId}', 'null')::text` })
+    .where('account_id', '=', accountId)
+    .where(sql<boolean>`payload::jsonb #>> '{data,userId}' IS NOT NULL`)
+    .execute();
 }

@@ -38,10 +38,10 @@ const EXPECTED_TABLE_PRIVILEGES: Record<string, string[]> = {
   usage_rollups: ['INSERT', 'SELECT', 'UPDATE'],
   account_plans: ['INSERT', 'SELECT', 'UPDATE'],
   debit_days: ['INSERT', 'SELECT', 'UPDATE'],
-  webhook_attempts: ['INSERT', 'SELECT'],
-  webhook_deliveries: ['INSERT', 'SELECT', 'UPDATE'],
+  webhook_attempts: ['DELETE', 'INSERT', 'SELECT'],
+  webhook_deliveries: ['DELETE', 'INSERT', 'SELECT', 'UPDATE'],
   webhook_endpoints: ['INSERT', 'SELECT', 'UPDATE'],
-  webhook_outbox: ['INSERT', 'SELECT', 'UPDATE'],
+  webhook_outbox: ['DELETE', 'INSERT', 'SELECT', 'UPDATE'],
   auto_topup_settings: ['INSERT', 'SELECT', 'UPDATE'],
 };
 const EXPECTED_SEQUENCE_PRIVILEGES: Record<string, string[]> = {

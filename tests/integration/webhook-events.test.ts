@@ -2,8 +2,11 @@ import { describe, expect, it } from 'vitest';
 import { createSweeper } from '../../functions/sweeper.js';
 import { inAccountTransaction } from '../../shared/accounts/accounts.js';
 import type { Account } from '../../shared/db/schema.js';
+import { anonymizeAccount } from '../../shared/ledger/erasure.js';
 import { adjustCredits, movePaymentCredits } from '../../shared/ledger/ledger.js';
 import { parsePlans } from '../../shared/plan-catalog.js';
+import { createEndpoint } from '../../shared/webhooks/endpoints.js';
+import { emitEvent, fanOutOutbox, pruneWebhookHistory } from '../../shared/webhooks/outbox.js';
 import { ADMIN_ARN, SERVICE_ARN, testApi } from '../support/api.js';
 import { createTestDatabase } from '../support/database.js';
 import { lambdaContext } from '../support/events.js';
@@ -227,5 +230,48 @@ describe('outbound events from the ledger and the debit path', () => {
       },
     ]);
     await expectInvariantsHold(db, clock.now());
+  });
+
+  it("anonymising an account takes the user id out of its events' bodies", async () => {
+    const account = await givenAccount(db);
+    await grant(account, 25);
+    await inAccountTransaction(db, account.id, (trx, locked) => anonymizeAccount(trx, locked, actor));
+    expect(await eventsOf(account)).toEqual([
+      {
+        type: 'credits.granted',
+        data: expect.objectContaining({ userId: null, credits: 25 }),
+      },
+    ]);
+  });
+
+  it('keeps settled webhook history 30 days, and an event still being delivered until it settles', async () => {
+    const clock = testClock();
+    const cipher = { encrypt: async () => 'local:test', decrypt: async () => 'whsec_test' };
+    await createEndpoint(
+      db,
+      cipher,
+      { url: 'https://hooks.example.com/credits', events: ['grant.expiring'], description: null },
+      actor,
+      { allowLoopbackHttp: false },
+    );
+    const account = await givenAccount(db);
+    await grant(account, 10); // credits.granted: no endpoint takes it, settled once fanned out
+    await db.transaction().execute((trx) =>
+      emitEvent(trx, {
+        type: 'grant.expiring',
+        accountId: account.id,
+        data: { userId: account.external_user_id, grantId: 'g' },
+      }),
+    );
+    while ((await fanOutOutbox(db, clock.now())) > 0);
+    expect(await pruneWebhookHistory(db, clock.now())).toBe(0);
+    clock.advance(31 * 86_400_000);
+    expect(await pruneWebhookHistory(db, clock.now())).toBeGreaterThanOrEqual(1);
+    // The credits.granted event is gone; grant.expiring's delivery is pending, so it stays.
+    expect((await eventsOf(account)).map((e) => e.type)).toEqual(['grant.expiring']);
+    await db.updateTable('webhook_deliveries').set({ status: 'dead', next_attempt_at: null }).execute();
+    await pruneWebhookHistory(db, clock.now());
+    expect(await eventsOf(account)).toEqual([]);
+    expect(await db.selectFrom('webhook_deliveries').select('id').execute()).toEqual([]);
   });
 });

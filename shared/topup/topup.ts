@@ -306,6 +306,24 @@ export async function chargeUnchargedTopUps(
     .execute();
   const outcomes: TopUpOutcome[] = [];
   for (const { id } of due) outcomes.push(await chargeTopUp(db, stripe, id));
+  // Past Stripe's idempotency window a retry could charge twice: one never charged in that time is closed
+  // FAILED (`not_charged`, auto_topup.failed), so it stops blocking the account's next top-up. Reconciliation
+  // reports it (`paid_after_close`) if Stripe did charge it after all.
+  const stale = await db
+    .selectFrom('payments')
+    .select('id')
+    .where('kind', '=', 'auto_topup')
+    .where('status', '=', 'INIT')
+    .where('stripe_payment_intent_id', 'is', null)
+    .where('created_at', '<=', new Date(now.getTime() - UNCHARGED_MAX_AGE_MS))
+    .limit(options.limit ?? 50)
+    .execute();
+  for (const { id } of stale) {
+    await recordFailure(db, id, null, {
+      code: 'not_charged',
+      message: `not charged within ${UNCHARGED_MAX_AGE_MS / 3_600_000} h of the debit that started it`,
+    });
+  }
   return outcomes;
 }
 

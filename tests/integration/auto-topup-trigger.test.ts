@@ -485,3 +485,29 @@ describe('PUT /v1/me/auto-topup: bad input', () => {
     ]);
   });
 });
+
+// Last: its sweep a day ahead would also close the other tests' fresh top-ups.
+describe('auto top-up: a top-up never charged', () => {
+  it('closes a top-up never charged within 23 h as FAILED (not_charged), once, so the next one can start', async () => {
+    const { userId, account } = await givenSavedCard();
+    await enableAutoTopUp(userId, { thresholdCredits: 500 });
+    const payment = await inAccountTransaction(db, account.id, (trx, locked) =>
+      createTopUp(trx, locked, PACK),
+    );
+    if (typeof payment === 'string') throw new Error(`top-up not created: ${payment}`);
+    // Stripe unreachable for a day: past its idempotency window a retry could charge twice, so none is made.
+    const dayLater = createSweeper({
+      db,
+      stripe: async () => stripe,
+      clock: () => new Date(Date.now() + 23 * 3_600_000 + 1_000),
+    });
+    await dayLater(undefined, lambdaContext('sweeper'));
+    await dayLater(undefined, lambdaContext('sweeper'));
+    expect(await paymentRow(payment.id)).toMatchObject({ status: 'FAILED', failure_code: 'not_charged' });
+    expect(await offSessionIntents(account.stripe_customer_id!)).toEqual([]);
+    expect(await outboxEvents(account.id, 'auto_topup.failed')).toHaveLength(1);
+    const next = await inAccountTransaction(db, account.id, (trx, locked) => createTopUp(trx, locked, PACK));
+    expect(typeof next).not.toBe('string');
+    await expectInvariantsHold(db);
+  });
+});

@@ -437,7 +437,7 @@ describe('alerts and auto top-up on the demo page', () => {
         { timeout: 15_000 },
       )
       .toBe('1,400');
-    expect(await page.locator('#topups tr').count()).toBe(1);
+    await expect.poll(() => page.locator('#topups tr').count()).toBe(1);
     await expect.poll(() => page.isChecked('#auto-topup-enabled')).toBe(true);
     await expect.poll(() => page.inputValue('#low-balance')).toBe('300');
     await page.locator('#auto-topup-section').screenshot({ path: path.join(screenshots, 'auto-topup.png') });

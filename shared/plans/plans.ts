@@ -59,10 +59,13 @@ export async function planOf(db: Kysely<Database>, catalog: PlanCatalog, account
   return planOfId(catalog, (await readPlanRow(db, accountId))?.plan_id);
 }
 
+/** Credits of the allowance the account received in the UTC month of `now`. */
+const grantedThisMonth = (row: PlanRow | undefined, now: Date) =>
+  row?.allowance_month === monthOf(now) ? row.allowance_granted : 0;
+
 /** Credits of this month's allowance still to grant on `plan`: the allowance less what the month received. */
 function allowanceDue(plan: Plan, row: PlanRow | undefined, now: Date): number {
-  const granted = row?.allowance_month === monthOf(now) ? row.allowance_granted : 0;
-  return Math.max((plan.monthlyAllowance ?? 0) - granted, 0);
+  return Math.max((plan.monthlyAllowance ?? 0) - grantedThisMonth(row, now), 0);
 }
 
 /**
@@ -94,6 +97,23 @@ async function grantAllowance(
     granted: due,
     changes: { allowance_month: month, allowance_granted: plan.monthlyAllowance ?? 0 },
   };
+}
+
+/**
+ * Under the account lock: reads the plan row, grants what is due of the month's allowance on the account's
+ * plan, and records it. `row` is the row as it was read (before the grant).
+ */
+async function grantAllowanceDue(
+  trx: Trx,
+  catalog: PlanCatalog,
+  account: Account,
+  now: Date,
+): Promise<{ plan: Plan; row: PlanRow | undefined; granted: number }> {
+  const row = await readPlanRow(trx, account.id);
+  const plan = planOfId(catalog, row?.plan_id);
+  const { granted, changes } = await grantAllowance(trx, account, plan, row, now);
+  if (granted > 0) await writePlanRow(trx, account.id, changes);
+  return { plan, row, granted };
 }
 
 /** One cap on an account now: what it allows, what is used and held against it, and when it resets. */
@@ -190,7 +210,7 @@ function admitRate(plan: Plan, row: PlanRow | undefined, now: Date): Date[] | un
 
 /**
  * A DebitGuard that also says whether it wrote events, so the caller flushes the outbox after commit, and
- * which auto top-ups it started, so the caller charges them after commit (`sendEvents`).
+ * which auto top-ups it started, so the caller charges them after commit (`afterDebitCommit`).
  */
 export interface PlanGuard extends DebitGuard {
   readonly emitted: boolean;
@@ -297,10 +317,7 @@ export async function currentPlan(
   const plan = planOfId(catalog, row?.plan_id);
   if (allowanceDue(plan, row, now) === 0) return { plan, row, granted: 0 };
   return inAccountTransaction(db, account.id, async (trx, locked) => {
-    const current = await readPlanRow(trx, locked.id);
-    const onPlan = planOfId(catalog, current?.plan_id);
-    const { granted, changes } = await grantAllowance(trx, locked, onPlan, current, now);
-    if (granted > 0) await writePlanRow(trx, locked.id, changes);
+    const { plan: onPlan, granted } = await grantAllowanceDue(trx, catalog, locked, now);
     Object.assign(account, locked);
     return { plan: onPlan, row: await readPlanRow(trx, locked.id), granted };
   });
@@ -322,7 +339,7 @@ export async function limitsOf(
     rateLimitPerMinute: plan.rateLimitPerMinute ?? null,
     allowance: plan.monthlyAllowance
       ? {
-          credits: row?.allowance_month === month ? row.allowance_granted : 0,
+          credits: grantedThisMonth(row, now),
           month,
           expiresAt: nextMonthStart(now),
         }
@@ -445,12 +462,10 @@ export async function grantDueAllowances(
     if (due.length === 0) return { granted, unfinished: false };
     for (const { id } of due) {
       await inAccountTransaction(db, id, async (trx, account) => {
-        const row = await readPlanRow(trx, account.id);
-        const result = await grantAllowance(trx, account, planOfId(catalog, row?.plan_id), row, now);
+        const result = await grantAllowanceDue(trx, catalog, account, now);
         if (result.granted > 0) {
-          await writePlanRow(trx, account.id, result.changes);
           granted += 1;
-        } else if (row?.allowance_month !== monthOf(now)) {
+        } else if (result.row?.allowance_month !== monthOf(now)) {
           // Its plan has no allowance now (it changed since the query): mark the month so the sweep moves on.
           await writePlanRow(trx, account.id, { allowance_month: monthOf(now), allowance_granted: 0 });
         }

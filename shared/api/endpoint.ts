@@ -35,7 +35,7 @@ export interface ApiDependencies {
  * answered: the change is committed, the sweeper charges a top-up left uncharged after a minute and sends
  * whatever events are left within a minute.
  */
-export async function sendEvents(
+export async function afterDebitCommit(
   deps: ApiDependencies,
   written: { readonly emitted: boolean; readonly topUpPaymentIds?: readonly string[] },
 ) {

@@ -14,7 +14,7 @@ import {
 import { planGuard } from '../plans/plans.js';
 import { costOf, quoteUsage } from '../pricing/cost.js';
 import { findPriceInVersion } from '../pricing/price-book.js';
-import { defineEndpoint, nowOf, ok, sendEvents } from './endpoint.js';
+import { afterDebitCommit, defineEndpoint, nowOf, ok } from './endpoint.js';
 import { credits, metadata, sku, storableText, usageSchema, userIdParams } from './schemas.js';
 import { idempotencyKeyOf } from './spend.js';
 
@@ -128,7 +128,7 @@ export const createHoldEndpoint = defineEndpoint({
         guard,
       ).then((created) => ({ ...created, balance: locked.balance })),
     );
-    await sendEvents(deps, guard);
+    await afterDebitCommit(deps, guard);
     return ok(
       {
         holdId: result.hold.id,
@@ -224,7 +224,7 @@ export const captureHoldEndpoint = defineEndpoint({
       now,
       guard,
     );
-    await sendEvents(deps, guard);
+    await afterDebitCommit(deps, guard);
     return ok(
       settlementView(settlement, now),
       200,

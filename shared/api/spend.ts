@@ -3,7 +3,7 @@ import { inAccountTransaction, requireAccountByUserId } from '../accounts/accoun
 import { ValidationError } from '../errors.js';
 import { spendCredits } from '../ledger/ledger.js';
 import { planGuard } from '../plans/plans.js';
-import { defineEndpoint, nowOf, ok, sendEvents } from './endpoint.js';
+import { afterDebitCommit, defineEndpoint, nowOf, ok } from './endpoint.js';
 import { credits, metadata, storableText, userIdParams } from './schemas.js';
 
 const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/;
@@ -70,7 +70,7 @@ export const spend = defineEndpoint({
         guard,
       ),
     );
-    await sendEvents(deps, guard);
+    await afterDebitCommit(deps, guard);
     return ok(
       { ...result, createdAt: result.createdAt.toISOString() },
       200,

@@ -3,7 +3,7 @@ import { findOrCreateAccount, requireAccountByUserId } from '../accounts/account
 import { ValidationError } from '../errors.js';
 import { planGuard } from '../plans/plans.js';
 import { recordUsageEvent, type UsageOutcome, usageOf } from '../usage/usage.js';
-import { type Caller, defineEndpoint, nowOf, ok, sendEvents } from './endpoint.js';
+import { afterDebitCommit, type Caller, defineEndpoint, nowOf, ok } from './endpoint.js';
 import {
   credits,
   instant,
@@ -79,7 +79,7 @@ export const recordUsage = defineEndpoint({
     // One event at a time: each in its own account's transaction, never two account locks at once.
     const guard = planGuard(deps.config.plans, now, deps.config.packages);
     for (const event of events) results.push(await recordUsageEvent(deps.db, event, now, guard));
-    await sendEvents(deps, guard);
+    await afterDebitCommit(deps, guard);
     return ok({ results });
   },
 });

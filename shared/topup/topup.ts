@@ -258,10 +258,12 @@ export async function maybeTopUp(
   packages: readonly CreditPackage[],
   now: Date,
 ): Promise<Payment | undefined> {
+  // The locked row says whether there is a card to charge: most debits stop here, without a query.
+  if (typeof chargeableCard(account) === 'string') return undefined;
   const settings = await readAutoTopUpSettings(trx, account.id);
   if (!settings?.enabled || availableAfter >= settings.thresholdCredits) return undefined;
   const pack = packages.find((p) => p.id === settings.packageId);
-  if (!pack || typeof chargeableCard(account) === 'string') return undefined;
+  if (!pack) return undefined;
   const monthStart = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1));
   const recent = await trx
     .selectFrom('payments')

@@ -13,6 +13,7 @@ import * as savedCards from './2026-12-08-saved-cards.js';
 import * as grantExpiring from './2026-12-09-grant-expiring.js';
 import * as autoTopUp from './2026-12-10-auto-topup.js';
 import * as webhookRetention from './2026-12-11-webhook-retention.js';
+import * as debitFunction from './2026-12-12-debit-function.js';
 
 /** Every migration, in order. Static imports so the set survives bundling into a Lambda. */
 const migrations: Record<string, Migration> = {
@@ -30,6 +31,7 @@ const migrations: Record<string, Migration> = {
   '2026-12-09-grant-expiring': grantExpiring,
   '2026-12-10-auto-topup': autoTopUp,
   '2026-12-11-webhook-retention': webhookRetention,
+  '2026-12-12-debit-function': debitFunction,
 };
 
 /** A kysely migration provider over the static set above. */

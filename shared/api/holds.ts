@@ -1,5 +1,4 @@
 import * as z from 'zod';
-import { inAccountTransaction, requireAccountByUserId } from '../accounts/accounts.js';
 import type { Hold } from '../db/schema.js';
 import { ServiceError, ValidationError } from '../errors.js';
 import {
@@ -107,26 +106,23 @@ export const createHoldEndpoint = defineEndpoint({
     const key = idempotencyKeyOf(headers);
     amountOf(body);
     const now = nowOf(deps);
-    const account = await requireAccountByUserId(deps.db, params.userId);
     const cost = body.sku && body.usage ? await quoteUsage(deps.db, body.sku, body.usage) : undefined;
     const guard = planGuard(deps.config.plans, now, deps.config.packages);
-    const result = await inAccountTransaction(deps.db, account.id, (trx, locked) =>
-      createHold(
-        trx,
-        locked,
-        {
-          credits: cost?.credits ?? body.credits!,
-          idempotencyKey: key,
-          request: body,
-          ttlSeconds: body.ttlSeconds,
-          sku: body.sku ?? null,
-          priceVersion: cost?.priceVersion ?? null,
-          description: body.description ?? null,
-          metadata: body.metadata ?? null,
-        },
-        now,
-        guard,
-      ).then((created) => ({ ...created, balance: locked.balance })),
+    const result = await createHold(
+      deps.db,
+      params.userId,
+      {
+        credits: cost?.credits ?? body.credits!,
+        idempotencyKey: key,
+        request: body,
+        ttlSeconds: body.ttlSeconds,
+        sku: body.sku ?? null,
+        priceVersion: cost?.priceVersion ?? null,
+        description: body.description ?? null,
+        metadata: body.metadata ?? null,
+      },
+      now,
+      guard,
     );
     await afterDebitCommit(deps, guard);
     return ok(
@@ -211,16 +207,16 @@ export const captureHoldEndpoint = defineEndpoint({
       deps.db,
       params.holdId,
       body,
-      async (hold) => {
-        if (body.credits !== undefined) return body.credits;
-        if (!hold.sku || !hold.price_version) {
-          throw new ValidationError('usage', 'this hold has no SKU: capture it with credits');
-        }
-        const price = await findPriceInVersion(deps.db, hold.sku, hold.price_version);
-        if (!price)
-          throw new ServiceError('unknown_sku', `price book ${hold.price_version} has no SKU ${hold.sku}`);
-        return costOf(price, body.usage!).credits;
-      },
+      body.credits ??
+        (async (hold) => {
+          if (!hold.sku || !hold.price_version) {
+            throw new ValidationError('usage', 'this hold has no SKU: capture it with credits');
+          }
+          const price = await findPriceInVersion(deps.db, hold.sku, hold.price_version);
+          if (!price)
+            throw new ServiceError('unknown_sku', `price book ${hold.price_version} has no SKU ${hold.sku}`);
+          return costOf(price, body.usage!).credits;
+        }),
       now,
       guard,
     );

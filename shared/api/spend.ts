@@ -1,7 +1,6 @@
 import * as z from 'zod';
-import { inAccountTransaction, requireAccountByUserId } from '../accounts/accounts.js';
 import { ValidationError } from '../errors.js';
-import { spendCredits } from '../ledger/ledger.js';
+import { spendUserCredits } from '../ledger/ledger.js';
 import { planGuard } from '../plans/plans.js';
 import { afterDebitCommit, defineEndpoint, nowOf, ok } from './endpoint.js';
 import { credits, metadata, storableText, userIdParams } from './schemas.js';
@@ -54,21 +53,18 @@ export const spend = defineEndpoint({
   async handle({ params, body, headers }, deps) {
     const key = idempotencyKeyOf(headers);
     const now = nowOf(deps);
-    const account = await requireAccountByUserId(deps.db, params.userId);
     const guard = planGuard(deps.config.plans, now, deps.config.packages);
-    const result = await inAccountTransaction(deps.db, account.id, (trx, locked) =>
-      spendCredits(
-        trx,
-        locked,
-        {
-          amount: body.amount,
-          idempotencyKey: key,
-          description: body.description ?? null,
-          metadata: body.metadata ?? null,
-        },
-        now,
-        guard,
-      ),
+    const result = await spendUserCredits(
+      deps.db,
+      params.userId,
+      {
+        amount: body.amount,
+        idempotencyKey: key,
+        description: body.description ?? null,
+        metadata: body.metadata ?? null,
+      },
+      now,
+      guard,
     );
     await afterDebitCommit(deps, guard);
     return ok(

@@ -3,13 +3,9 @@ import { heldCredits, inAccountTransaction } from '../accounts/accounts.js';
 import { requestHashOf } from '../credits.js';
 import type { Trx } from '../db/locks.js';
 import type { Account, Database, Hold } from '../db/schema.js';
-import {
-  AccountFrozenError,
-  IdempotencyConflictError,
-  InsufficientCreditsError,
-  ServiceError,
-} from '../errors.js';
-import { type DebitGuard, debitMetered, expireDueGrants, UNLIMITED } from '../ledger/ledger.js';
+import { ServiceError } from '../errors.js';
+import { type DebitGuard, UNLIMITED } from '../ledger/debit.js';
+import { debit } from '../ledger/ledger.js';
 
 /**
  * The only writer of `holds`: credits reserved before a long call and settled after it. A hold counts against
@@ -36,61 +32,42 @@ export const statusAt = (hold: Hold, now: Date) =>
   hold.status === 'active' && hold.expires_at.getTime() <= now.getTime() ? 'expired' : hold.status;
 
 /**
- * Reserves credits. Same key and request: the first hold again (`replayed`). Same key, other request: 409.
- * More than `available`: 402, nothing written. A frozen account: 403.
+ * Reserves credits of a user's account, in one round trip of its own. Same key and request: the first hold
+ * again (`replayed`). Same key, other request: 409. More than `available`: 402, nothing written. A frozen
+ * account: 403. The plan's rate limit and caps apply (429, 403).
  */
 export async function createHold(
-  trx: Trx,
-  account: Account,
+  db: Kysely<Database>,
+  userId: string,
   input: NewHold,
   now: Date,
   guard: DebitGuard = UNLIMITED,
-): Promise<{ hold: Hold; replayed: boolean; available: number }> {
-  const requestHash = requestHashOf(input.request);
-  const previous = await trx
-    .selectFrom('holds')
-    .selectAll()
-    .where('account_id', '=', account.id)
-    .where('idempotency_key', '=', input.idempotencyKey)
-    .executeTakeFirst();
-  if (previous) {
-    if (previous.request_hash !== requestHash) throw new IdempotencyConflictError(input.idempotencyKey);
-    return {
-      hold: previous,
-      replayed: true,
-      available: account.balance - (await heldCredits(trx, account.id, now)),
-    };
-  }
-  if (account.status === 'frozen') throw new AccountFrozenError();
-  const held = await heldCredits(trx, account.id, now);
-  await guard.admit(trx, account, { credits: input.credits, held, kind: 'hold' });
-  await expireDueGrants(trx, account, now);
-  if (account.balance - held < input.credits) {
-    throw new InsufficientCreditsError(account.balance, input.credits, held);
-  }
-  const hold = await trx
-    .insertInto('holds')
-    .values({
-      account_id: account.id,
-      idempotency_key: input.idempotencyKey,
-      request_hash: requestHash,
-      sku: input.sku ?? null,
-      price_version: input.priceVersion ?? null,
-      requested_credits: input.credits,
+): Promise<{ hold: Hold; replayed: boolean; balance: number; available: number }> {
+  const debited = await debit(
+    db,
+    {
+      kind: 'hold',
+      userId,
+      reference: input.idempotencyKey,
       credits: input.credits,
-      description: input.description ?? null,
-      metadata: input.metadata ? JSON.stringify(input.metadata) : null,
-      expires_at: new Date(now.getTime() + input.ttlSeconds * 1000),
-    })
-    .returningAll()
-    .executeTakeFirstOrThrow();
-  const available = account.balance - held - input.credits;
-  await guard.settled(trx, account, {
-    credits: input.credits,
-    availableBefore: account.balance - held,
-    availableAfter: available,
-  });
-  return { hold, replayed: false, available };
+      hash: requestHashOf(input.request),
+      item: {
+        sku: input.sku ?? null,
+        priceVersion: input.priceVersion ?? null,
+        description: input.description ?? null,
+        metadata: input.metadata ?? null,
+        ttlSeconds: input.ttlSeconds,
+      },
+      now,
+    },
+    guard,
+  );
+  return {
+    hold: debited.hold!,
+    replayed: debited.replayed,
+    balance: debited.balance,
+    available: debited.available,
+  };
 }
 
 export function findHold(db: Kysely<Database>, holdId: string): Promise<Hold | undefined> {
@@ -125,63 +102,38 @@ export interface Settlement {
 }
 
 /**
- * Captures a hold with its actual cost (`cost(hold)` resolves it: explicit credits, or usage priced at the
- * hold's price version), once. Up to the hold, the rest is released; above it, it takes what `available`
- * and the plan's caps allow and reports the `shortfall`. A capture after the expiry charges like a spend
- * (what is available) and says so. The same request again replays; another request, or a voided hold, is 409.
+ * Captures a hold with its actual cost (`cost`: explicit credits, or a function of the hold pricing its usage
+ * at the hold's price version), once, in one round trip of its own. Up to the hold, the rest is released;
+ * above it, it takes what `available` and the plan's caps allow and reports the `shortfall`. A capture after
+ * the expiry charges like a spend (what is available) and says so. The same request again replays; another
+ * request, or a voided hold, is 409.
  */
 export async function captureHold(
   db: Kysely<Database>,
   holdId: string,
   request: unknown,
-  cost: (hold: Hold) => Promise<number>,
+  cost: number | ((hold: Hold) => Promise<number>),
   now: Date,
   guard: DebitGuard = UNLIMITED,
 ): Promise<Settlement> {
-  return inHoldTransaction(db, holdId, async (trx, account, hold) => {
-    const captureHash = requestHashOf(request);
-    if (hold.status === 'captured') {
-      if (hold.capture_hash !== captureHash) {
-        throw new ServiceError('hold_already_captured', `hold ${holdId} was captured with another request`);
-      }
-      return settled(trx, account, hold, now, true);
-    }
-    if (hold.status === 'voided') throw new ServiceError('hold_voided', `hold ${holdId} was voided`);
-    const actual = await cost(hold);
-    const expired = statusAt(hold, now) === 'expired';
-    const heldByOthers = (await heldCredits(trx, account.id, now)) - (expired ? 0 : hold.credits);
-    const admitted = await guard.admit(trx, account, {
-      credits: actual,
-      held: heldByOthers,
-      kind: 'capture',
-    });
-    const { live } = await expireDueGrants(trx, account, now);
-    const availableBefore = account.balance - heldByOthers - (expired ? 0 : hold.credits);
-    const take = Math.min(admitted, Math.max(account.balance - heldByOthers, 0));
-    const entry =
-      take > 0 ? await debitMetered(trx, account, 'hold_capture', hold.id, take, live, now) : null;
-    const captured = await trx
-      .updateTable('holds')
-      .set({
-        status: 'captured',
-        settled_at: now,
-        capture_hash: captureHash,
-        captured_credits: take,
-        shortfall: actual - take,
-        released: expired ? 0 : Math.max(hold.credits - take, 0),
-        captured_after_expiry: expired,
-        entry_id: entry?.id ?? null,
-      })
-      .where('id', '=', hold.id)
-      .returningAll()
-      .executeTakeFirstOrThrow();
-    await guard.settled(trx, account, {
-      credits: take,
-      availableBefore,
-      availableAfter: account.balance - heldByOthers,
-    });
-    return settled(trx, account, captured, now, false);
-  });
+  let credits = typeof cost === 'number' ? cost : 0;
+  if (typeof cost === 'function') {
+    const hold = await findHold(db, holdId);
+    if (!hold) throw new ServiceError('not_found', `no hold ${holdId}`);
+    // A settled hold is answered (replay, 409) before its cost: the function never reads it then.
+    if (hold.status === 'active' || hold.status === 'expired') credits = await cost(hold);
+  }
+  const debited = await debit(
+    db,
+    { kind: 'capture', holdId, credits, hash: requestHashOf(request), now },
+    guard,
+  );
+  return {
+    hold: debited.hold!,
+    balance: debited.balance,
+    available: debited.available,
+    replayed: debited.replayed,
+  };
 }
 
 /** Releases an active hold. Voiding it again, or voiding an expired hold, changes nothing; a captured one is 409. */

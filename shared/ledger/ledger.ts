@@ -1,15 +1,10 @@
 import { type Kysely, sql } from 'kysely';
-import { heldCredits, moveBalance } from '../accounts/accounts.js';
+import { heldCredits, lockAccount, moveBalance } from '../accounts/accounts.js';
 import { type AdminActor, recordAdminAction } from '../audit/audit.js';
 import { requestHashOf, requireNonZeroCredits, requirePositiveCredits, requireText } from '../credits.js';
 import type { Trx } from '../db/locks.js';
 import type { Account, CreditGrant, Database, EntryKind, GrantCategory, LedgerEntry } from '../db/schema.js';
-import {
-  AccountFrozenError,
-  IdempotencyConflictError,
-  InsufficientCreditsError,
-  LedgerRuleError,
-} from '../errors.js';
+import { InsufficientCreditsError, LedgerRuleError } from '../errors.js';
 import {
   createGrant,
   type GrantSpec,
@@ -20,6 +15,17 @@ import {
   recordAllocations,
 } from '../grants/grants.js';
 import { emitEvent } from '../webhooks/outbox.js';
+import {
+  type AccountJson,
+  type Answer,
+  callDebit,
+  type DebitCall,
+  type Debited,
+  type DebitGuard,
+  holdOf,
+  refusal,
+  UNLIMITED,
+} from './debit.js';
 
 /**
  * The only writer of `ledger_entries` (append-only) and, through `moveBalance`, of the cached balance.
@@ -113,26 +119,6 @@ export async function expireDueGrants(
   return { live: open.filter((g) => !isExpired(g, now)), expired: due.length };
 }
 
-/**
- * A metered debit: one `hold_capture` (reference: the hold) or `usage` (reference: the event id) entry of
- * `credits`, drawing on `live` (what expireDueGrants returned) in burn order. The caller (shared/holds,
- * shared/usage) has bounded `credits` by what is available and admitted it through its DebitGuard.
- */
-export function debitMetered(
-  trx: Trx,
-  account: Account,
-  kind: 'hold_capture' | 'usage',
-  reference: string,
-  credits: number,
-  live: readonly CreditGrant[],
-  now: Date,
-): Promise<LedgerEntry> {
-  return debitEntry(trx, account, { amount: -credits, kind, reference }, live, now);
-}
-
-/** The kinds that are the app's use of credits: what caps count, per UTC day, in `debit_days`. */
-const USE_KINDS: ReadonlySet<EntryKind> = new Set(['spend', 'hold_capture', 'usage']);
-
 /** A UTC day as `debit_days` keys it. */
 const utcDay = (at: Date) => at.toISOString().slice(0, 10);
 
@@ -146,22 +132,11 @@ async function debitEntry(
   account: Account,
   entry: NewEntry,
   live: readonly CreditGrant[],
-  now: Date,
+  _now: Date,
   preferGrantId?: string,
 ): Promise<LedgerEntry> {
   const written = await writeEntry(trx, account, entry);
   await recordAllocations(trx, written.id, planAllocation(live, -entry.amount, preferGrantId).allocations);
-  if (USE_KINDS.has(entry.kind)) {
-    await trx
-      .insertInto('debit_days')
-      .values({ account_id: account.id, day: utcDay(now), credits: -entry.amount })
-      .onConflict((oc) =>
-        oc
-          .columns(['account_id', 'day'])
-          .doUpdateSet({ credits: sql`debit_days.credits + excluded.credits` }),
-      )
-      .execute();
-  }
   return written;
 }
 
@@ -183,43 +158,6 @@ export async function creditsUsed(
     .executeTakeFirstOrThrow();
   return row;
 }
-
-/**
- * What a debit asks of the account's plan before its balance check, under the account lock: grant what is
- * due (the month's allowance), refuse what must not pass (rate limit, caps), and say how many of `credits`
- * the caps admit. `shared/plans` implements it; the ledger, holds and usage call it without knowing plans.
- */
-export interface DebitGuard {
-  admit(
-    trx: Trx,
-    account: Account,
-    debit: {
-      readonly credits: number;
-      /** Credits active holds reserve, this debit's own hold excluded. */
-      readonly held: number;
-      /**
-       * `spend` and `hold` are rate-limited and refused past a cap; `usage` is refused past a cap; `capture`
-       * is admitted up to what the caps leave (its hold was admitted already).
-       */
-      readonly kind: 'spend' | 'hold' | 'usage' | 'capture';
-    },
-  ): Promise<number>;
-  /**
-   * After the debit's writes, in its transaction: what it took and `available` before and after it, for
-   * what follows from that (balance and cap events, an auto top-up).
-   */
-  settled(
-    trx: Trx,
-    account: Account,
-    change: { readonly credits: number; readonly availableBefore: number; readonly availableAfter: number },
-  ): Promise<void>;
-}
-
-/** No plan: every debit admitted as asked (direct callers: the tests of the ledger itself, scripts). */
-export const UNLIMITED: DebitGuard = {
-  admit: async (_trx, _account, debit) => debit.credits,
-  settled: async () => {},
-};
 
 function findEntry(trx: Trx, accountId: string, kind: EntryKind, reference: string) {
   return trx
@@ -361,19 +299,38 @@ export interface SpendResult {
   readonly replayed: boolean;
 }
 
-function spendResult(entry: LedgerEntry, replayed: boolean): SpendResult {
+/** The call of one spend, its request checked (400 for what is not a valid spend). */
+function spendCall(request: SpendRequest, now: Date): DebitCall {
+  const amount = requirePositiveCredits(request.amount, 'amount');
+  const key = requireText(request.idempotencyKey, 'idempotencyKey', 255);
+  const description =
+    request.description == null ? null : requireText(request.description, 'description', 500);
+  const metadata = request.metadata ?? null;
+  return {
+    kind: 'spend',
+    reference: key,
+    credits: amount,
+    hash: requestHashOf({ amount, description, metadata }),
+    item: { description, metadata },
+    now,
+  };
+}
+
+function spendResult(debited: Debited): SpendResult {
+  const entry = debited.entry!;
   return {
     entryId: entry.id,
     amount: -entry.amount,
-    balance: entry.balance_after,
-    createdAt: entry.created_at,
-    replayed,
+    balance: entry.balanceAfter,
+    createdAt: entry.createdAt,
+    replayed: debited.replayed,
   };
 }
 
 /**
- * Spends credits. Same key and same request: the first result again. Same key, other request:
- * IdempotencyConflictError. A short balance: InsufficientCreditsError, and nothing is written.
+ * Spends credits in the caller's transaction, which holds the account lock. Same key and same request: the
+ * first result again. Same key, other request: IdempotencyConflictError. A short balance:
+ * InsufficientCreditsError, and nothing is written.
  */
 export async function spendCredits(
   trx: Trx,
@@ -382,43 +339,103 @@ export async function spendCredits(
   now = new Date(),
   guard: DebitGuard = UNLIMITED,
 ): Promise<SpendResult> {
-  const amount = requirePositiveCredits(request.amount, 'amount');
-  const key = requireText(request.idempotencyKey, 'idempotencyKey', 255);
-  const description =
-    request.description == null ? null : requireText(request.description, 'description', 500);
-  const metadata = request.metadata ?? null;
-  const requestHash = requestHashOf({ amount, description, metadata });
-  const previous = await findEntry(trx, account.id, 'spend', key);
-  if (previous) {
-    if (previous.request_hash !== requestHash) throw new IdempotencyConflictError(key);
-    return spendResult(previous, true);
+  return spendResult(await debit(trx, { ...spendCall(request, now), accountId: account.id }, guard, account));
+}
+
+/** The same spend of a user's credits, in one round trip of its own (the api's spend). */
+export async function spendUserCredits(
+  db: Kysely<Database>,
+  userId: string,
+  request: SpendRequest,
+  now: Date,
+  guard: DebitGuard,
+): Promise<SpendResult> {
+  return spendResult(await debit(db, { ...spendCall(request, now), userId }, guard));
+}
+
+/** A grant expiring or an allowance falling due between two calls: more than this many rounds is a bug. */
+const MAX_ROUNDS = 5;
+
+/**
+ * One debit: `debit_credits` on `db` (its own transaction) or on a caller's transaction holding the account
+ * lock (`account` follows the balance). Throws the service's error for a refusal; nothing is written then.
+ */
+export async function debit(
+  db: Kysely<Database>,
+  call: DebitCall,
+  guard: DebitGuard,
+  account?: Account,
+): Promise<Debited> {
+  for (let round = 0; round < MAX_ROUNDS; round++) {
+    const answer = await callDebit(db, call, guard.plansJson);
+    switch (answer.status) {
+      case 'allowance_due':
+        await underLock(db, answer.accountId, (trx, locked) => guard.grantAllowance(trx, locked));
+        continue;
+      case 'expiry_due':
+        await underLock(db, answer.accountId, (trx, locked) => expireDueGrants(trx, locked, call.now));
+        continue;
+      case 'applied':
+      case 'replayed':
+        return settle(db, call, guard, answer, account);
+      default:
+        throw refusal(call, answer);
+    }
   }
-  if (account.status === 'frozen') throw new AccountFrozenError();
-  const held = await heldCredits(trx, account.id, now);
-  await guard.admit(trx, account, { credits: amount, held, kind: 'spend' });
-  const { live } = await expireDueGrants(trx, account, now);
-  if (account.balance - held < amount) throw new InsufficientCreditsError(account.balance, amount, held);
-  const availableBefore = account.balance - held;
-  const entry = await debitEntry(
-    trx,
-    account,
-    {
-      amount: -amount,
-      kind: 'spend',
-      reference: key,
-      requestHash,
-      description,
-      metadata: metadata ?? undefined,
-    },
-    live,
-    now,
-  );
-  await guard.settled(trx, account, {
-    credits: amount,
-    availableBefore,
-    availableAfter: account.balance - held,
-  });
-  return spendResult(entry, false);
+  throw new Error(`debit_credits still asked for a preparation after ${MAX_ROUNDS} rounds`);
+}
+
+async function settle(
+  db: Kysely<Database>,
+  call: DebitCall,
+  guard: DebitGuard,
+  answer: Extract<Answer, { account: AccountJson }>,
+  account: Account | undefined,
+): Promise<Debited> {
+  if (account) {
+    account.balance = answer.account.balance;
+    account.version = answer.account.version;
+  }
+  const held = answer.held ?? 0;
+  const available = answer.availableAfter ?? answer.account.balance - held;
+  if (answer.events) guard.noteEmitted(answer.events);
+  if (answer.topUp) {
+    // In the caller's transaction when there is one; otherwise in one of its own, right after the debit's.
+    await underLock(db, answer.account.id, async (trx, locked) =>
+      guard.topUp(
+        trx,
+        locked,
+        db.isTransaction ? available : locked.balance - (await heldCredits(trx, locked.id, call.now)),
+      ),
+    );
+  }
+  const entry = answer.entry;
+  return {
+    replayed: answer.status === 'replayed',
+    accountId: answer.account.id,
+    balance: answer.account.balance,
+    available,
+    credits: answer.credits ?? call.credits,
+    ...(entry && {
+      entry: {
+        id: entry.id,
+        amount: entry.amount,
+        balanceAfter: entry.balance_after,
+        createdAt: new Date(entry.created_at),
+      },
+    }),
+    ...(answer.hold && { hold: holdOf(answer.hold) }),
+  };
+}
+
+/** `work` under the account lock: in the caller's transaction when `db` is one, else in a new one. */
+async function underLock<T>(
+  db: Kysely<Database>,
+  accountId: string,
+  work: (trx: Trx, account: Account) => Promise<T>,
+): Promise<T> {
+  if (db.isTransaction) return work(db as Trx, await lockAccount(db as Trx, accountId));
+  return db.transaction().execute(async (trx) => work(trx, await lockAccount(trx, accountId)));
 }
 
 export interface Adjustment extends AdminActor {

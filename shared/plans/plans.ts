@@ -5,12 +5,11 @@ import { type AdminActor, recordAdminAction } from '../audit/audit.js';
 import type { Trx } from '../db/locks.js';
 import type { Account, AccountPlansTable, Database } from '../db/schema.js';
 import { ServiceError, ValidationError } from '../errors.js';
-import { creditEntry, creditsUsed, type DebitGuard } from '../ledger/ledger.js';
+import type { CapState, DebitGuard } from '../ledger/debit.js';
+import { creditEntry, creditsUsed } from '../ledger/ledger.js';
 import type { CreditPackage } from '../packages.js';
 import { findPlan, type Plan, type PlanCatalog, planOfId } from '../plan-catalog.js';
 import { maybeTopUp } from '../topup/topup.js';
-import type { WebhookEventType } from '../webhooks/events.js';
-import { emitEvent } from '../webhooks/outbox.js';
 
 /**
  * The only writer of `account_plans`: which plan an account is on, its own monthly budget, the month's
@@ -21,7 +20,7 @@ import { emitEvent } from '../webhooks/outbox.js';
 
 type PlanRow = Omit<Selectable<AccountPlansTable>, 'account_id' | 'updated_at'>;
 
-const MINUTE_MS = 60_000;
+const _MINUTE_MS = 60_000;
 
 /** The UTC month of `at` as `YYYY-MM`. */
 export const monthOf = (at: Date) => at.toISOString().slice(0, 7);
@@ -116,17 +115,6 @@ async function grantAllowanceDue(
   return { plan, row, granted };
 }
 
-/** One cap on an account now: what it allows, what is used and held against it, and when it resets. */
-export interface CapState {
-  readonly period: 'day' | 'month';
-  readonly limit: number;
-  readonly used: number;
-  readonly held: number;
-  readonly remaining: number;
-  readonly resetsAt: Date;
-  readonly source: 'plan' | 'budget';
-}
-
 /** The plan's monthly cap, or the user's lower budget. */
 function monthlyLimit(plan: Plan, budget: number | null | undefined) {
   const planCap = plan.caps.monthly;
@@ -165,49 +153,6 @@ async function capsOf(
   ];
 }
 
-/** 403 spend_cap_reached for the cap a debit of `credits` would pass. */
-function capReached(cap: CapState, credits: number): ServiceError {
-  const what =
-    cap.source === 'budget' ? 'monthly budget' : `${cap.period === 'day' ? 'daily' : 'monthly'} cap`;
-  return new ServiceError(
-    'spend_cap_reached',
-    `${credits} credits would pass the ${what} of ${cap.limit}: ${cap.used} used and ${cap.held} held this ` +
-      `${cap.period} leave ${cap.remaining}; it resets at ${cap.resetsAt.toISOString()}`,
-    {
-      cap: cap.limit,
-      used: cap.used,
-      held: cap.held,
-      remaining: cap.remaining,
-      requested: credits,
-      period: cap.period,
-      source: cap.source,
-      resetsAt: cap.resetsAt.toISOString(),
-    },
-  );
-}
-
-/**
- * The sliding-window rate limit: at most `rateLimitPerMinute` admitted in any 60 seconds. Returns the
- * window with this debit in it, or throws 429 rate_limited with the seconds until the oldest leaves it.
- */
-function admitRate(plan: Plan, row: PlanRow | undefined, now: Date): Date[] | undefined {
-  const limit = plan.rateLimitPerMinute;
-  if (limit === undefined) return undefined;
-  const recent = (row?.recent_debits ?? [])
-    .filter((at) => at.getTime() > now.getTime() - MINUTE_MS)
-    .sort((a, b) => a.getTime() - b.getTime());
-  if (recent.length >= limit) {
-    const frees = recent[recent.length - limit]!.getTime() + MINUTE_MS;
-    const retryAfterSeconds = Math.max(Math.ceil((frees - now.getTime()) / 1000), 1);
-    throw new ServiceError(
-      'rate_limited',
-      `plan ${plan.id} admits ${limit} spends and holds per minute; retry in ${retryAfterSeconds} s`,
-      { limit, retryAfterSeconds },
-    );
-  }
-  return [...recent, now].slice(-limit);
-}
-
 /**
  * A DebitGuard that also says whether it wrote events, so the caller flushes the outbox after commit, and
  * which auto top-ups it started, so the caller charges them after commit (`afterDebitCommit`).
@@ -217,14 +162,30 @@ export interface PlanGuard extends DebitGuard {
   readonly topUpPaymentIds: readonly string[];
 }
 
+/** The catalog as `debit_credits` reads it, built once per catalog. */
+const plansJsonOf = (() => {
+  const built = new WeakMap<PlanCatalog, string>();
+  return (catalog: PlanCatalog) => {
+    let json = built.get(catalog);
+    if (json === undefined) {
+      json = JSON.stringify({
+        default: catalog.defaultPlan.id,
+        plans: Object.fromEntries(catalog.plans.map((plan) => [plan.id, plan])),
+      });
+      built.set(catalog, json);
+    }
+    return json;
+  };
+})();
+
 /**
- * The plan's part in every debit (a DebitGuard for the ledger, holds and usage): under the account lock,
- * grants the month's allowance if it is due, applies the rate limit to spends and hold creations, and checks
- * every cap over the month's (day's) debits plus active holds. One read of the plan row; one write only
- * when the allowance or the rate window changed; a read of the day totals only when a cap applies.
- * Once the debit is written, it sends `balance.low` (available fell below the threshold: once per crossing),
- * `balance.depleted` (available reached zero) and `spend_cap.reached` (a cap has nothing left), through the
- * outbox in the debit's transaction, and starts the account's auto top-up when the debit calls for one.
+ * The plan's part in every debit (a DebitGuard for the ledger, holds and usage). The database's debit function
+ * applies the catalog under the account lock: the rate limit on spends and hold creations, every cap over the
+ * month's (day's) debits plus active holds, and once the debit is written `balance.low` (available fell below
+ * the threshold: once per crossing), `balance.depleted` (available reached zero) and `spend_cap.reached` (a
+ * cap has nothing left), through the outbox in the debit's transaction. It asks this guard to grant the
+ * month's allowance when one is due (then admits the debit), and to start the account's auto top-up after a
+ * debit of an account with a saved card.
  */
 export function planGuard(
   catalog: PlanCatalog,
@@ -232,62 +193,25 @@ export function planGuard(
   /** The packs on sale: an auto top-up buys one of them. */
   packages: readonly CreditPackage[],
 ): PlanGuard {
-  // What admit saw, per account, for settled (a usage batch spans accounts, one transaction each).
-  const seen = new Map<string, { plan: Plan; row: PlanRow | undefined; caps: CapState[] }>();
   let emitted = false;
   const topUpPaymentIds: string[] = [];
-  const emit = async (trx: Trx, account: Account, type: WebhookEventType, data: Record<string, unknown>) => {
-    await emitEvent(trx, {
-      type,
-      accountId: account.id,
-      data: { userId: account.external_user_id, ...data },
-    });
-    emitted = true;
-  };
   return {
+    plansJson: plansJsonOf(catalog),
     get emitted() {
       return emitted;
     },
     get topUpPaymentIds() {
       return topUpPaymentIds;
     },
-    async admit(trx, account, debit) {
-      const row = await readPlanRow(trx, account.id);
-      const plan = planOfId(catalog, row?.plan_id);
-      const { changes } = await grantAllowance(trx, account, plan, row, now);
-      const recent = debit.kind === 'spend' || debit.kind === 'hold' ? admitRate(plan, row, now) : undefined;
-      const caps = await capsOf(trx, account, plan, row, debit.held, now);
-      const room = Math.min(Number.MAX_SAFE_INTEGER, ...caps.map((c) => c.remaining));
-      if (debit.kind !== 'capture' && debit.credits > room) {
-        throw capReached(caps.find((c) => c.remaining === room)!, debit.credits);
-      }
-      if (recent) Object.assign(changes, { recent_debits: recent });
-      if (Object.keys(changes).length > 0) await writePlanRow(trx, account.id, changes);
-      seen.set(account.id, { plan, row: row && { ...row, ...changes }, caps });
-      return Math.min(debit.credits, room);
+    async grantAllowance(trx, account) {
+      await grantAllowanceDue(trx, catalog, account, now);
     },
-    async settled(trx, account, change) {
-      const state = seen.get(account.id);
-      if (!state) return;
-      const { availableBefore: before, availableAfter: after } = change;
-      const threshold = lowBalanceThresholdOf(state.plan, state.row);
-      const balance = { available: after, balance: account.balance };
-      if (threshold !== null && before >= threshold && after < threshold) {
-        await emit(trx, account, 'balance.low', { ...balance, threshold });
-      }
-      if (before > 0 && after <= 0) await emit(trx, account, 'balance.depleted', balance);
-      for (const cap of state.caps) {
-        if (cap.remaining > 0 && cap.remaining - change.credits <= 0) {
-          await emit(trx, account, 'spend_cap.reached', {
-            period: cap.period,
-            source: cap.source,
-            cap: cap.limit,
-            resetsAt: cap.resetsAt.toISOString(),
-          });
-        }
-      }
-      const topUp = await maybeTopUp(trx, account, after, packages, now);
+    async topUp(trx, account, available) {
+      const topUp = await maybeTopUp(trx, account, available, packages, now);
       if (topUp) topUpPaymentIds.push(topUp.id);
+    },
+    noteEmitted(count) {
+      if (count > 0) emitted = true;
     },
   };
 }

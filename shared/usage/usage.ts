@@ -1,10 +1,9 @@
 import { type Kysely, sql } from 'kysely';
-import { findAccountByUserId, heldCredits, inAccountTransaction } from '../accounts/accounts.js';
 import { requestHashOf } from '../credits.js';
-import type { Trx } from '../db/locks.js';
-import type { Account, Database } from '../db/schema.js';
-import { AccountFrozenError, type ErrorCode, InsufficientCreditsError, ServiceError } from '../errors.js';
-import { type DebitGuard, debitMetered, expireDueGrants, UNLIMITED } from '../ledger/ledger.js';
+import type { Database } from '../db/schema.js';
+import { type ErrorCode, ServiceError } from '../errors.js';
+import { type DebitGuard, UNLIMITED } from '../ledger/debit.js';
+import { debit } from '../ledger/ledger.js';
 import { costOf, type Usage } from '../pricing/cost.js';
 import { findPrice } from '../pricing/price-book.js';
 
@@ -50,15 +49,6 @@ const ITEM_CODES: readonly ErrorCode[] = [
   'spend_cap_reached',
 ];
 
-const TOKEN_COLUMNS = {
-  inputTokens: 'input_tokens',
-  cacheReadTokens: 'cache_read_tokens',
-  cacheWriteTokens: 'cache_write_tokens',
-  outputTokens: 'output_tokens',
-  reasoningTokens: 'reasoning_tokens',
-  units: 'units',
-} as const;
-
 /** Applies one usage event and answers for it; never throws for what DESIGN answers item by item. */
 export async function recordUsageEvent(
   db: Kysely<Database>,
@@ -82,9 +72,6 @@ async function applyUsageEvent(
   now: Date,
   guard: DebitGuard,
 ): Promise<UsageOutcome> {
-  const found = await findAccountByUserId(db, input.userId);
-  if (!found)
-    throw new ServiceError('account_not_found', `no account for user ${JSON.stringify(input.userId)}`);
   const payloadHash = requestHashOf({
     sku: input.sku ?? null,
     usage: input.usage ?? null,
@@ -92,64 +79,41 @@ async function applyUsageEvent(
     occurredAt: input.occurredAt.toISOString(),
     metadata: input.metadata ?? null,
   });
-  return inAccountTransaction(db, found.id, async (trx, account) => {
-    const previous = await trx
-      .selectFrom('usage_events')
-      .selectAll()
-      .where('account_id', '=', account.id)
-      .where('event_id', '=', input.eventId)
-      .executeTakeFirst();
-    if (previous) {
-      if (previous.payload_hash !== payloadHash) {
-        throw new ServiceError(
-          'idempotency_conflict',
-          `event ${input.eventId} was recorded with another payload`,
-        );
-      }
-      return {
-        eventId: input.eventId,
-        status: 'duplicate',
-        credits: previous.credits,
-        balance: account.balance,
-      };
-    }
-    if (account.status === 'frozen') throw new AccountFrozenError();
-    const { credits, priceVersion } = await priceOf(trx, input);
-    const held = await heldCredits(trx, account.id, now);
-    if (credits > 0) await guard.admit(trx, account, { credits, held, kind: 'usage' });
-    const { live } = await expireDueGrants(trx, account, now);
-    if (account.balance - held < credits) throw new InsufficientCreditsError(account.balance, credits, held);
-    const availableBefore = account.balance - held;
-    const entry =
-      credits > 0 ? await debitMetered(trx, account, 'usage', input.eventId, credits, live, now) : null;
-    if (entry) {
-      await guard.settled(trx, account, { credits, availableBefore, availableAfter: account.balance - held });
-    }
-    await trx
-      .insertInto('usage_events')
-      .values({
-        account_id: account.id,
-        event_id: input.eventId,
-        payload_hash: payloadHash,
+  const { credits, priceVersion } = await priceOf(db, input);
+  const debited = await debit(
+    db,
+    {
+      kind: 'usage',
+      userId: input.userId,
+      reference: input.eventId,
+      credits,
+      hash: payloadHash,
+      // What the event's rollup counts: its hour, its SKU ('' for none) and each token pool.
+      item: {
         sku: input.sku ?? null,
-        price_version: priceVersion,
-        credits,
-        entry_id: entry?.id ?? null,
-        occurred_at: input.occurredAt,
-      })
-      .execute();
-    await countInRollup(trx, account, input, credits);
-    return { eventId: input.eventId, status: 'applied', credits, balance: account.balance };
-  });
+        priceVersion,
+        occurredAt: input.occurredAt.toISOString(),
+        usage: input.usage ?? null,
+      },
+      now,
+    },
+    guard,
+  );
+  return {
+    eventId: input.eventId,
+    status: debited.replayed ? 'duplicate' : 'applied',
+    credits: debited.credits,
+    balance: debited.balance,
+  };
 }
 
 /** Explicit credits, or the usage priced with the version active when it occurred. */
 async function priceOf(
-  trx: Trx,
+  db: Kysely<Database>,
   input: UsageEventInput,
 ): Promise<{ credits: number; priceVersion: string | null }> {
   if (input.credits !== undefined) return { credits: input.credits, priceVersion: null };
-  const price = await findPrice(trx, input.sku!, input.occurredAt);
+  const price = await findPrice(db, input.sku!, input.occurredAt);
   if (!price) {
     throw new ServiceError(
       'unknown_sku',
@@ -158,32 +122,6 @@ async function priceOf(
   }
   const cost = costOf(price, input.usage!);
   return { credits: cost.credits, priceVersion: cost.priceVersion };
-}
-
-async function countInRollup(trx: Trx, account: Account, input: UsageEventInput, credits: number) {
-  const counts = Object.fromEntries(
-    Object.entries(TOKEN_COLUMNS).map(([field, column]) => [
-      column,
-      input.usage?.[field as keyof Usage] ?? 0,
-    ]),
-  ) as Record<(typeof TOKEN_COLUMNS)[keyof typeof TOKEN_COLUMNS], number>;
-  const hour = new Date(Math.floor(input.occurredAt.getTime() / 3_600_000) * 3_600_000);
-  await trx
-    .insertInto('usage_rollups')
-    .values({ account_id: account.id, hour, sku: input.sku ?? '', credits, events: 1, ...counts })
-    .onConflict((oc) =>
-      oc.columns(['account_id', 'hour', 'sku']).doUpdateSet({
-        credits: sql`usage_rollups.credits + excluded.credits`,
-        events: sql`usage_rollups.events + 1`,
-        input_tokens: sql`usage_rollups.input_tokens + excluded.input_tokens`,
-        cache_read_tokens: sql`usage_rollups.cache_read_tokens + excluded.cache_read_tokens`,
-        cache_write_tokens: sql`usage_rollups.cache_write_tokens + excluded.cache_write_tokens`,
-        output_tokens: sql`usage_rollups.output_tokens + excluded.output_tokens`,
-        reasoning_tokens: sql`usage_rollups.reasoning_tokens + excluded.reasoning_tokens`,
-        units: sql`usage_rollups.units + excluded.units`,
-      }),
-    )
-    .execute();
 }
 
 export type UsageGrouping = 'day' | 'hour' | 'sku' | 'provider';

@@ -1,0 +1,346 @@
+import { type Kysely, sql } from 'kysely';
+
+/**
+ * The debit as one server-side call (issue 21): `debit_credits` does a spend, a hold's creation, a hold's
+ * capture or a usage event whole (the account lock, the idempotency check, the plan's rate limit and caps, the
+ * balance check, the entry with its draws on grants in burn order, the day's total, the kind's own row, and the
+ * balance and cap events into the outbox), so the lock is held for one round trip and the commit. It runs with
+ * the caller's privileges (the application role's grants apply) and is called by shared/ledger/debit.ts only.
+ *
+ * It never writes anything before it has decided: a refusal returns `{status}` with what the caller needs for
+ * its error, and nothing is written. Two preparations stay with their modules in TypeScript and are asked for
+ * instead of done: the month's allowance (`allowance_due`: shared/plans grants it) and the write-off of grants
+ * expired by now (`expiry_due`: the ledger's expireDueGrants); the caller does it and calls again.
+ *
+ * Frozen in time: never import application code here.
+ */
+const DEBIT_FUNCTION = sql`
+CREATE FUNCTION debit_credits(
+  p_kind text,
+  p_user text,
+  p_account uuid,
+  p_hold uuid,
+  p_reference text,
+  p_credits bigint,
+  p_hash text,
+  p_item jsonb,
+  p_plans jsonb,
+  p_now timestamptz
+) RETURNS jsonb LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_account accounts;
+  v_hold holds;
+  v_row account_plans;
+  v_plan jsonb;
+  v_previous record;
+  v_held bigint;
+  v_available_before bigint;
+  v_take bigint;
+  v_admitted bigint;
+  v_expired boolean := false;
+  v_entry ledger_entries;
+  v_left bigint;
+  v_draw bigint;
+  v_grant record;
+  v_limit int;
+  v_recent timestamptz[];
+  v_month_start date := date_trunc('month', p_now AT TIME ZONE 'UTC')::date;
+  v_today date := (p_now AT TIME ZONE 'UTC')::date;
+  v_used_month bigint := 0;
+  v_used_day bigint := 0;
+  v_caps jsonb := '[]'::jsonb;
+  v_cap jsonb;
+  v_room bigint := 9007199254740991;
+  v_budget bigint;
+  v_plan_cap bigint;
+  v_threshold bigint;
+  v_events int := 0;
+  v_available_after bigint;
+  v_result jsonb;
+BEGIN
+  -- The account, locked (the advisory lock every ledger writer takes), read after the lock.
+  IF p_kind = 'capture' THEN
+    SELECT * INTO v_hold FROM holds WHERE id = p_hold;
+    IF NOT FOUND THEN RETURN jsonb_build_object('status', 'hold_not_found'); END IF;
+    p_account := v_hold.account_id;
+  ELSIF p_account IS NULL THEN
+    SELECT id INTO p_account FROM accounts WHERE external_user_id = p_user;
+    IF NOT FOUND THEN RETURN jsonb_build_object('status', 'account_not_found'); END IF;
+  END IF;
+  PERFORM pg_advisory_xact_lock(1, hashtext(p_account::text));
+  SELECT * INTO v_account FROM accounts WHERE id = p_account;
+  IF NOT FOUND THEN RETURN jsonb_build_object('status', 'account_not_found'); END IF;
+
+  -- Idempotency: the same request again answers the first result; another request with its key is refused.
+  IF p_kind = 'spend' THEN
+    SELECT id, amount, balance_after, created_at, request_hash INTO v_previous FROM ledger_entries
+      WHERE account_id = p_account AND kind = 'spend' AND reference = p_reference;
+    IF FOUND THEN
+      IF v_previous.request_hash IS DISTINCT FROM p_hash THEN
+        RETURN jsonb_build_object('status', 'idempotency_conflict');
+      END IF;
+      RETURN jsonb_build_object('status', 'replayed', 'account', to_jsonb(v_account),
+        'entry', jsonb_build_object('id', v_previous.id, 'amount', v_previous.amount,
+          'balance_after', v_previous.balance_after, 'created_at', v_previous.created_at));
+    END IF;
+  ELSIF p_kind = 'hold' THEN
+    SELECT * INTO v_hold FROM holds WHERE account_id = p_account AND idempotency_key = p_reference;
+    IF FOUND THEN
+      IF v_hold.request_hash IS DISTINCT FROM p_hash THEN
+        RETURN jsonb_build_object('status', 'idempotency_conflict');
+      END IF;
+      RETURN jsonb_build_object('status', 'replayed', 'account', to_jsonb(v_account), 'hold', to_jsonb(v_hold),
+        'held', (SELECT coalesce(sum(credits), 0) FROM holds
+          WHERE account_id = p_account AND status = 'active' AND expires_at > p_now));
+    END IF;
+  ELSIF p_kind = 'capture' THEN
+    SELECT * INTO v_hold FROM holds WHERE id = p_hold FOR UPDATE;
+    IF v_hold.status = 'captured' THEN
+      IF v_hold.capture_hash IS DISTINCT FROM p_hash THEN
+        RETURN jsonb_build_object('status', 'hold_already_captured');
+      END IF;
+      RETURN jsonb_build_object('status', 'replayed', 'account', to_jsonb(v_account), 'hold', to_jsonb(v_hold),
+        'held', (SELECT coalesce(sum(credits), 0) FROM holds
+          WHERE account_id = p_account AND status = 'active' AND expires_at > p_now));
+    END IF;
+    IF v_hold.status = 'voided' THEN RETURN jsonb_build_object('status', 'hold_voided'); END IF;
+    v_expired := v_hold.status = 'expired' OR v_hold.expires_at <= p_now;
+  ELSIF p_kind = 'usage' THEN
+    SELECT payload_hash, credits INTO v_previous FROM usage_events
+      WHERE account_id = p_account AND event_id = p_reference;
+    IF FOUND THEN
+      IF v_previous.payload_hash IS DISTINCT FROM p_hash THEN
+        RETURN jsonb_build_object('status', 'idempotency_conflict');
+      END IF;
+      RETURN jsonb_build_object('status', 'replayed', 'account', to_jsonb(v_account),
+        'credits', v_previous.credits);
+    END IF;
+  ELSE
+    RAISE EXCEPTION 'debit_credits: unknown kind %', p_kind;
+  END IF;
+  -- A capture settles a hold admitted while the account was active: it is not refused for a freeze.
+  IF p_kind <> 'capture' AND v_account.status = 'frozen' THEN
+    RETURN jsonb_build_object('status', 'account_frozen');
+  END IF;
+
+  -- Grants expired by now are written off first (by the caller), so no draw lands on one.
+  IF EXISTS (SELECT FROM credit_grants
+             WHERE account_id = p_account AND remaining > 0 AND expires_at <= p_now) THEN
+    RETURN jsonb_build_object('status', 'expiry_due', 'accountId', p_account);
+  END IF;
+
+  -- Credits reserved by active holds, the captured hold's own excluded.
+  SELECT coalesce(sum(credits), 0) INTO v_held FROM holds
+    WHERE account_id = p_account AND status = 'active' AND expires_at > p_now
+      AND (p_kind <> 'capture' OR id <> p_hold);
+
+  -- The plan: allowance due, rate limit, caps (a usage event of no credits is not a debit).
+  IF p_plans IS NOT NULL AND (p_kind <> 'usage' OR p_credits > 0) THEN
+    SELECT * INTO v_row FROM account_plans WHERE account_id = p_account;
+    v_plan := coalesce(p_plans -> 'plans' -> v_row.plan_id, p_plans -> 'plans' -> (p_plans ->> 'default'));
+    IF coalesce((v_plan ->> 'monthlyAllowance')::bigint, 0) >
+       (CASE WHEN v_row.allowance_month = to_char(p_now AT TIME ZONE 'UTC', 'YYYY-MM')
+             THEN v_row.allowance_granted ELSE 0 END) THEN
+      RETURN jsonb_build_object('status', 'allowance_due', 'accountId', p_account);
+    END IF;
+    IF p_kind IN ('spend', 'hold') AND v_plan ? 'rateLimitPerMinute' THEN
+      v_limit := (v_plan ->> 'rateLimitPerMinute')::int;
+      SELECT coalesce(array_agg(t ORDER BY t), '{}') INTO v_recent
+        FROM unnest(coalesce(v_row.recent_debits, '{}')) AS t WHERE t > p_now - interval '1 minute';
+      IF cardinality(v_recent) >= v_limit THEN
+        RETURN jsonb_build_object('status', 'rate_limited', 'planId', v_plan ->> 'id', 'limit', v_limit,
+          'retryAfterSeconds', greatest(ceil(extract(epoch FROM
+            v_recent[cardinality(v_recent) - v_limit + 1] + interval '1 minute' - p_now)), 1));
+      END IF;
+      v_recent := (v_recent || p_now)[greatest(cardinality(v_recent) + 2 - v_limit, 1):];
+    END IF;
+    v_budget := v_row.monthly_budget;
+    v_plan_cap := (v_plan -> 'caps' ->> 'monthly')::bigint;
+    IF v_plan -> 'caps' ? 'daily' OR v_budget IS NOT NULL OR v_plan_cap IS NOT NULL THEN
+      SELECT coalesce(sum(credits), 0), coalesce(sum(credits) FILTER (WHERE day = v_today), 0)
+        INTO v_used_month, v_used_day
+        FROM debit_days WHERE account_id = p_account AND day >= v_month_start;
+      IF v_plan -> 'caps' ? 'daily' THEN
+        v_caps := v_caps || jsonb_build_array(jsonb_build_object('period', 'day',
+          'limit', (v_plan -> 'caps' ->> 'daily')::bigint, 'used', v_used_day, 'source', 'plan',
+          'resetsAt', v_today + 1));
+      END IF;
+      IF v_budget IS NOT NULL AND (v_plan_cap IS NULL OR v_budget < v_plan_cap) THEN
+        v_caps := v_caps || jsonb_build_array(jsonb_build_object('period', 'month', 'limit', v_budget,
+          'used', v_used_month, 'source', 'budget', 'resetsAt', (v_month_start + interval '1 month')::date));
+      ELSIF v_plan_cap IS NOT NULL THEN
+        v_caps := v_caps || jsonb_build_array(jsonb_build_object('period', 'month', 'limit', v_plan_cap,
+          'used', v_used_month, 'source', 'plan', 'resetsAt', (v_month_start + interval '1 month')::date));
+      END IF;
+      SELECT jsonb_agg(c || jsonb_build_object('held', v_held,
+               'remaining', greatest((c ->> 'limit')::bigint - (c ->> 'used')::bigint - v_held, 0)))
+        INTO v_caps FROM jsonb_array_elements(v_caps) AS c;
+      SELECT min((c ->> 'remaining')::bigint) INTO v_room FROM jsonb_array_elements(v_caps) AS c;
+      IF p_kind <> 'capture' AND p_credits > v_room THEN
+        SELECT c INTO v_cap FROM jsonb_array_elements(v_caps) AS c WHERE (c ->> 'remaining')::bigint = v_room
+          LIMIT 1;
+        RETURN jsonb_build_object('status', 'spend_cap_reached', 'cap', v_cap);
+      END IF;
+    END IF;
+  END IF;
+
+  -- The balance: a spend, hold or usage event must fit in what is available; a capture takes what it can.
+  v_available_before := v_account.balance - v_held - CASE WHEN p_kind = 'capture' AND NOT v_expired
+                                                         THEN v_hold.credits ELSE 0 END;
+  IF p_kind = 'capture' THEN
+    v_admitted := least(p_credits, v_room);
+    v_take := least(v_admitted, greatest(v_account.balance - v_held, 0));
+  ELSE
+    IF v_account.balance - v_held < p_credits THEN
+      RETURN jsonb_build_object('status', 'insufficient_credits', 'balance', v_account.balance,
+        'held', v_held);
+    END IF;
+    v_take := CASE WHEN p_kind = 'hold' THEN 0 ELSE p_credits END;
+  END IF;
+
+  -- Decided: the writes.
+  IF v_take > 0 THEN
+    UPDATE accounts SET balance = balance - v_take, version = version + 1, updated_at = now()
+      WHERE id = p_account RETURNING * INTO v_account;
+    INSERT INTO ledger_entries (account_id, amount, balance_after, kind, reference, request_hash,
+                                description, metadata)
+      VALUES (p_account, -v_take, v_account.balance,
+              CASE p_kind WHEN 'spend' THEN 'spend' WHEN 'capture' THEN 'hold_capture' ELSE 'usage' END,
+              CASE WHEN p_kind = 'capture' THEN p_hold::text ELSE p_reference END,
+              CASE WHEN p_kind = 'spend' THEN p_hash END,
+              CASE WHEN p_kind = 'spend' THEN p_item ->> 'description' END,
+              CASE WHEN p_kind = 'spend' THEN nullif(p_item -> 'metadata', 'null') END)
+      RETURNING * INTO v_entry;
+    -- Draws on the open grants in burn order (none is expired: checked above).
+    v_left := v_take;
+    FOR v_grant IN
+      SELECT id, remaining FROM credit_grants WHERE account_id = p_account AND remaining > 0
+      ORDER BY expires_at ASC NULLS LAST, (category = 'paid') ASC, created_at, id
+    LOOP
+      EXIT WHEN v_left = 0;
+      v_draw := least(v_grant.remaining, v_left);
+      INSERT INTO grant_allocations (entry_id, grant_id, amount) VALUES (v_entry.id, v_grant.id, v_draw);
+      UPDATE credit_grants SET remaining = remaining - v_draw WHERE id = v_grant.id;
+      v_left := v_left - v_draw;
+    END LOOP;
+    INSERT INTO debit_days (account_id, day, credits) VALUES (p_account, v_today, v_take)
+      ON CONFLICT (account_id, day) DO UPDATE SET credits = debit_days.credits + excluded.credits;
+  END IF;
+  IF v_recent IS NOT NULL THEN
+    INSERT INTO account_plans (account_id, recent_debits) VALUES (p_account, v_recent)
+      ON CONFLICT (account_id) DO UPDATE SET recent_debits = excluded.recent_debits, updated_at = now();
+  END IF;
+  IF p_kind = 'hold' THEN
+    INSERT INTO holds (account_id, idempotency_key, request_hash, sku, price_version, requested_credits,
+                       credits, description, metadata, expires_at)
+      VALUES (p_account, p_reference, p_hash, p_item ->> 'sku', p_item ->> 'priceVersion', p_credits,
+              p_credits, p_item ->> 'description', nullif(p_item -> 'metadata', 'null'),
+              p_now + make_interval(secs => (p_item ->> 'ttlSeconds')::int))
+      RETURNING * INTO v_hold;
+    v_take := p_credits;
+  ELSIF p_kind = 'capture' THEN
+    UPDATE holds SET status = 'captured', settled_at = p_now, capture_hash = p_hash, captured_credits = v_take,
+        shortfall = p_credits - v_take,
+        released = CASE WHEN v_expired THEN 0 ELSE greatest(v_hold.credits - v_take, 0) END,
+        captured_after_expiry = v_expired, entry_id = v_entry.id
+      WHERE id = p_hold RETURNING * INTO v_hold;
+  ELSIF p_kind = 'usage' THEN
+    INSERT INTO usage_events (account_id, event_id, payload_hash, sku, price_version, credits, entry_id,
+                              occurred_at)
+      VALUES (p_account, p_reference, p_hash, p_item ->> 'sku', p_item ->> 'priceVersion', p_credits,
+              v_entry.id, (p_item ->> 'occurredAt')::timestamptz);
+    INSERT INTO usage_rollups AS r (account_id, hour, sku, credits, events, input_tokens, cache_read_tokens,
+                                    cache_write_tokens, output_tokens, reasoning_tokens, units)
+      VALUES (p_account, date_trunc('hour', (p_item ->> 'occurredAt')::timestamptz AT TIME ZONE 'UTC')
+                AT TIME ZONE 'UTC', coalesce(p_item ->> 'sku', ''), p_credits, 1,
+              coalesce((p_item -> 'usage' ->> 'inputTokens')::bigint, 0),
+              coalesce((p_item -> 'usage' ->> 'cacheReadTokens')::bigint, 0),
+              coalesce((p_item -> 'usage' ->> 'cacheWriteTokens')::bigint, 0),
+              coalesce((p_item -> 'usage' ->> 'outputTokens')::bigint, 0),
+              coalesce((p_item -> 'usage' ->> 'reasoningTokens')::bigint, 0),
+              coalesce((p_item -> 'usage' ->> 'units')::bigint, 0))
+      ON CONFLICT (account_id, hour, sku) DO UPDATE SET credits = r.credits + excluded.credits,
+        events = r.events + 1, input_tokens = r.input_tokens + excluded.input_tokens,
+        cache_read_tokens = r.cache_read_tokens + excluded.cache_read_tokens,
+        cache_write_tokens = r.cache_write_tokens + excluded.cache_write_tokens,
+        output_tokens = r.output_tokens + excluded.output_tokens,
+        reasoning_tokens = r.reasoning_tokens + excluded.reasoning_tokens, units = r.units + excluded.units;
+  END IF;
+
+  -- What follows from it, when a plan applies: balance and cap events, in this transaction (the outbox).
+  v_available_after := v_account.balance - v_held - CASE WHEN p_kind = 'hold' THEN p_credits ELSE 0 END;
+  IF p_plans IS NOT NULL AND (p_kind <> 'usage' OR p_credits > 0) THEN
+    v_threshold := coalesce(v_row.low_balance_threshold, (v_plan ->> 'lowBalanceThreshold')::bigint);
+    IF v_threshold IS NOT NULL AND v_available_before >= v_threshold AND v_available_after < v_threshold THEN
+      PERFORM debit_event('balance.low', v_account, jsonb_build_object('available', v_available_after,
+        'balance', v_account.balance, 'threshold', v_threshold));
+      v_events := v_events + 1;
+    END IF;
+    IF v_available_before > 0 AND v_available_after <= 0 THEN
+      PERFORM debit_event('balance.depleted', v_account, jsonb_build_object('available', v_available_after,
+        'balance', v_account.balance));
+      v_events := v_events + 1;
+    END IF;
+    FOR v_cap IN SELECT c FROM jsonb_array_elements(v_caps) AS c LOOP
+      IF (v_cap ->> 'remaining')::bigint > 0 AND (v_cap ->> 'remaining')::bigint - v_take <= 0 THEN
+        PERFORM debit_event('spend_cap.reached', v_account, jsonb_build_object('period', v_cap ->> 'period',
+          'source', v_cap ->> 'source', 'cap', (v_cap ->> 'limit')::bigint,
+          'resetsAt', to_char((v_cap ->> 'resetsAt')::date, 'YYYY-MM-DD"T00:00:00.000Z"')));
+        v_events := v_events + 1;
+      END IF;
+    END LOOP;
+  END IF;
+
+  v_result := jsonb_build_object('status', 'applied', 'account', to_jsonb(v_account), 'held', v_held,
+    'availableAfter', v_available_after, 'events', v_events, 'credits', v_take,
+    'topUp', p_plans IS NOT NULL AND (p_kind <> 'usage' OR p_credits > 0)
+      AND v_account.stripe_payment_method_id IS NOT NULL);
+  IF v_entry.id IS NOT NULL THEN
+    v_result := v_result || jsonb_build_object('entry', jsonb_build_object('id', v_entry.id,
+      'amount', v_entry.amount, 'balance_after', v_entry.balance_after, 'created_at', v_entry.created_at));
+  END IF;
+  IF v_hold.id IS NOT NULL THEN v_result := v_result || jsonb_build_object('hold', to_jsonb(v_hold)); END IF;
+  RETURN v_result;
+END $fn$`;
+
+/**
+ * One outbound webhook event in the outbox, in the body shape of shared/webhooks/outbox.ts's emitEvent
+ * ({id, type, createdAt, data}, data naming the user first).
+ */
+const EVENT_FUNCTION = sql`
+CREATE FUNCTION debit_event(p_type text, p_account accounts, p_data jsonb) RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_id text := 'evt_' || replace(gen_random_uuid()::text, '-', '');
+  v_at timestamptz := now();
+  v_data json;
+BEGIN
+  SELECT json_object_agg(key, value ORDER BY n) INTO v_data FROM (
+    SELECT 'userId' AS key, to_json(p_account.external_user_id) AS value, 0 AS n
+    UNION ALL SELECT key, value::json, 1 FROM jsonb_each(p_data)
+  ) AS fields;
+  INSERT INTO webhook_outbox (id, type, account_id, payload, created_at)
+    VALUES (v_id, p_type, p_account.id, json_build_object('id', v_id, 'type', p_type,
+      'createdAt', to_char(v_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), 'data', v_data)::text,
+      v_at);
+END $fn$`;
+
+export async function up(db: Kysely<unknown>): Promise<void> {
+  await EVENT_FUNCTION.execute(db);
+  await DEBIT_FUNCTION.execute(db);
+  await sql`
+    REVOKE ALL ON FUNCTION debit_event(text, accounts, jsonb) FROM PUBLIC;
+    GRANT EXECUTE ON FUNCTION debit_event(text, accounts, jsonb) TO credits_app;
+    REVOKE ALL ON FUNCTION debit_credits(text, text, uuid, uuid, text, bigint, text, jsonb, jsonb, timestamptz)
+      FROM PUBLIC;
+    GRANT EXECUTE ON FUNCTION debit_credits(text, text, uuid, uuid, text, bigint, text, jsonb, jsonb, timestamptz)
+      TO credits_app;
+  `.execute(db);
+}
+
+export async function down(db: Kysely<unknown>): Promise<void> {
+  await sql`
+    DROP FUNCTION debit_credits(text, text, uuid, uuid, text, bigint, text, jsonb, jsonb, timestamptz);
+    DROP FUNCTION debit_event(text, accounts, jsonb);
+  `.execute(db);
+}

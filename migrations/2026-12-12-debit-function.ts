@@ -124,8 +124,7 @@ BEGIN
   END IF;
 
   -- Grants expired by now are written off first (by the caller), so no draw lands on one.
-  IF EXISTS (SELECT FROM credit_grants
-             WHERE account_id = p_account AND remaining > 0 AND expires_at <= p_now) THEN
+  IF EXISTS (SELECT FROM credit_grants WHERE account_id = p_account AND open AND expires_at <= p_now) THEN
     RETURN jsonb_build_object('status', 'expiry_due', 'accountId', p_account);
   END IF;
 
@@ -214,7 +213,7 @@ BEGIN
     -- Draws on the open grants in burn order (none is expired: checked above).
     v_left := v_take;
     FOR v_grant IN
-      SELECT id, remaining FROM credit_grants WHERE account_id = p_account AND remaining > 0
+      SELECT id, remaining FROM credit_grants WHERE account_id = p_account AND open
       ORDER BY expires_at ASC NULLS LAST, (category = 'paid') ASC, created_at, id
     LOOP
       EXIT WHEN v_left = 0;
@@ -223,8 +222,11 @@ BEGIN
       UPDATE credit_grants SET remaining = remaining - v_draw WHERE id = v_grant.id;
       v_left := v_left - v_draw;
     END LOOP;
-    INSERT INTO debit_days (account_id, day, credits) VALUES (p_account, v_today, v_take)
-      ON CONFLICT (account_id, day) DO UPDATE SET credits = debit_days.credits + excluded.credits;
+    UPDATE debit_days SET credits = credits + v_take WHERE account_id = p_account AND day = v_today;
+    IF NOT FOUND THEN
+      INSERT INTO debit_days (account_id, day, credits) VALUES (p_account, v_today, v_take)
+        ON CONFLICT (account_id, day) DO UPDATE SET credits = debit_days.credits + excluded.credits;
+    END IF;
   END IF;
   IF v_recent IS NOT NULL THEN
     INSERT INTO account_plans (account_id, recent_debits) VALUES (p_account, v_recent)
@@ -325,7 +327,22 @@ BEGIN
       v_at);
 END $fn$`;
 
+/**
+ * A draw changes a grant's `remaining`; while `remaining` is in an index's predicate, every draw rewrites the
+ * row into all six of the table's indexes. The open-grant indexes use the generated `open` instead, so a
+ * draw that leaves credits in the grant is a HOT update; only the one that empties it changes `open`.
+ */
+const OPEN_GRANTS = sql`
+  ALTER TABLE credit_grants ADD COLUMN open boolean GENERATED ALWAYS AS (remaining > 0) STORED;
+  DROP INDEX credit_grants_open_idx, credit_grants_due_idx, credit_grants_expiring_idx;
+  CREATE INDEX credit_grants_open_idx ON credit_grants (account_id, expires_at, created_at) WHERE open;
+  CREATE INDEX credit_grants_due_idx ON credit_grants (expires_at) WHERE open AND expires_at IS NOT NULL;
+  CREATE INDEX credit_grants_expiring_idx ON credit_grants (expires_at)
+    WHERE expiring_notified_at IS NULL AND open AND expires_at IS NOT NULL;
+`;
+
 export async function up(db: Kysely<unknown>): Promise<void> {
+  await OPEN_GRANTS.execute(db);
   await EVENT_FUNCTION.execute(db);
   await DEBIT_FUNCTION.execute(db);
   await sql`
@@ -342,5 +359,11 @@ export async function down(db: Kysely<unknown>): Promise<void> {
   await sql`
     DROP FUNCTION debit_credits(text, text, uuid, uuid, text, bigint, text, jsonb, jsonb, timestamptz);
     DROP FUNCTION debit_event(text, accounts, jsonb);
+    DROP INDEX credit_grants_open_idx, credit_grants_due_idx, credit_grants_expiring_idx;
+    ALTER TABLE credit_grants DROP COLUMN open;
+    CREATE INDEX credit_grants_open_idx ON credit_grants (account_id, expires_at, created_at) WHERE remaining > 0;
+    CREATE INDEX credit_grants_due_idx ON credit_grants (expires_at) WHERE remaining > 0 AND expires_at IS NOT NULL;
+    CREATE INDEX credit_grants_expiring_idx ON credit_grants (expires_at)
+      WHERE expiring_notified_at IS NULL AND remaining > 0 AND expires_at IS NOT NULL;
   `.execute(db);
 }

@@ -186,6 +186,11 @@ export interface CreditGrantsTable {
   created_at: CreatedAt;
   /** When `grant.expiring` was sent for it (once). */
   expiring_notified_at: ColumnType<Date | null, Date | null | undefined, Date | null>;
+  /**
+   * `remaining > 0`, generated: the open-grant indexes use it, not `remaining`, so a draw that leaves credits
+   * in the grant is a HOT update (no index is rewritten).
+   */
+  open: ColumnType<boolean, never, never>;
 }
 
 export interface GrantAllocationsTable {

@@ -29,7 +29,7 @@ export function loadOpenGrants(db: Kysely<Database>, accountId: string): Promise
     .selectFrom('credit_grants')
     .selectAll()
     .where('account_id', '=', accountId)
-    .where('remaining', '>', 0)
+    .where('open', '=', true)
     .orderBy(sql`expires_at ASC NULLS LAST`)
     .orderBy(sql`(category = 'paid') ASC`)
     .orderBy('created_at')
@@ -172,7 +172,7 @@ export async function grantTotals(db: Kysely<Database>, accountId: string, now: 
       sql<Date | null>`min(expires_at) FILTER (WHERE expires_at > ${now})`.as('next_expiry'),
     ])
     .where('account_id', '=', accountId)
-    .where('remaining', '>', 0)
+    .where('open', '=', true)
     .executeTakeFirstOrThrow();
   return {
     expiredUnswept: row.expired,
@@ -200,7 +200,7 @@ export async function accountsWithDueGrants(
   const rows = await db
     .selectFrom('credit_grants')
     .select('account_id')
-    .where('remaining', '>', 0)
+    .where('open', '=', true)
     .where('expires_at', '<=', now)
     .groupBy('account_id')
     .orderBy(sql`min(expires_at)`)
@@ -240,7 +240,7 @@ export async function notifyExpiringGrants(db: Kysely<Database>, now: Date, limi
           .selectFrom('credit_grants')
           .select('id')
           .where('expiring_notified_at', 'is', null)
-          .where('remaining', '>', 0)
+          .where('open', '=', true)
           .where('expires_at', '>', now)
           .where('expires_at', '<=', new Date(now.getTime() + EXPIRING_NOTICE_MS))
           .orderBy('expires_at')

@@ -306,6 +306,48 @@ BEGIN
 END $fn$`;
 
 /**
+ * A batch of usage events in one call and one transaction: the accounts of its users locked first, in the
+ * order of their lock keys (so two batches, or a batch and a single debit, never deadlock), then each event
+ * through debit_credits in the batch's order. `p_events`: [{user, reference, credits, hash, item}]. Answers
+ * one debit_credits answer per event, in order. Once an account's event asks for a preparation
+ * (`allowance_due`, `expiry_due`), its later events answer `deferred`, so the caller, having prepared it,
+ * sends them again in their order.
+ */
+const USAGE_FUNCTION = sql`
+CREATE FUNCTION debit_usage(p_events jsonb, p_plans jsonb, p_now timestamptz) RETURNS jsonb
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_ids jsonb;
+  v_deferred jsonb := '{}';
+  v_event jsonb;
+  v_account text;
+  v_answer jsonb;
+  -- An array appended in place (a jsonb appended to would be copied whole for every event).
+  v_answers jsonb[] := '{}';
+BEGIN
+  SELECT coalesce(jsonb_object_agg(external_user_id, id), '{}') INTO v_ids FROM accounts
+    WHERE external_user_id IN (SELECT DISTINCT e ->> 'user' FROM jsonb_array_elements(p_events) AS e);
+  PERFORM pg_advisory_xact_lock(1, key) FROM (
+    SELECT DISTINCT hashtext(value #>> '{}') AS key FROM jsonb_each(v_ids) ORDER BY 1) AS keys;
+  FOR v_event IN SELECT e FROM jsonb_array_elements(p_events) AS e LOOP
+    v_account := v_ids ->> (v_event ->> 'user');
+    IF v_account IS NULL THEN
+      v_answer := jsonb_build_object('status', 'account_not_found');
+    ELSIF v_deferred ? v_account THEN
+      v_answer := jsonb_build_object('status', 'deferred');
+    ELSE
+      v_answer := debit_credits('usage', NULL, v_account::uuid, NULL, v_event ->> 'reference',
+        (v_event ->> 'credits')::bigint, v_event ->> 'hash', v_event -> 'item', p_plans, p_now);
+      IF v_answer ->> 'status' IN ('allowance_due', 'expiry_due') THEN
+        v_deferred := v_deferred || jsonb_build_object(v_account, true);
+      END IF;
+    END IF;
+    v_answers := v_answers || v_answer;
+  END LOOP;
+  RETURN to_jsonb(v_answers);
+END $fn$`;
+
+/**
  * One outbound webhook event in the outbox, in the body shape of shared/webhooks/outbox.ts's emitEvent
  * ({id, type, createdAt, data}, data naming the user first).
  */
@@ -345,7 +387,10 @@ export async function up(db: Kysely<unknown>): Promise<void> {
   await OPEN_GRANTS.execute(db);
   await EVENT_FUNCTION.execute(db);
   await DEBIT_FUNCTION.execute(db);
+  await USAGE_FUNCTION.execute(db);
   await sql`
+    REVOKE ALL ON FUNCTION debit_usage(jsonb, jsonb, timestamptz) FROM PUBLIC;
+    GRANT EXECUTE ON FUNCTION debit_usage(jsonb, jsonb, timestamptz) TO credits_app;
     REVOKE ALL ON FUNCTION debit_event(text, accounts, jsonb) FROM PUBLIC;
     GRANT EXECUTE ON FUNCTION debit_event(text, accounts, jsonb) TO credits_app;
     REVOKE ALL ON FUNCTION debit_credits(text, text, uuid, uuid, text, bigint, text, jsonb, jsonb, timestamptz)
@@ -357,6 +402,7 @@ export async function up(db: Kysely<unknown>): Promise<void> {
 
 export async function down(db: Kysely<unknown>): Promise<void> {
   await sql`
+    DROP FUNCTION debit_usage(jsonb, jsonb, timestamptz);
     DROP FUNCTION debit_credits(text, text, uuid, uuid, text, bigint, text, jsonb, jsonb, timestamptz);
     DROP FUNCTION debit_event(text, accounts, jsonb);
     DROP INDEX credit_grants_open_idx, credit_grants_due_idx, credit_grants_expiring_idx;

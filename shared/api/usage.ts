@@ -2,7 +2,7 @@ import * as z from 'zod';
 import { findOrCreateAccount, requireAccountByUserId } from '../accounts/accounts.js';
 import { ValidationError } from '../errors.js';
 import { planGuard } from '../plans/plans.js';
-import { recordUsageEvent, type UsageOutcome, usageOf } from '../usage/usage.js';
+import { recordUsageEvents, usageOf } from '../usage/usage.js';
 import { afterDebitCommit, type Caller, defineEndpoint, nowOf, ok } from './endpoint.js';
 import {
   credits,
@@ -44,7 +44,7 @@ const resultSchema = z.object({
 export const recordUsage = defineEndpoint({
   route: 'POST /v1/usage',
   summary:
-    'Records 1-500 usage events: each priced at its occurredAt, debited in its own account transaction, answered item by item',
+    'Records 1-500 usage events: each priced at its occurredAt, the batch debited in one transaction, answered item by item',
   body: z.object({ events: z.array(eventSchema).min(1).max(MAX_EVENTS) }).strict(),
   responses: {
     200: {
@@ -75,10 +75,8 @@ export const recordUsage = defineEndpoint({
       }
       return { ...event, occurredAt };
     });
-    const results: UsageOutcome[] = [];
-    // One event at a time: each in its own account's transaction, never two account locks at once.
     const guard = planGuard(deps.config.plans, now, deps.config.packages);
-    for (const event of events) results.push(await recordUsageEvent(deps.db, event, now, guard));
+    const results = await recordUsageEvents(deps.db, events, now, guard);
     await afterDebitCommit(deps, guard);
     return ok({ results });
   },

@@ -113,6 +113,8 @@ interface EntryJson {
 /** What `debit_credits` answers. */
 export type Answer =
   | { readonly status: 'allowance_due' | 'expiry_due'; readonly accountId: string }
+  /** debit_usage: a later event of an account that asked for a preparation; sent again after it. */
+  | { readonly status: 'deferred' }
   | {
       readonly status:
         | 'account_not_found'
@@ -168,6 +170,26 @@ export function callDebit(db: Kysely<Database>, call: DebitCall, plansJson: stri
       ${plansJson}::jsonb, ${call.now}::timestamptz) AS answer`
     .execute(db)
     .then((result) => result.rows[0]!.answer);
+}
+
+/** `debit_usage` for usage calls (each naming its user): one answer per call, in order. */
+export function callUsageDebits(
+  db: Kysely<Database>,
+  calls: readonly DebitCall[],
+  plansJson: string | null,
+  now: Date,
+): Promise<Answer[]> {
+  const events = calls.map((call) => ({
+    user: call.userId,
+    reference: call.reference,
+    credits: call.credits,
+    hash: call.hash,
+    item: call.item ?? null,
+  }));
+  return sql<{ answers: Answer[] }>`SELECT debit_usage(${JSON.stringify(events)}::jsonb, ${plansJson}::jsonb,
+      ${now}::timestamptz) AS answers`
+    .execute(db)
+    .then((result) => result.rows[0]!.answers);
 }
 
 export function refusal(call: DebitCall, answer: Answer): Error {

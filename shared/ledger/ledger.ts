@@ -19,6 +19,7 @@ import {
   type AccountJson,
   type Answer,
   callDebit,
+  callUsageDebits,
   type DebitCall,
   type Debited,
   type DebitGuard,
@@ -368,53 +369,106 @@ export async function debit(
 ): Promise<Debited> {
   for (let round = 0; round < MAX_ROUNDS; round++) {
     const answer = await callDebit(db, call, guard.plansJson);
-    switch (answer.status) {
-      case 'allowance_due':
-        await underLock(db, answer.accountId, (trx, locked) => guard.grantAllowance(trx, locked));
-        continue;
-      case 'expiry_due':
-        await underLock(db, answer.accountId, (trx, locked) => expireDueGrants(trx, locked, call.now));
-        continue;
-      case 'applied':
-      case 'replayed':
-        return settle(db, call, guard, answer, account);
-      default:
-        throw refusal(call, answer);
+    if (answer.status === 'allowance_due' || answer.status === 'expiry_due') {
+      await prepare(db, answer, guard, call.now);
+      continue;
     }
+    if (answer.status !== 'applied' && answer.status !== 'replayed') throw refusal(call, answer);
+    if (account) {
+      account.balance = answer.account.balance;
+      account.version = answer.account.version;
+    }
+    const debited = debitedOf(call, answer, guard);
+    if (answer.topUp) await topUp(db, guard, debited, call.now);
+    return debited;
   }
   throw new Error(`debit_credits still asked for a preparation after ${MAX_ROUNDS} rounds`);
 }
 
-async function settle(
+/**
+ * Usage events in one call of `debit_usage` (one transaction, the accounts locked in order): each event's
+ * outcome, in order, what it debited or the error refusing it. The events of an account that asked for a
+ * preparation are sent again, in their order, once it is done.
+ */
+export async function debitUsage(
   db: Kysely<Database>,
-  call: DebitCall,
+  calls: readonly DebitCall[],
   guard: DebitGuard,
-  answer: Extract<Answer, { account: AccountJson }>,
-  account: Account | undefined,
-): Promise<Debited> {
-  if (account) {
-    account.balance = answer.account.balance;
-    account.version = answer.account.version;
-  }
-  const held = answer.held ?? 0;
-  const available = answer.availableAfter ?? answer.account.balance - held;
-  if (answer.events) guard.noteEmitted(answer.events);
-  if (answer.topUp) {
-    // In the caller's transaction when there is one; otherwise in one of its own, right after the debit's.
-    await underLock(db, answer.account.id, async (trx, locked) =>
-      guard.topUp(
-        trx,
-        locked,
-        db.isTransaction ? available : locked.balance - (await heldCredits(trx, locked.id, call.now)),
-      ),
+  now: Date,
+): Promise<Array<Debited | Error>> {
+  const outcomes = new Array<Debited | Error>(calls.length);
+  const toppedUp = new Map<string, Debited>();
+  let pending = calls.map((_, at) => at);
+  for (let round = 0; pending.length > 0; round++) {
+    if (round === MAX_ROUNDS) throw new Error(`debit_usage still deferred events after ${MAX_ROUNDS} rounds`);
+    const answers = await callUsageDebits(
+      db,
+      pending.map((at) => calls[at]!),
+      guard.plansJson,
+      now,
     );
+    const again: number[] = [];
+    const prepared = new Set<string>();
+    for (const [k, answer] of answers.entries()) {
+      const at = pending[k]!;
+      if (answer.status === 'allowance_due' || answer.status === 'expiry_due') {
+        if (!prepared.has(answer.accountId)) await prepare(db, answer, guard, now);
+        prepared.add(answer.accountId);
+        again.push(at);
+      } else if (answer.status === 'deferred') {
+        again.push(at);
+      } else if (answer.status === 'applied' || answer.status === 'replayed') {
+        const debited = debitedOf(calls[at]!, answer, guard);
+        if (answer.topUp) toppedUp.set(debited.accountId, debited);
+        outcomes[at] = debited;
+      } else {
+        outcomes[at] = refusal(calls[at]!, answer);
+      }
+    }
+    pending = again;
   }
+  for (const debited of toppedUp.values()) await topUp(db, guard, debited, now);
+  return outcomes;
+}
+
+/** Does what `debit_credits` asked before it admits the debit, under the account lock. */
+function prepare(
+  db: Kysely<Database>,
+  answer: { readonly status: 'allowance_due' | 'expiry_due'; readonly accountId: string },
+  guard: DebitGuard,
+  now: Date,
+): Promise<unknown> {
+  return underLock<unknown>(db, answer.accountId, (trx, locked) =>
+    answer.status === 'allowance_due' ? guard.grantAllowance(trx, locked) : expireDueGrants(trx, locked, now),
+  );
+}
+
+/**
+ * The auto top-up after a debit of an account with a saved card: in the caller's transaction when there is
+ * one; otherwise in one of its own right after the debit's, `available` read again under the lock.
+ */
+function topUp(db: Kysely<Database>, guard: DebitGuard, debited: Debited, now: Date): Promise<void> {
+  return underLock(db, debited.accountId, async (trx, locked) =>
+    guard.topUp(
+      trx,
+      locked,
+      db.isTransaction ? debited.available : locked.balance - (await heldCredits(trx, locked.id, now)),
+    ),
+  );
+}
+
+function debitedOf(
+  call: DebitCall,
+  answer: Extract<Answer, { account: AccountJson }>,
+  guard: DebitGuard,
+): Debited {
+  if (answer.events) guard.noteEmitted(answer.events);
   const entry = answer.entry;
   return {
     replayed: answer.status === 'replayed',
     accountId: answer.account.id,
     balance: answer.account.balance,
-    available,
+    available: answer.availableAfter ?? answer.account.balance - (answer.held ?? 0),
     credits: answer.credits ?? call.credits,
     ...(entry && {
       entry: {

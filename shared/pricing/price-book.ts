@@ -1,4 +1,4 @@
-import { type Kysely, sql } from 'kysely';
+import { type Kysely, type RawBuilder, sql } from 'kysely';
 import { type AdminActor, recordAdminAction } from '../audit/audit.js';
 import type { Trx } from '../db/locks.js';
 import type { Database, PriceBookRow, PriceBookStatus, PriceItemRow } from '../db/schema.js';
@@ -225,7 +225,7 @@ export async function findActivePriceBook(db: Kysely<Database>): Promise<PriceBo
 }
 
 /** `activated_at <= at < retired_at`: served by the index of the no-overlap exclusion constraint. */
-const activeAt = (at: Date) =>
+const activeAt = (at: Date | RawBuilder<Date>) =>
   sql<boolean>`activated_at IS NOT NULL AND tstzrange(activated_at, retired_at, '[)') @> ${at}::timestamptz`;
 // (Unqualified: only price_books has these columns, so the same condition serves joins with price_items.)
 
@@ -248,6 +248,30 @@ export async function findPrice(db: Kysely<Database>, sku: string, at?: Date): P
     .where(at ? activeAt(at) : sql<boolean>`b.status = 'active'`)
     .executeTakeFirst();
   return row && { version: row.version, item: itemOf(row) };
+}
+
+/**
+ * The prices of SKUs each at its instant (a batch of usage events, each priced by its occurredAt), in one
+ * query: one answer per pair, in order, undefined where `findPrice` would find none.
+ */
+export async function findPricesAt(
+  db: Kysely<Database>,
+  wanted: readonly { readonly sku: string; readonly at: Date }[],
+): Promise<Array<Price | undefined>> {
+  const keyOf = (w: { sku: string; at: Date }) => `${w.at.toISOString()} ${w.sku}`;
+  const distinct = [...new Map(wanted.map((w) => [keyOf(w), w])).values()];
+  if (distinct.length === 0) return [];
+  const { rows } = await sql<PriceItemRow & { n: number }>`
+    SELECT q.n, i.* FROM unnest(${distinct.map((w) => w.sku)}::text[], ${distinct.map((w) => w.at)}::timestamptz[])
+      WITH ORDINALITY AS q (sku, at, n)
+    JOIN price_items i ON i.sku = q.sku
+    JOIN price_books b ON b.version = i.version
+    WHERE ${activeAt(sql<Date>`q.at`)}`.execute(db);
+  const found = new Map<string, Price>();
+  for (const { n, ...row } of rows) {
+    found.set(keyOf(distinct[n - 1]!), { version: row.version, item: itemOf(row as PriceItemRow) });
+  }
+  return wanted.map((w) => found.get(keyOf(w)));
 }
 
 /** The price of one SKU in a given version (a hold's), or undefined. Reads one row of price_items. */

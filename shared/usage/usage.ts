@@ -2,15 +2,16 @@ import { type Kysely, sql } from 'kysely';
 import { requestHashOf } from '../credits.js';
 import type { Database } from '../db/schema.js';
 import { type ErrorCode, ServiceError } from '../errors.js';
-import { type DebitGuard, UNLIMITED } from '../ledger/debit.js';
-import { debit } from '../ledger/ledger.js';
+import { type DebitCall, type DebitGuard, UNLIMITED } from '../ledger/debit.js';
+import { debitUsage } from '../ledger/ledger.js';
 import { costOf, type Usage } from '../pricing/cost.js';
-import { findPrice } from '../pricing/price-book.js';
+import { findPricesAt, type Price } from '../pricing/price-book.js';
 
 /**
- * The only writer of `usage_events` and `usage_rollups`. Each event is priced with the version active at its
- * `occurredAt`, debited in its own account's transaction (so a batch never holds two account locks) and
- * counted in its hour's rollup in that same transaction; an event id is applied at most once per account.
+ * The home of `usage_events` and `usage_rollups`: each event is priced with the version active at its
+ * `occurredAt`, then debited and counted in its hour's rollup by the database's debit function, the batch in
+ * one transaction (its accounts locked in one order, so batches never deadlock); an event id is applied at
+ * most once per account.
  */
 
 export interface UsageEventInput {
@@ -49,79 +50,93 @@ const ITEM_CODES: readonly ErrorCode[] = [
   'spend_cap_reached',
 ];
 
-/** Applies one usage event and answers for it; never throws for what DESIGN answers item by item. */
-export async function recordUsageEvent(
+/**
+ * Applies a batch of usage events and answers for each, in order; never throws for what DESIGN answers item
+ * by item. Priced in one query (each at its occurredAt), then debited in one call of the database's
+ * `debit_usage` (shared/ledger's debitUsage): one transaction for the batch.
+ */
+export async function recordUsageEvents(
   db: Kysely<Database>,
-  input: UsageEventInput,
+  inputs: readonly UsageEventInput[],
   now: Date,
   guard: DebitGuard = UNLIMITED,
-): Promise<UsageOutcome> {
-  try {
-    return await applyUsageEvent(db, input, now, guard);
-  } catch (error: unknown) {
-    if (error instanceof ServiceError && ITEM_CODES.includes(error.code)) {
-      return { eventId: input.eventId, status: 'rejected', code: error.code, message: error.message };
-    }
-    throw error;
-  }
-}
-
-async function applyUsageEvent(
-  db: Kysely<Database>,
-  input: UsageEventInput,
-  now: Date,
-  guard: DebitGuard,
-): Promise<UsageOutcome> {
-  const payloadHash = requestHashOf({
-    sku: input.sku ?? null,
-    usage: input.usage ?? null,
-    credits: input.credits ?? null,
-    occurredAt: input.occurredAt.toISOString(),
-    metadata: input.metadata ?? null,
-  });
-  const { credits, priceVersion } = await priceOf(db, input);
-  const debited = await debit(
+): Promise<UsageOutcome[]> {
+  const priced = inputs.filter((input) => input.credits === undefined);
+  const prices = await findPricesAt(
     db,
-    {
-      kind: 'usage',
-      userId: input.userId,
-      reference: input.eventId,
-      credits,
-      hash: payloadHash,
-      // What the event's rollup counts: its hour, its SKU ('' for none) and each token pool.
-      item: {
-        sku: input.sku ?? null,
-        priceVersion,
-        occurredAt: input.occurredAt.toISOString(),
-        usage: input.usage ?? null,
-      },
-      now,
-    },
-    guard,
+    priced.map((input) => ({ sku: input.sku!, at: input.occurredAt })),
   );
-  return {
-    eventId: input.eventId,
-    status: debited.replayed ? 'duplicate' : 'applied',
-    credits: debited.credits,
-    balance: debited.balance,
-  };
+  const priceOf = new Map(priced.map((input, at) => [input, prices[at]]));
+  const outcomes = new Array<UsageOutcome>(inputs.length);
+  const calls: DebitCall[] = [];
+  const callAt: number[] = [];
+  inputs.forEach((input, at) => {
+    try {
+      calls.push(usageCall(input, priceOf.get(input), now));
+      callAt.push(at);
+    } catch (error: unknown) {
+      outcomes[at] = rejectedOrThrow(input, error);
+    }
+  });
+  const debited = await debitUsage(db, calls, guard, now);
+  debited.forEach((result, k) => {
+    const input = inputs[callAt[k]!]!;
+    outcomes[callAt[k]!] =
+      result instanceof Error
+        ? rejectedOrThrow(input, result)
+        : {
+            eventId: input.eventId,
+            status: result.replayed ? 'duplicate' : 'applied',
+            credits: result.credits,
+            balance: result.balance,
+          };
+  });
+  return outcomes;
 }
 
-/** Explicit credits, or the usage priced with the version active when it occurred. */
-async function priceOf(
-  db: Kysely<Database>,
-  input: UsageEventInput,
-): Promise<{ credits: number; priceVersion: string | null }> {
-  if (input.credits !== undefined) return { credits: input.credits, priceVersion: null };
-  const price = await findPrice(db, input.sku!, input.occurredAt);
-  if (!price) {
-    throw new ServiceError(
-      'unknown_sku',
-      `the price book active at ${input.occurredAt.toISOString()} has no SKU ${JSON.stringify(input.sku)}`,
-    );
+function rejectedOrThrow(input: UsageEventInput, error: unknown): UsageOutcome {
+  if (error instanceof ServiceError && ITEM_CODES.includes(error.code)) {
+    return { eventId: input.eventId, status: 'rejected', code: error.code, message: error.message };
   }
-  const cost = costOf(price, input.usage!);
-  return { credits: cost.credits, priceVersion: cost.priceVersion };
+  throw error;
+}
+
+/** The debit of one event: explicit credits, or its usage priced with the version active when it occurred. */
+function usageCall(input: UsageEventInput, price: Price | undefined, now: Date): DebitCall {
+  let credits = input.credits;
+  let priceVersion: string | null = null;
+  if (credits === undefined) {
+    if (!price) {
+      throw new ServiceError(
+        'unknown_sku',
+        `the price book active at ${input.occurredAt.toISOString()} has no SKU ${JSON.stringify(input.sku)}`,
+      );
+    }
+    const cost = costOf(price, input.usage!);
+    credits = cost.credits;
+    priceVersion = cost.priceVersion;
+  }
+  return {
+    kind: 'usage',
+    userId: input.userId,
+    reference: input.eventId,
+    credits,
+    hash: requestHashOf({
+      sku: input.sku ?? null,
+      usage: input.usage ?? null,
+      credits: input.credits ?? null,
+      occurredAt: input.occurredAt.toISOString(),
+      metadata: input.metadata ?? null,
+    }),
+    // What the event's rollup counts: its hour, its SKU ('' for none) and each token pool.
+    item: {
+      sku: input.sku ?? null,
+      priceVersion,
+      occurredAt: input.occurredAt.toISOString(),
+      usage: input.usage ?? null,
+    },
+    now,
+  };
 }
 
 export type UsageGrouping = 'day' | 'hour' | 'sku' | 'provider';

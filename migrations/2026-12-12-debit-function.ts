@@ -79,7 +79,7 @@ BEGIN
       IF v_previous.request_hash IS DISTINCT FROM p_hash THEN
         RETURN jsonb_build_object('status', 'idempotency_conflict');
       END IF;
-      RETURN jsonb_build_object('status', 'replayed', 'account', to_jsonb(v_account),
+      RETURN jsonb_build_object('status', 'replayed', 'account', jsonb_build_object('id', v_account.id, 'balance', v_account.balance, 'version', v_account.version),
         'entry', jsonb_build_object('id', v_previous.id, 'amount', v_previous.amount,
           'balance_after', v_previous.balance_after, 'created_at', v_previous.created_at));
     END IF;
@@ -89,7 +89,7 @@ BEGIN
       IF v_hold.request_hash IS DISTINCT FROM p_hash THEN
         RETURN jsonb_build_object('status', 'idempotency_conflict');
       END IF;
-      RETURN jsonb_build_object('status', 'replayed', 'account', to_jsonb(v_account), 'hold', to_jsonb(v_hold),
+      RETURN jsonb_build_object('status', 'replayed', 'account', jsonb_build_object('id', v_account.id, 'balance', v_account.balance, 'version', v_account.version), 'hold', to_jsonb(v_hold),
         'held', (SELECT coalesce(sum(credits), 0) FROM holds
           WHERE account_id = p_account AND status = 'active' AND expires_at > p_now));
     END IF;
@@ -99,7 +99,7 @@ BEGIN
       IF v_hold.capture_hash IS DISTINCT FROM p_hash THEN
         RETURN jsonb_build_object('status', 'hold_already_captured');
       END IF;
-      RETURN jsonb_build_object('status', 'replayed', 'account', to_jsonb(v_account), 'hold', to_jsonb(v_hold),
+      RETURN jsonb_build_object('status', 'replayed', 'account', jsonb_build_object('id', v_account.id, 'balance', v_account.balance, 'version', v_account.version), 'hold', to_jsonb(v_hold),
         'held', (SELECT coalesce(sum(credits), 0) FROM holds
           WHERE account_id = p_account AND status = 'active' AND expires_at > p_now));
     END IF;
@@ -112,7 +112,7 @@ BEGIN
       IF v_previous.payload_hash IS DISTINCT FROM p_hash THEN
         RETURN jsonb_build_object('status', 'idempotency_conflict');
       END IF;
-      RETURN jsonb_build_object('status', 'replayed', 'account', to_jsonb(v_account),
+      RETURN jsonb_build_object('status', 'replayed', 'account', jsonb_build_object('id', v_account.id, 'balance', v_account.balance, 'version', v_account.version),
         'credits', v_previous.credits);
     END IF;
   ELSE
@@ -293,7 +293,7 @@ BEGIN
     END LOOP;
   END IF;
 
-  v_result := jsonb_build_object('status', 'applied', 'account', to_jsonb(v_account), 'held', v_held,
+  v_result := jsonb_build_object('status', 'applied', 'account', jsonb_build_object('id', v_account.id, 'balance', v_account.balance, 'version', v_account.version), 'held', v_held,
     'availableAfter', v_available_after, 'events', v_events, 'credits', v_take,
     'topUp', p_plans IS NOT NULL AND (p_kind <> 'usage' OR p_credits > 0)
       AND v_account.stripe_payment_method_id IS NOT NULL);

@@ -98,7 +98,6 @@ export interface AccountJson {
   readonly id: string;
   readonly balance: number;
   readonly version: number;
-  readonly external_user_id: string | null;
 }
 
 type HoldJson = { readonly [K in keyof Hold]: Hold[K] extends Date | null ? string | null : Hold[K] };

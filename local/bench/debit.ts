@@ -22,7 +22,7 @@ import { activateBenchPrices, BENCH_ACTOR, BENCH_SKU, benchRouter, serviceEvent 
 /** Concurrent clients, and the size of every pool they share (the issue's setting). */
 const CLIENTS = 16;
 const SPREAD = 1_000;
-/** The benchmark's own schema: the baseline ledger and the prototype spend; never the migrations'. */
+/** The benchmark's own schema: the baseline ledger; never the migrations'. */
 const SCRATCH = 'bench_scratch';
 const FUNDS = 1_000_000_000_000;
 const USAGE = { inputTokens: 100, outputTokens: 20 };
@@ -101,70 +101,6 @@ BEGIN
 END $$;
 `;
 
-/**
- * A prototype, not the service: the spend as one server-side function against the service's own tables,
- * to show the ceiling of issue 21's first direction. It does what the captured spend does for an account
- * with no grant due to expire (it refuses one rather than expiring it): the account by user id, the
- * account lock, the idempotency read, the frozen and available checks, the plan row, the balance, the entry,
- * the draws on open grants in burn order and the day's debit total (what caps count). Start-up checks that it writes the rows the service's spend does.
- */
-const PROTOTYPE_SPEND = `
-CREATE FUNCTION ${SCRATCH}.spend(p_user text, p_key text, p_amount bigint, p_request_hash text)
-RETURNS TABLE (entry_id bigint, balance bigint, replayed boolean) LANGUAGE plpgsql AS $$
-DECLARE
-  v_account accounts;
-  v_previous ledger_entries;
-  v_held bigint;
-  v_balance bigint;
-  v_entry bigint;
-  v_left bigint := p_amount;
-  v_take bigint;
-  v_grant record;
-BEGIN
-  SELECT * INTO v_account FROM accounts WHERE external_user_id = p_user;
-  IF NOT FOUND THEN RAISE EXCEPTION 'no account for user %', p_user; END IF;
-  PERFORM pg_advisory_xact_lock(1, hashtext(v_account.id::text));
-  SELECT * INTO v_account FROM accounts WHERE id = v_account.id;
-  SELECT * INTO v_previous FROM ledger_entries
-    WHERE account_id = v_account.id AND kind = 'spend' AND reference = p_key;
-  IF FOUND THEN
-    IF v_previous.request_hash IS DISTINCT FROM p_request_hash THEN
-      RAISE EXCEPTION 'idempotency key % used with another request', p_key;
-    END IF;
-    RETURN QUERY SELECT v_previous.id, v_previous.balance_after, true;
-    RETURN;
-  END IF;
-  IF v_account.status = 'frozen' THEN RAISE EXCEPTION 'account frozen'; END IF;
-  -- The plan row the service reads (no plan in the benchmark: no caps, no allowance, no rate limit).
-  PERFORM FROM account_plans WHERE account_id = v_account.id;
-  IF EXISTS (SELECT FROM credit_grants WHERE account_id = v_account.id AND remaining > 0 AND expires_at <= now()) THEN
-    RAISE EXCEPTION 'a grant is due to expire: the prototype leaves expiry to the service';
-  END IF;
-  SELECT coalesce(sum(credits), 0) INTO v_held FROM holds
-    WHERE account_id = v_account.id AND status = 'active' AND expires_at > now();
-  IF v_account.balance - v_held < p_amount THEN
-    RAISE EXCEPTION 'insufficient credits: balance %, held %, amount %', v_account.balance, v_held, p_amount;
-  END IF;
-  UPDATE accounts SET balance = accounts.balance - p_amount, version = version + 1, updated_at = now()
-    WHERE id = v_account.id RETURNING accounts.balance INTO v_balance;
-  INSERT INTO ledger_entries (account_id, amount, balance_after, kind, reference, request_hash)
-    VALUES (v_account.id, -p_amount, v_balance, 'spend', p_key, p_request_hash) RETURNING id INTO v_entry;
-  FOR v_grant IN
-    SELECT id, remaining FROM credit_grants WHERE account_id = v_account.id AND remaining > 0
-    ORDER BY expires_at ASC NULLS LAST, (category = 'paid') ASC, created_at, id
-  LOOP
-    EXIT WHEN v_left = 0;
-    v_take := least(v_grant.remaining, v_left);
-    INSERT INTO grant_allocations (entry_id, grant_id, amount) VALUES (v_entry, v_grant.id, v_take);
-    UPDATE credit_grants SET remaining = remaining - v_take WHERE id = v_grant.id;
-    v_left := v_left - v_take;
-  END LOOP;
-  INSERT INTO debit_days (account_id, day, credits) VALUES (v_account.id, (now() AT TIME ZONE 'UTC')::date, p_amount)
-    ON CONFLICT (account_id, day) DO UPDATE SET credits = debit_days.credits + excluded.credits;
-  RETURN QUERY SELECT v_entry, v_balance, false;
-END $$;
-`;
-
 /** The rows of one spend: found by its ledger entry (kind spend, reference the key). */
 const SPEND_CLAIM = {
   sql: "select xmin::text as xid from ledger_entries where kind = 'spend' and reference = $1",
@@ -227,10 +163,9 @@ async function fundAccounts(db: Kysely<Database>, users: readonly string[]): Pro
   );
 }
 
-/** The baseline ledger with accounts 1..count+1 (count+1 is the hot one), funded, and the prototype. */
+/** The baseline ledger with accounts 1..count+1 (count+1 is the hot one), funded. */
 async function createScratch(pool: pg.Pool, count: number): Promise<void> {
   await pool.query(BASELINE_LEDGER);
-  await pool.query(PROTOTYPE_SPEND);
   await pool.query(
     `INSERT INTO ${SCRATCH}.ledger_accounts (id, balance, allow_negative_balance)
      SELECT n, $1, false FROM generate_series(1, $2::int) AS n`,
@@ -250,83 +185,32 @@ interface Scenario {
 
 const pick = (count: number) => Math.floor(Math.random() * count);
 
-/**
- * Raw `pg` replays of the captured spend at CLIENTS clients, timing each statement: the mean time per
- * statement, the mean wait for the account lock, and the mean time from holding it to the commit's
- * answer (the critical section; NaN when no statement of its own takes the lock). With `withoutLock`,
- * the advisory lock statement is replaced by `SELECT 1` (unsafe: only to see what holding the lock
- * costs; every balance move still serializes on the account row).
- */
-async function replayTimed(
+/** Raw `pg` replays of the captured spend at CLIENTS clients (a pool of CLIENTS), each on its own connection. */
+function replay(
   pool: pg.Pool,
   spend: CapturedTransaction,
   user: () => string,
-  { seconds, run, clients = CLIENTS, withoutLock = false }: ReplayOptions,
+  seconds: number,
+  run: string,
+  clients = CLIENTS,
 ) {
-  const lockAt = lockStatementOf(spend);
-  if (withoutLock && lockAt < 0) throw new Error('the captured spend has no lock statement to leave out');
-  const transaction = withoutLock
-    ? {
-        ...spend,
-        // In place, so that every later statement keeps its index (results are traced by index).
-        statements: spend.statements.map((s, at) => (at === lockAt ? { sql: 'SELECT 1', sources: [] } : s)),
-      }
-    : spend;
-  const spent = new Array<number>(transaction.statements.length).fill(0);
-  let lockWait = 0;
-  let lockHeld = 0;
-  let count = 0;
-  const result = await load(clients, seconds, async (client, i) => {
+  return load(clients, seconds, async (client, i) => {
     const connection = await pool.connect();
     try {
-      let last = performance.now();
-      let locked = 0;
-      await replayWithPg(connection, transaction, { userId: user(), key: `${run}-${client}-${i}` }, (at) => {
-        const now = performance.now();
-        spent[at]! += now - last;
-        if (!withoutLock && at === lockAt) {
-          lockWait += now - last;
-          locked = now;
-        }
-        last = now;
-      });
-      if (locked) lockHeld += last - locked;
-      count++;
+      await replayWithPg(connection, spend, { userId: user(), key: `${run}-${client}-${i}` });
     } finally {
       connection.release();
     }
   });
-  return {
-    result,
-    perStatement: spent.map((total) => total / count),
-    lockWait: lockAt < 0 ? Number.NaN : lockWait / count,
-    lockHeld: lockAt < 0 ? Number.NaN : lockHeld / count,
-  };
 }
-
-interface ReplayOptions {
-  readonly seconds: number;
-  /** Unique per call: the replays' idempotency keys start with it. */
-  readonly run: string;
-  /** @default CLIENTS */
-  readonly clients?: number;
-  /** @default false */
-  readonly withoutLock?: boolean;
-}
-
-/** The statement that takes the account's advisory lock; -1 once the lock is inside a larger statement. */
-const lockStatementOf = (spend: CapturedTransaction) =>
-  spend.statements.findIndex((s) => s.sql.includes('pg_advisory_xact_lock'));
-
-const ms = (n: number) => (Number.isNaN(n) ? 'n/a' : `${n.toFixed(2)} ms`);
 
 /**
  * Single debits through the api router in process (API Gateway events in; real router, zod, kysely, a
  * pool of CLIENTS on the bench's Postgres): a spend of 1 credit, a hold created, a hold captured, one
  * usage event, at CLIENTS clients on SPREAD accounts and on one hot account. Each against, in the same
  * run, a one-call PL/pgSQL transfer of the baseline ledger above (timed before and after the paths:
- * harmonic mean), and the captured spend run by pgbench (prepared) and by raw `pg`, plus the prototype
- * one-call spend; every figure at the same concurrency.
+ * harmonic mean), and the router's spend statement, captured, run by pgbench (prepared) and by raw `pg`;
+ * every figure at the same concurrency.
  */
 export async function benchDebit({ db, databaseUrl, scale, report }: BenchContext): Promise<void> {
   console.error(
@@ -343,37 +227,21 @@ export async function benchDebit({ db, databaseUrl, scale, report }: BenchContex
     await createScratch(pool, SPREAD);
     const call = benchRouter(service, CLIENTS);
     const spend = await captureSpend(databaseUrl, users[0]!, users[1]!);
-    // Proven before timing: a raw pg replay and the prototype each write the rows the router's spend did.
+    // Proven before timing: a raw pg replay writes the rows the router's spend did.
     const check = await connect(databaseUrl);
-    let requestHash: string;
     try {
       const replayed = { userId: users[2]!, key: `check-${run}-pg` };
       await replayWithPg(check, spend, replayed);
       await expectSameRowsWritten(check, spend, replayed, 'raw pg');
-      const prototyped = { userId: users[2]!, key: `check-${run}-prototype` };
-      requestHash = await requestHashOfSpend(check, replayed.key);
-      await check.query(`SELECT * FROM ${SCRATCH}.spend($1, $2, 1, $3)`, [
-        prototyped.userId,
-        prototyped.key,
-        requestHash,
-      ]);
-      await expectSameRowsWritten(check, spend, prototyped, 'prototype');
     } finally {
       await check.end();
     }
     const verbs = spend.statements.map((s) => s.sql.trim().split(/\s/, 1)[0]!.toLowerCase());
-    const lockAt = lockStatementOf(spend);
-    const underLock =
-      lockAt < 0
-        ? 'the lock taken inside a statement'
-        : `${spend.statements.length - lockAt - 1} after the lock`;
     console.error(
-      `  the router's spend: ${spend.statements.length} statements (${spend.statements.length} round trips: ${verbs.join(', ')}), ${underLock}, writing ${JSON.stringify(spend.rowsWritten)}`,
+      `  the router's spend: ${spend.statements.length} statement(s) (${verbs.join(', ')}), writing ${JSON.stringify(spend.rowsWritten)}`,
     );
     console.error(`  statements per request: ${await countStatements(databaseUrl, users[3]!, run)}`);
 
-    const prototypeSpend = (userId: string, key: string) =>
-      pool.query(`SELECT * FROM ${SCRATCH}.spend($1, $2, 1, $3)`, [userId, key, requestHash]);
     const scenarios: Scenario[] = [
       {
         label: `${fmt(SPREAD)} accounts`,
@@ -415,21 +283,7 @@ export async function benchDebit({ db, databaseUrl, scale, report }: BenchContex
         });
       }
       const routerSpend = paths[0]![1];
-      const timed = await replayTimed(pool, spend, scenario.user, {
-        seconds: scale.seconds,
-        run: `raw-${run}-${scenario.slug}`,
-      });
-      const unlocked =
-        lockAt < 0
-          ? undefined
-          : await replayTimed(pool, spend, scenario.user, {
-              seconds: scale.seconds,
-              run: `unlocked-${run}-${scenario.slug}`,
-              withoutLock: true,
-            });
-      const prototype = await load(CLIENTS, scale.seconds, async (client, i) => {
-        await prototypeSpend(scenario.user(), `prototype-${run}-${scenario.slug}-${client}-${i}`);
-      });
+      const raw = await replay(pool, spend, scenario.user, scale.seconds, `raw-${run}-${scenario.slug}`);
       let pgbench: { perSecond: number; latencyMs: number } | undefined;
       if (hasPgbench()) {
         const items: Item[] = Array.from({ length: Math.ceil(scale.seconds * 6_000) }, (_, i) => ({
@@ -438,17 +292,12 @@ export async function benchDebit({ db, databaseUrl, scale, report }: BenchContex
         }));
         pgbench = await replayWithPgbench(databaseUrl, spend, items, CLIENTS, scale.seconds);
       }
-      console.error(
-        `  per statement at ${CLIENTS} clients (raw pg, ${scenario.label}): ${timed.perStatement.map((t, at) => `${verbs[at]} ${t.toFixed(2)}`).join(', ')} ms; waiting for the lock ${ms(timed.lockWait)}, holding it to the commit ${ms(timed.lockHeld)}`,
-      );
       report({
-        name: `spend's statements, ${scenario.label}, ${CLIENTS} clients`,
+        name: `spend's statement, ${scenario.label}, ${CLIENTS} clients`,
         ours: `router ${fmt(routerSpend.perSecond)}/s`,
         baseline: [
-          pgbench && `pgbench ${fmt(pgbench.perSecond)}/s (${ms(pgbench.latencyMs)} mean)`,
-          `raw pg ${fmt(timed.result.perSecond)}/s (lock wait ${ms(timed.lockWait)}, held ${ms(timed.lockHeld)})`,
-          unlocked && `raw pg without the lock ${fmt(unlocked.result.perSecond)}/s`,
-          `prototype one-call spend ${fmt(prototype.perSecond)}/s p50 ${prototype.p50.toFixed(1)} ms`,
+          pgbench && `pgbench ${fmt(pgbench.perSecond)}/s (${pgbench.latencyMs.toFixed(2)} ms mean)`,
+          `raw pg ${fmt(raw.perSecond)}/s p50 ${raw.p50.toFixed(1)} ms`,
         ]
           .filter(Boolean)
           .join('; '),
@@ -458,28 +307,13 @@ export async function benchDebit({ db, databaseUrl, scale, report }: BenchContex
         figures: {
           routerPerSecond: routerSpend.perSecond,
           ...(pgbench && { pgbenchPerSecond: pgbench.perSecond, pgbenchLatencyMs: pgbench.latencyMs }),
-          rawPgPerSecond: timed.result.perSecond,
-          rawPgP50: timed.result.p50,
-          lockWaitMs: timed.lockWait,
-          lockHeldMs: timed.lockHeld,
-          ...(unlocked && { unlockedPerSecond: unlocked.result.perSecond }),
-          prototypePerSecond: prototype.perSecond,
-          prototypeP50: prototype.p50,
+          rawPgPerSecond: raw.perSecond,
+          rawPgP50: raw.p50,
           statements: spend.statements.length,
         },
       });
     }
-    await benchAlone(
-      call,
-      pool,
-      spend,
-      verbs,
-      prototypeSpend,
-      () => users[pick(SPREAD)]!,
-      scale.seconds / 2,
-      run,
-      report,
-    );
+    await benchAlone(call, pool, spend, () => users[pick(SPREAD)]!, scale.seconds / 2, run, report);
   } finally {
     await pool.query(`DROP SCHEMA IF EXISTS ${SCRATCH} CASCADE`);
     await pool.end();
@@ -488,16 +322,13 @@ export async function benchDebit({ db, databaseUrl, scale, report }: BenchContex
 }
 
 /**
- * One spend at a time on spread accounts: the router, the captured statements through raw `pg` (timed
- * per statement) and the prototype one-call spend. Without contention, the gaps are the cost of the
- * service's Node work per request (router minus raw) and of its round trips (raw minus prototype).
+ * One spend at a time on spread accounts: the router and its statement through raw `pg`. Without
+ * contention, the gap is the cost of the service's Node work per request.
  */
 async function benchAlone(
   call: Call,
   pool: pg.Pool,
   spend: CapturedTransaction,
-  verbs: readonly string[],
-  prototypeSpend: (userId: string, key: string) => Promise<unknown>,
   user: () => string,
   seconds: number,
   run: string,
@@ -506,26 +337,13 @@ async function benchAlone(
   const router = await load(1, seconds, async (_, i) => {
     await call(spendEvent(user(), `alone-${run}-${i}`), 200);
   });
-  const raw = await replayTimed(pool, spend, user, { seconds, run: `alone-raw-${run}`, clients: 1 });
-  const prototype = await load(1, seconds, async (_, i) => {
-    await prototypeSpend(user(), `alone-prototype-${run}-${i}`);
-  });
-  console.error(
-    `  per statement, one spend at a time (raw pg): ${raw.perStatement.map((t, at) => `${verbs[at]} ${t.toFixed(2)}`).join(', ')} ms; holding the lock to the commit ${ms(raw.lockHeld)}`,
-  );
+  const raw = await replay(pool, spend, user, seconds, `alone-raw-${run}`, 1);
   report({
     name: 'spend 1 credit, one at a time (1 client)',
     ours: `router ${latency(router)}`,
-    baseline: `captured statements on raw pg ${latency(raw.result)}; prototype one-call spend ${latency(prototype)}`,
-    ratio: router.perSecond / prototype.perSecond,
-    figures: {
-      ...router,
-      rawPerSecond: raw.result.perSecond,
-      rawP50: raw.result.p50,
-      rawLockHeldMs: raw.lockHeld,
-      prototypePerSecond: prototype.perSecond,
-      prototypeP50: prototype.p50,
-    },
+    baseline: `its statement on raw pg ${latency(raw)}`,
+    ratio: router.perSecond / raw.perSecond,
+    figures: { ...router, rawPerSecond: raw.perSecond, rawP50: raw.p50 },
   });
 }
 
@@ -620,15 +438,4 @@ async function countStatements(databaseUrl: string, userId: string, run: string)
 /** Two equal-length runs combined (harmonic mean of throughput). */
 function harmonicOf(a: LoadResult, b: LoadResult): LoadResult {
   return { ...a, perSecond: 2 / (1 / a.perSecond + 1 / b.perSecond) };
-}
-
-/** The request hash the service stored for the spend entry with reference `key`. */
-async function requestHashOfSpend(client: pg.ClientBase, key: string): Promise<string> {
-  const { rows } = await client.query<{ request_hash: string | null }>(
-    "select request_hash from ledger_entries where kind = 'spend' and reference = $1",
-    [key],
-  );
-  const hash = rows[0]?.request_hash;
-  if (!hash) throw new Error(`no spend entry with reference ${key}`);
-  return hash;
 }

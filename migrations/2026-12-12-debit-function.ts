@@ -39,20 +39,18 @@ DECLARE
   v_admitted bigint;
   v_expired boolean := false;
   v_entry ledger_entries;
-  v_left bigint;
-  v_draw bigint;
-  v_grant record;
   v_limit int;
   v_recent timestamptz[];
   v_month_start date := date_trunc('month', p_now AT TIME ZONE 'UTC')::date;
   v_today date := (p_now AT TIME ZONE 'UTC')::date;
   v_used_month bigint := 0;
   v_used_day bigint := 0;
-  v_caps jsonb := '[]'::jsonb;
-  v_cap jsonb;
+  v_day_cap bigint;
+  v_month_cap bigint;
+  v_month_source text;
+  v_day_left bigint;
+  v_month_left bigint;
   v_room bigint := 9007199254740991;
-  v_budget bigint;
-  v_plan_cap bigint;
   v_threshold bigint;
   v_events int := 0;
   v_available_after bigint;
@@ -137,7 +135,7 @@ BEGIN
   IF p_plans IS NOT NULL AND (p_kind <> 'usage' OR p_credits > 0) THEN
     SELECT * INTO v_row FROM account_plans WHERE account_id = p_account;
     v_plan := coalesce(p_plans -> 'plans' -> v_row.plan_id, p_plans -> 'plans' -> (p_plans ->> 'default'));
-    IF coalesce((v_plan ->> 'monthlyAllowance')::bigint, 0) >
+    IF v_plan ? 'monthlyAllowance' AND (v_plan ->> 'monthlyAllowance')::bigint >
        (CASE WHEN v_row.allowance_month = to_char(p_now AT TIME ZONE 'UTC', 'YYYY-MM')
              THEN v_row.allowance_granted ELSE 0 END) THEN
       RETURN jsonb_build_object('status', 'allowance_due', 'accountId', p_account);
@@ -153,32 +151,29 @@ BEGIN
       END IF;
       v_recent := (v_recent || p_now)[greatest(cardinality(v_recent) + 2 - v_limit, 1):];
     END IF;
-    v_budget := v_row.monthly_budget;
-    v_plan_cap := (v_plan -> 'caps' ->> 'monthly')::bigint;
-    IF v_plan -> 'caps' ? 'daily' OR v_budget IS NOT NULL OR v_plan_cap IS NOT NULL THEN
+    -- The caps: the plan's daily one, and the plan's monthly one or the user's lower budget.
+    v_day_cap := (v_plan -> 'caps' ->> 'daily')::bigint;
+    v_month_cap := (v_plan -> 'caps' ->> 'monthly')::bigint;
+    v_month_source := 'plan';
+    IF v_row.monthly_budget IS NOT NULL AND (v_month_cap IS NULL OR v_row.monthly_budget < v_month_cap) THEN
+      v_month_cap := v_row.monthly_budget;
+      v_month_source := 'budget';
+    END IF;
+    IF v_day_cap IS NOT NULL OR v_month_cap IS NOT NULL THEN
       SELECT coalesce(sum(credits), 0), coalesce(sum(credits) FILTER (WHERE day = v_today), 0)
         INTO v_used_month, v_used_day
         FROM debit_days WHERE account_id = p_account AND day >= v_month_start;
-      IF v_plan -> 'caps' ? 'daily' THEN
-        v_caps := v_caps || jsonb_build_array(jsonb_build_object('period', 'day',
-          'limit', (v_plan -> 'caps' ->> 'daily')::bigint, 'used', v_used_day, 'source', 'plan',
-          'resetsAt', v_today + 1));
-      END IF;
-      IF v_budget IS NOT NULL AND (v_plan_cap IS NULL OR v_budget < v_plan_cap) THEN
-        v_caps := v_caps || jsonb_build_array(jsonb_build_object('period', 'month', 'limit', v_budget,
-          'used', v_used_month, 'source', 'budget', 'resetsAt', (v_month_start + interval '1 month')::date));
-      ELSIF v_plan_cap IS NOT NULL THEN
-        v_caps := v_caps || jsonb_build_array(jsonb_build_object('period', 'month', 'limit', v_plan_cap,
-          'used', v_used_month, 'source', 'plan', 'resetsAt', (v_month_start + interval '1 month')::date));
-      END IF;
-      SELECT jsonb_agg(c || jsonb_build_object('held', v_held,
-               'remaining', greatest((c ->> 'limit')::bigint - (c ->> 'used')::bigint - v_held, 0)))
-        INTO v_caps FROM jsonb_array_elements(v_caps) AS c;
-      SELECT min((c ->> 'remaining')::bigint) INTO v_room FROM jsonb_array_elements(v_caps) AS c;
+      -- (greatest and least skip a null: a cap that is not there leaves its side null.)
+      v_day_left := CASE WHEN v_day_cap IS NOT NULL THEN greatest(v_day_cap - v_used_day - v_held, 0) END;
+      v_month_left := CASE WHEN v_month_cap IS NOT NULL THEN greatest(v_month_cap - v_used_month - v_held, 0) END;
+      v_room := least(v_day_left, v_month_left);
       IF p_kind <> 'capture' AND p_credits > v_room THEN
-        SELECT c INTO v_cap FROM jsonb_array_elements(v_caps) AS c WHERE (c ->> 'remaining')::bigint = v_room
-          LIMIT 1;
-        RETURN jsonb_build_object('status', 'spend_cap_reached', 'cap', v_cap);
+        RETURN jsonb_build_object('status', 'spend_cap_reached', 'cap', CASE WHEN v_day_left = v_room
+          THEN jsonb_build_object('period', 'day', 'limit', v_day_cap, 'used', v_used_day, 'source', 'plan',
+            'resetsAt', v_today + 1, 'held', v_held, 'remaining', v_day_left)
+          ELSE jsonb_build_object('period', 'month', 'limit', v_month_cap, 'used', v_used_month,
+            'source', v_month_source, 'resetsAt', (v_month_start + interval '1 month')::date, 'held', v_held,
+            'remaining', v_month_left) END);
       END IF;
     END IF;
   END IF;
@@ -199,34 +194,40 @@ BEGIN
 
   -- Decided: the writes.
   IF v_take > 0 THEN
-    UPDATE accounts SET balance = balance - v_take, version = version + 1, updated_at = now()
-      WHERE id = p_account RETURNING * INTO v_account;
-    INSERT INTO ledger_entries (account_id, amount, balance_after, kind, reference, request_hash,
-                                description, metadata)
-      VALUES (p_account, -v_take, v_account.balance,
-              CASE p_kind WHEN 'spend' THEN 'spend' WHEN 'capture' THEN 'hold_capture' ELSE 'usage' END,
-              CASE WHEN p_kind = 'capture' THEN p_hold::text ELSE p_reference END,
-              CASE WHEN p_kind = 'spend' THEN p_hash END,
-              CASE WHEN p_kind = 'spend' THEN p_item ->> 'description' END,
-              CASE WHEN p_kind = 'spend' THEN nullif(p_item -> 'metadata', 'null') END)
-      RETURNING * INTO v_entry;
-    -- Draws on the open grants in burn order (none is expired: checked above).
-    v_left := v_take;
-    FOR v_grant IN
-      SELECT id, remaining FROM credit_grants WHERE account_id = p_account AND open
-      ORDER BY expires_at ASC NULLS LAST, (category = 'paid') ASC, created_at, id
-    LOOP
-      EXIT WHEN v_left = 0;
-      v_draw := least(v_grant.remaining, v_left);
-      INSERT INTO grant_allocations (entry_id, grant_id, amount) VALUES (v_entry.id, v_grant.id, v_draw);
-      UPDATE credit_grants SET remaining = remaining - v_draw WHERE id = v_grant.id;
-      v_left := v_left - v_draw;
-    END LOOP;
-    UPDATE debit_days SET credits = credits + v_take WHERE account_id = p_account AND day = v_today;
-    IF NOT FOUND THEN
+    -- One statement: the balance, the entry, its draws on the open grants in burn order (none is expired:
+    -- checked above) and the day's total.
+    WITH moved AS (
+      UPDATE accounts SET balance = balance - v_take, version = version + 1, updated_at = now()
+        WHERE id = p_account RETURNING balance, version
+    ), entry AS (
+      INSERT INTO ledger_entries (account_id, amount, balance_after, kind, reference, request_hash,
+                                  description, metadata)
+        SELECT p_account, -v_take, moved.balance,
+               CASE p_kind WHEN 'spend' THEN 'spend' WHEN 'capture' THEN 'hold_capture' ELSE 'usage' END,
+               CASE WHEN p_kind = 'capture' THEN p_hold::text ELSE p_reference END,
+               CASE WHEN p_kind = 'spend' THEN p_hash END,
+               CASE WHEN p_kind = 'spend' THEN p_item ->> 'description' END,
+               CASE WHEN p_kind = 'spend' THEN nullif(p_item -> 'metadata', 'null') END
+        FROM moved
+        RETURNING *
+    ), draws AS (
+      SELECT id, least(remaining, v_take - (running - remaining)) AS amount FROM (
+        SELECT id, remaining, sum(remaining) OVER (ORDER BY expires_at ASC NULLS LAST, (category = 'paid') ASC,
+                                                   created_at, id) AS running
+        FROM credit_grants WHERE account_id = p_account AND open) AS open_grants
+      WHERE running - remaining < v_take
+    ), allocated AS (
+      INSERT INTO grant_allocations (entry_id, grant_id, amount)
+        SELECT entry.id, draws.id, draws.amount FROM entry, draws
+    ), drawn AS (
+      UPDATE credit_grants g SET remaining = g.remaining - draws.amount FROM draws WHERE g.id = draws.id
+    ), counted AS (
       INSERT INTO debit_days (account_id, day, credits) VALUES (p_account, v_today, v_take)
-        ON CONFLICT (account_id, day) DO UPDATE SET credits = debit_days.credits + excluded.credits;
-    END IF;
+        ON CONFLICT (account_id, day) DO UPDATE SET credits = debit_days.credits + excluded.credits
+    )
+    SELECT entry.* INTO v_entry FROM entry;
+    v_account.balance := v_entry.balance_after;
+    v_account.version := v_account.version + 1;
   END IF;
   IF v_recent IS NOT NULL THEN
     INSERT INTO account_plans (account_id, recent_debits) VALUES (p_account, v_recent)
@@ -283,14 +284,17 @@ BEGIN
         'balance', v_account.balance));
       v_events := v_events + 1;
     END IF;
-    FOR v_cap IN SELECT c FROM jsonb_array_elements(v_caps) AS c LOOP
-      IF (v_cap ->> 'remaining')::bigint > 0 AND (v_cap ->> 'remaining')::bigint - v_take <= 0 THEN
-        PERFORM debit_event('spend_cap.reached', v_account, jsonb_build_object('period', v_cap ->> 'period',
-          'source', v_cap ->> 'source', 'cap', (v_cap ->> 'limit')::bigint,
-          'resetsAt', to_char((v_cap ->> 'resetsAt')::date, 'YYYY-MM-DD"T00:00:00.000Z"')));
-        v_events := v_events + 1;
-      END IF;
-    END LOOP;
+    IF v_day_left > 0 AND v_day_left - v_take <= 0 THEN
+      PERFORM debit_event('spend_cap.reached', v_account, jsonb_build_object('period', 'day', 'source', 'plan',
+        'cap', v_day_cap, 'resetsAt', to_char(v_today + 1, 'YYYY-MM-DD"T00:00:00.000Z"')));
+      v_events := v_events + 1;
+    END IF;
+    IF v_month_left > 0 AND v_month_left - v_take <= 0 THEN
+      PERFORM debit_event('spend_cap.reached', v_account, jsonb_build_object('period', 'month',
+        'source', v_month_source, 'cap', v_month_cap,
+        'resetsAt', to_char(v_month_start + interval '1 month', 'YYYY-MM-DD"T00:00:00.000Z"')));
+      v_events := v_events + 1;
+    END IF;
   END IF;
 
   v_result := jsonb_build_object('status', 'applied', 'account', jsonb_build_object('id', v_account.id, 'balance', v_account.balance, 'version', v_account.version), 'held', v_held,

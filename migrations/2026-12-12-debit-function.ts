@@ -315,10 +315,14 @@ END $fn$`;
  * through debit_credits in the batch's order. `p_events`: [{user, reference, credits, hash, item}]. Answers
  * one debit_credits answer per event, in order. Once an account's event asks for a preparation
  * (`allowance_due`, `expiry_due`), its later events answer `deferred`, so the caller, having prepared it,
- * sends them again in their order.
+ * sends them again in their order. The caller prices events from what it last read of the price books; when
+ * a priced event's version was not active at its occurredAt (a version activated since), the batch answers
+ * "prices_changed" before it locks or writes anything, and the caller prices it again from the database.
+ * (`p_check_prices` false: the deferred events of a batch checked a moment ago, sent again.)
  */
 const USAGE_FUNCTION = sql`
-CREATE FUNCTION debit_usage(p_events jsonb, p_plans jsonb, p_now timestamptz) RETURNS jsonb
+CREATE FUNCTION debit_usage(p_events jsonb, p_plans jsonb, p_now timestamptz, p_check_prices boolean)
+RETURNS jsonb
 LANGUAGE plpgsql AS $fn$
 DECLARE
   v_ids jsonb;
@@ -329,6 +333,13 @@ DECLARE
   -- An array appended in place (a jsonb appended to would be copied whole for every event).
   v_answers jsonb[] := '{}';
 BEGIN
+  IF p_check_prices AND EXISTS (SELECT FROM jsonb_array_elements(p_events) AS e
+             WHERE e -> 'item' ->> 'priceVersion' IS NOT NULL AND NOT EXISTS (
+               SELECT FROM price_books AS b WHERE b.version = e -> 'item' ->> 'priceVersion'
+                 AND b.activated_at IS NOT NULL
+                 AND tstzrange(b.activated_at, b.retired_at, '[)') @> (e -> 'item' ->> 'occurredAt')::timestamptz)) THEN
+    RETURN '"prices_changed"';
+  END IF;
   SELECT coalesce(jsonb_object_agg(external_user_id, id), '{}') INTO v_ids FROM accounts
     WHERE external_user_id IN (SELECT DISTINCT e ->> 'user' FROM jsonb_array_elements(p_events) AS e);
   PERFORM pg_advisory_xact_lock(1, key) FROM (
@@ -393,8 +404,8 @@ export async function up(db: Kysely<unknown>): Promise<void> {
   await DEBIT_FUNCTION.execute(db);
   await USAGE_FUNCTION.execute(db);
   await sql`
-    REVOKE ALL ON FUNCTION debit_usage(jsonb, jsonb, timestamptz) FROM PUBLIC;
-    GRANT EXECUTE ON FUNCTION debit_usage(jsonb, jsonb, timestamptz) TO credits_app;
+    REVOKE ALL ON FUNCTION debit_usage(jsonb, jsonb, timestamptz, boolean) FROM PUBLIC;
+    GRANT EXECUTE ON FUNCTION debit_usage(jsonb, jsonb, timestamptz, boolean) TO credits_app;
     REVOKE ALL ON FUNCTION debit_event(text, accounts, jsonb) FROM PUBLIC;
     GRANT EXECUTE ON FUNCTION debit_event(text, accounts, jsonb) TO credits_app;
     REVOKE ALL ON FUNCTION debit_credits(text, text, uuid, uuid, text, bigint, text, jsonb, jsonb, timestamptz)
@@ -406,7 +417,7 @@ export async function up(db: Kysely<unknown>): Promise<void> {
 
 export async function down(db: Kysely<unknown>): Promise<void> {
   await sql`
-    DROP FUNCTION debit_usage(jsonb, jsonb, timestamptz);
+    DROP FUNCTION debit_usage(jsonb, jsonb, timestamptz, boolean);
     DROP FUNCTION debit_credits(text, text, uuid, uuid, text, bigint, text, jsonb, jsonb, timestamptz);
     DROP FUNCTION debit_event(text, accounts, jsonb);
     DROP INDEX credit_grants_open_idx, credit_grants_due_idx, credit_grants_expiring_idx;

@@ -171,12 +171,23 @@ export function callDebit(db: Kysely<Database>, call: DebitCall, plansJson: stri
     .then((result) => result.rows[0]!.answer);
 }
 
+/**
+ * A usage batch priced by a price book version that was not active at an event's instant (one activated since
+ * the caller last read them): nothing was written; price it again from the database.
+ */
+export class PricesChangedError extends Error {
+  constructor() {
+    super('a price book was activated since the batch was priced');
+  }
+}
+
 /** `debit_usage` for usage calls (each naming its user): one answer per call, in order. */
 export function callUsageDebits(
   db: Kysely<Database>,
   calls: readonly DebitCall[],
   plansJson: string | null,
   now: Date,
+  checkPrices: boolean,
 ): Promise<Answer[]> {
   const events = calls.map((call) => ({
     user: call.userId,
@@ -185,10 +196,14 @@ export function callUsageDebits(
     hash: call.hash,
     item: call.item ?? null,
   }));
-  return sql<{ answers: Answer[] }>`SELECT debit_usage(${JSON.stringify(events)}::jsonb, ${plansJson}::jsonb,
-      ${now}::timestamptz) AS answers`
+  return sql<{ answers: Answer[] | 'prices_changed' }>`SELECT debit_usage(${JSON.stringify(events)}::jsonb,
+      ${plansJson}::jsonb, ${now}::timestamptz, ${checkPrices}) AS answers`
     .execute(db)
-    .then((result) => result.rows[0]!.answers);
+    .then((result) => {
+      const { answers } = result.rows[0]!;
+      if (answers === 'prices_changed') throw new PricesChangedError();
+      return answers;
+    });
 }
 
 export function refusal(call: DebitCall, answer: Answer): Error {

@@ -388,7 +388,8 @@ export async function debit(
 /**
  * Usage events in one call of `debit_usage` (one transaction, the accounts locked in order): each event's
  * outcome, in order, what it debited or the error refusing it. The events of an account that asked for a
- * preparation are sent again, in their order, once it is done.
+ * preparation are sent again, in their order, once it is done. Throws PricesChangedError, having written
+ * nothing, when an event's price version was not active at its instant.
  */
 export async function debitUsage(
   db: Kysely<Database>,
@@ -401,11 +402,13 @@ export async function debitUsage(
   let pending = calls.map((_, at) => at);
   for (let round = 0; pending.length > 0; round++) {
     if (round === MAX_ROUNDS) throw new Error(`debit_usage still deferred events after ${MAX_ROUNDS} rounds`);
+    // The prices are checked once: the deferred events were priced by versions checked a moment ago.
     const answers = await callUsageDebits(
       db,
       pending.map((at) => calls[at]!),
       guard.plansJson,
       now,
+      round === 0,
     );
     const again: number[] = [];
     const prepared = new Set<string>();

@@ -1,4 +1,4 @@
-import { type Kysely, type RawBuilder, sql } from 'kysely';
+import { type Kysely, sql } from 'kysely';
 import { type AdminActor, recordAdminAction } from '../audit/audit.js';
 import type { Trx } from '../db/locks.js';
 import type { Database, PriceBookRow, PriceBookStatus, PriceItemRow } from '../db/schema.js';
@@ -225,7 +225,7 @@ export async function findActivePriceBook(db: Kysely<Database>): Promise<PriceBo
 }
 
 /** `activated_at <= at < retired_at`: served by the index of the no-overlap exclusion constraint. */
-const activeAt = (at: Date | RawBuilder<Date>) =>
+const activeAt = (at: Date) =>
   sql<boolean>`activated_at IS NOT NULL AND tstzrange(activated_at, retired_at, '[)') @> ${at}::timestamptz`;
 // (Unqualified: only price_books has these columns, so the same condition serves joins with price_items.)
 
@@ -250,28 +250,77 @@ export async function findPrice(db: Kysely<Database>, sku: string, at?: Date): P
   return row && { version: row.version, item: itemOf(row) };
 }
 
+/** What this process last read of the price books, per database (see `pricesAt`). */
+interface KnownPrices {
+  /** Activated versions, each active over [from, to); `to` null: not retired when last read. */
+  readonly books: readonly { readonly version: string; readonly from: number; readonly to: number | null }[];
+  /** `version sku` → its price, or null when the version has no such SKU. Items never change once active. */
+  readonly items: Map<string, Price | null>;
+}
+
+const known = new WeakMap<Kysely<Database>, KnownPrices>();
+
+async function readBooks(db: Kysely<Database>): Promise<KnownPrices> {
+  const rows = await db
+    .selectFrom('price_books')
+    .select(['version', 'activated_at', 'retired_at'])
+    .where('activated_at', 'is not', null)
+    .execute();
+  const prices: KnownPrices = {
+    books: rows.map((r) => ({
+      version: r.version,
+      from: r.activated_at!.getTime(),
+      to: r.retired_at?.getTime() ?? null,
+    })),
+    items: known.get(db)?.items ?? new Map(),
+  };
+  known.set(db, prices);
+  return prices;
+}
+
 /**
- * The prices of SKUs each at its instant (a batch of usage events, each priced by its occurredAt), in one
- * query: one answer per pair, in order, undefined where `findPrice` would find none.
+ * The prices of SKUs each at its instant (a batch of usage events, each priced by its occurredAt): one answer
+ * per pair, in order, undefined where `findPrice` would find none. From what this process last read of the
+ * price books (which version was active when, and the items of the versions it used, which never change), so
+ * a batch usually costs no query; a pair it knows no price for reads the books again before it answers
+ * undefined. What it read can only miss a later activation: the database checks each version again when it
+ * debits (`debit_usage` answers prices_changed), and the caller then asks again with `fresh`.
  */
-export async function findPricesAt(
+export async function pricesAt(
   db: Kysely<Database>,
   wanted: readonly { readonly sku: string; readonly at: Date }[],
+  options: { readonly fresh?: boolean } = {},
 ): Promise<Array<Price | undefined>> {
-  const keyOf = (w: { sku: string; at: Date }) => `${w.at.toISOString()} ${w.sku}`;
-  const distinct = [...new Map(wanted.map((w) => [keyOf(w), w])).values()];
-  if (distinct.length === 0) return [];
-  const { rows } = await sql<PriceItemRow & { n: number }>`
-    SELECT q.n, i.* FROM unnest(${distinct.map((w) => w.sku)}::text[], ${distinct.map((w) => w.at)}::timestamptz[])
-      WITH ORDINALITY AS q (sku, at, n)
-    JOIN price_items i ON i.sku = q.sku
-    JOIN price_books b ON b.version = i.version
-    WHERE ${activeAt(sql<Date>`q.at`)}`.execute(db);
-  const found = new Map<string, Price>();
-  for (const { n, ...row } of rows) {
-    found.set(keyOf(distinct[n - 1]!), { version: row.version, item: itemOf(row as PriceItemRow) });
+  if (wanted.length === 0) return [];
+  let prices = options.fresh ? await readBooks(db) : (known.get(db) ?? (await readBooks(db)));
+  let readNow = options.fresh === true || !known.has(db);
+  for (;;) {
+    const books = prices.books;
+    const versions = wanted.map(
+      (w) => books.find((b) => b.from <= w.at.getTime() && (b.to === null || w.at.getTime() < b.to))?.version,
+    );
+    const keyOf = (at: number) => `${versions[at]} ${wanted[at]!.sku}`;
+    const unread = wanted.flatMap((_, at) =>
+      versions[at] !== undefined && !prices.items.has(keyOf(at)) ? [at] : [],
+    );
+    if (unread.length > 0) {
+      const rows = await db
+        .selectFrom('price_items')
+        .selectAll()
+        .where('version', 'in', [...new Set(unread.map((at) => versions[at]!))])
+        .where('sku', 'in', [...new Set(unread.map((at) => wanted[at]!.sku))])
+        .execute();
+      for (const at of unread) prices.items.set(keyOf(at), null);
+      for (const row of rows)
+        prices.items.set(`${row.version} ${row.sku}`, { version: row.version, item: itemOf(row) });
+    }
+    const found = wanted.map((_, at) =>
+      versions[at] === undefined ? undefined : (prices.items.get(keyOf(at)) ?? undefined),
+    );
+    if (readNow || found.every((price) => price !== undefined)) return found;
+    prices = await readBooks(db);
+    readNow = true;
   }
-  return wanted.map((w) => found.get(keyOf(w)));
 }
 
 /** The price of one SKU in a given version (a hold's), or undefined. Reads one row of price_items. */

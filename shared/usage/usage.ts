@@ -2,10 +2,10 @@ import { type Kysely, sql } from 'kysely';
 import { requestHashOf } from '../credits.js';
 import type { Database } from '../db/schema.js';
 import { type ErrorCode, ServiceError } from '../errors.js';
-import { type DebitCall, type DebitGuard, UNLIMITED } from '../ledger/debit.js';
+import { type DebitCall, type DebitGuard, PricesChangedError, UNLIMITED } from '../ledger/debit.js';
 import { debitUsage } from '../ledger/ledger.js';
 import { costOf, type Usage } from '../pricing/cost.js';
-import { findPricesAt, type Price } from '../pricing/price-book.js';
+import { type Price, pricesAt } from '../pricing/price-book.js';
 
 /**
  * The home of `usage_events` and `usage_rollups`: each event is priced with the version active at its
@@ -52,8 +52,9 @@ const ITEM_CODES: readonly ErrorCode[] = [
 
 /**
  * Applies a batch of usage events and answers for each, in order; never throws for what DESIGN answers item
- * by item. Priced in one query (each at its occurredAt), then debited in one call of the database's
- * `debit_usage` (shared/ledger's debitUsage): one transaction for the batch.
+ * by item. Priced from what this process knows of the price books (each at its occurredAt; `pricesAt`),
+ * then debited in one call of the database's `debit_usage` (shared/ledger's debitUsage), which checks those
+ * versions: one round trip and one transaction for the batch.
  */
 export async function recordUsageEvents(
   db: Kysely<Database>,
@@ -61,12 +62,38 @@ export async function recordUsageEvents(
   now: Date,
   guard: DebitGuard = UNLIMITED,
 ): Promise<UsageOutcome[]> {
+  for (let fresh = false; ; fresh = true) {
+    try {
+      return await debitPriced(db, inputs, await pricedAt(db, inputs, fresh), now, guard);
+    } catch (error: unknown) {
+      // A version activated since this process read the books: once more, from the database.
+      if (!(error instanceof PricesChangedError) || fresh) throw error;
+    }
+  }
+}
+
+/** Each event's price at its occurredAt (undefined for raw debits and for SKUs no version then had). */
+async function pricedAt(
+  db: Kysely<Database>,
+  inputs: readonly UsageEventInput[],
+  fresh: boolean,
+): Promise<Map<UsageEventInput, Price | undefined>> {
   const priced = inputs.filter((input) => input.credits === undefined);
-  const prices = await findPricesAt(
+  const prices = await pricesAt(
     db,
     priced.map((input) => ({ sku: input.sku!, at: input.occurredAt })),
+    { fresh },
   );
-  const priceOf = new Map(priced.map((input, at) => [input, prices[at]]));
+  return new Map(priced.map((input, at) => [input, prices[at]]));
+}
+
+async function debitPriced(
+  db: Kysely<Database>,
+  inputs: readonly UsageEventInput[],
+  priceOf: ReadonlyMap<UsageEventInput, Price | undefined>,
+  now: Date,
+  guard: DebitGuard,
+): Promise<UsageOutcome[]> {
   const outcomes = new Array<UsageOutcome>(inputs.length);
   const calls: DebitCall[] = [];
   const callAt: number[] = [];

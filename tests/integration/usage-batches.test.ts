@@ -3,6 +3,7 @@ import { inAccountTransaction } from '../../shared/accounts/accounts.js';
 import type { Account } from '../../shared/db/schema.js';
 import { adjustCredits } from '../../shared/ledger/ledger.js';
 import { parsePlans } from '../../shared/plan-catalog.js';
+import { activatePriceBook, createPriceBookDraft } from '../../shared/pricing/price-book.js';
 import { SERVICE_ARN, testApi } from '../support/api.js';
 import { createTestDatabase } from '../support/database.js';
 import { ADMIN_ARN, givenAccount, reloadAccount, testClock } from '../support/factories.js';
@@ -115,6 +116,62 @@ describe('usage batches', () => {
         .execute();
       expect(allowances).toEqual([{ amount: 50 }]);
     }
+    await expectInvariantsHold(db, clock.now());
+  });
+
+  it('prices an event by a version activated after this process read the books, at that version', async () => {
+    const api = testApi(db, { clock: clock.now });
+    const account = await funded(1_000_000);
+    const hour = 3_600_000;
+    const book = async (version: string, input: string, skus: string[], activeFrom: Date) => {
+      await createPriceBookDraft(
+        db,
+        {
+          version,
+          items: skus.map((sku) => ({ sku, kind: 'tokens' as const, rates: { input, output: '0' } })),
+        },
+        actor,
+      );
+      await activatePriceBook(db, version, actor, activeFrom);
+    };
+    const event = (eventId: string, sku: string, at: Date) => ({
+      eventId,
+      userId: account.external_user_id!,
+      sku,
+      usage: { inputTokens: 10, outputTokens: 0 },
+      occurredAt: at.toISOString(),
+    });
+    // 1 credit per input token; the process reads the books pricing this event.
+    await book('p-v1', '1000000', ['acme/chat'], new Date(clock.now().getTime() - 10 * 24 * hour));
+    const first = await record(api, [event('p-1', 'acme/chat', new Date(clock.now().getTime() - 24 * hour))]);
+    expect(first.body.results).toMatchObject([{ status: 'applied', credits: 10 }]);
+    // Then 3 credits per input token from two hours ago: what the process read still says 1 (the database's
+    // check of the version sends the batch back, priced again).
+    await book('p-v2', '3000000', ['acme/chat'], new Date(clock.now().getTime() - 2 * hour));
+    const second = await record(api, [
+      event('p-2', 'acme/chat', new Date(clock.now().getTime() - hour)),
+      event('p-3', 'acme/chat', new Date(clock.now().getTime() - 3 * hour)),
+    ]);
+    expect(second.body.results).toMatchObject([
+      { status: 'applied', credits: 30 },
+      { status: 'applied', credits: 10 },
+    ]);
+    // A SKU that only a version activated since has: the process reads the books again before refusing it.
+    await book('p-v3', '2000000', ['acme/chat', 'acme/new'], new Date(clock.now().getTime() - hour / 2));
+    const third = await record(api, [event('p-4', 'acme/new', new Date(clock.now().getTime() - hour / 4))]);
+    expect(third.body.results).toMatchObject([{ status: 'applied', credits: 20 }]);
+    const versions = await db
+      .selectFrom('usage_events')
+      .select(['event_id', 'price_version'])
+      .where('account_id', '=', account.id)
+      .orderBy('event_id')
+      .execute();
+    expect(versions).toEqual([
+      { event_id: 'p-1', price_version: 'p-v1' },
+      { event_id: 'p-2', price_version: 'p-v2' },
+      { event_id: 'p-3', price_version: 'p-v1' },
+      { event_id: 'p-4', price_version: 'p-v3' },
+    ]);
     await expectInvariantsHold(db, clock.now());
   });
 });

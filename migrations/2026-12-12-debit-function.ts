@@ -120,6 +120,8 @@ BEGIN
   IF p_kind <> 'capture' AND v_account.status = 'frozen' THEN
     RETURN jsonb_build_object('status', 'account_frozen');
   END IF;
+  -- A usage event the caller could not price (no credits): refused for that, after what comes first.
+  IF p_credits IS NULL THEN RETURN jsonb_build_object('status', 'unpriced'); END IF;
 
   -- Grants expired by now are written off first (by the caller), so no draw lands on one.
   IF EXISTS (SELECT FROM credit_grants WHERE account_id = p_account AND open AND expires_at <= p_now) THEN

@@ -37,8 +37,15 @@ export interface ApiDependencies {
  */
 export async function afterDebitCommit(
   deps: ApiDependencies,
-  written: { readonly emitted: boolean; readonly topUpPaymentIds?: readonly string[] },
+  written: {
+    readonly emitted: boolean;
+    readonly topUpPaymentIds?: readonly string[];
+    readonly topUpFailures?: readonly unknown[];
+  },
 ) {
+  for (const error of written.topUpFailures ?? []) {
+    deps.reportError?.('auto top-up not started after its debit (the next debit starts it)', error);
+  }
   const topUps = written.topUpPaymentIds ?? [];
   for (const paymentId of topUps) {
     try {

@@ -31,6 +31,11 @@ export interface DebitCall {
   readonly reference?: string;
   /** spend: the amount; hold: the credits reserved; capture: the actual cost; usage: the event's credits. */
   readonly credits: number;
+  /**
+   * usage: the event could not be priced. The function answers `unpriced` (UnpricedError) unless a refusal
+   * that comes first applies (no account, another payload under its id, a frozen account).
+   */
+  readonly unpriced?: boolean;
   /** The hash of the request (spend, hold, capture) or the event's payload (usage) replays are checked by. */
   readonly hash: string;
   /** The kind's own fields (description, metadata, sku, priceVersion, ttlSeconds, occurredAt, usage). */
@@ -50,6 +55,11 @@ export interface DebitGuard {
   grantAllowance(trx: Trx, account: Account): Promise<void>;
   /** After a debit of an account with a saved card: starts its auto top-up when `available` calls for one. */
   topUp(trx: Trx, account: Account, available: number): Promise<void>;
+  /**
+   * That step failed after the debit had committed (its own transaction): the debit stands and is answered;
+   * the next debit below the threshold starts the top-up.
+   */
+  noteTopUpFailure(error: unknown): void;
   /** Told how many events the debit wrote to the outbox (the caller flushes it after commit). */
   noteEmitted(count: number): void;
 }
@@ -59,6 +69,7 @@ export const UNLIMITED: DebitGuard = {
   plansJson: null,
   grantAllowance: async () => {},
   topUp: async () => {},
+  noteTopUpFailure: () => {},
   noteEmitted: () => {},
 };
 
@@ -121,7 +132,8 @@ export type Answer =
         | 'idempotency_conflict'
         | 'account_frozen'
         | 'hold_voided'
-        | 'hold_already_captured';
+        | 'hold_already_captured'
+        | 'unpriced';
     }
   | { readonly status: 'insufficient_credits'; readonly balance: number; readonly held: number }
   | {
@@ -171,6 +183,13 @@ export function callDebit(db: Kysely<Database>, call: DebitCall, plansJson: stri
     .then((result) => result.rows[0]!.answer);
 }
 
+/** A usage event that could not be priced, and nothing refused it before that: the caller says why. */
+export class UnpricedError extends Error {
+  constructor() {
+    super('the usage event could not be priced');
+  }
+}
+
 /**
  * A usage batch priced by a price book version that was not active at an event's instant (one activated since
  * the caller last read them): nothing was written; price it again from the database.
@@ -192,7 +211,7 @@ export function callUsageDebits(
   const events = calls.map((call) => ({
     user: call.userId,
     reference: call.reference,
-    credits: call.credits,
+    credits: call.unpriced ? null : call.credits,
     hash: call.hash,
     item: call.item ?? null,
   }));
@@ -225,6 +244,8 @@ export function refusal(call: DebitCall, answer: Answer): Error {
       return new AccountFrozenError();
     case 'hold_voided':
       return new ServiceError('hold_voided', `hold ${call.holdId} was voided`);
+    case 'unpriced':
+      return new UnpricedError();
     case 'hold_already_captured':
       return new ServiceError(
         'hold_already_captured',

@@ -448,16 +448,21 @@ function prepare(
 
 /**
  * The auto top-up after a debit of an account with a saved card: in the caller's transaction when there is
- * one; otherwise in one of its own right after the debit's, `available` read again under the lock.
+ * one; otherwise in one of its own right after the debit's, `available` read again under the lock, and a
+ * failure of it told to the guard, never thrown (the debit has committed).
  */
-function topUp(db: Kysely<Database>, guard: DebitGuard, debited: Debited, now: Date): Promise<void> {
-  return underLock(db, debited.accountId, async (trx, locked) =>
-    guard.topUp(
-      trx,
-      locked,
-      db.isTransaction ? debited.available : locked.balance - (await heldCredits(trx, locked.id, now)),
-    ),
-  );
+async function topUp(db: Kysely<Database>, guard: DebitGuard, debited: Debited, now: Date): Promise<void> {
+  if (db.isTransaction) {
+    await guard.topUp(db as Trx, await lockAccount(db as Trx, debited.accountId), debited.available);
+    return;
+  }
+  try {
+    await underLock(db, debited.accountId, async (trx, locked) =>
+      guard.topUp(trx, locked, locked.balance - (await heldCredits(trx, locked.id, now))),
+    );
+  } catch (error: unknown) {
+    guard.noteTopUpFailure(error);
+  }
 }
 
 function debitedOf(

@@ -159,6 +159,8 @@ async function capsOf(
  */
 export interface PlanGuard extends DebitGuard {
   readonly emitted: boolean;
+  /** Auto top-ups that could not be started after their debit committed (the caller reports them). */
+  readonly topUpFailures: readonly unknown[];
   readonly topUpPaymentIds: readonly string[];
 }
 
@@ -195,8 +197,10 @@ export function planGuard(
 ): PlanGuard {
   let emitted = false;
   const topUpPaymentIds: string[] = [];
+  const topUpFailures: unknown[] = [];
   return {
     plansJson: plansJsonOf(catalog),
+    topUpFailures,
     get emitted() {
       return emitted;
     },
@@ -209,6 +213,9 @@ export function planGuard(
     async topUp(trx, account, available) {
       const topUp = await maybeTopUp(trx, account, available, packages, now);
       if (topUp) topUpPaymentIds.push(topUp.id);
+    },
+    noteTopUpFailure(error) {
+      topUpFailures.push(error);
     },
     noteEmitted(count) {
       if (count > 0) emitted = true;

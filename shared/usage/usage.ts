@@ -2,7 +2,13 @@ import { type Kysely, sql } from 'kysely';
 import { requestHashOf } from '../credits.js';
 import type { Database } from '../db/schema.js';
 import { type ErrorCode, ServiceError } from '../errors.js';
-import { type DebitCall, type DebitGuard, PricesChangedError, UNLIMITED } from '../ledger/debit.js';
+import {
+  type DebitCall,
+  type DebitGuard,
+  PricesChangedError,
+  UNLIMITED,
+  UnpricedError,
+} from '../ledger/debit.js';
 import { debitUsage } from '../ledger/ledger.js';
 import { costOf, type Usage } from '../pricing/cost.js';
 import { type Price, pricesAt } from '../pricing/price-book.js';
@@ -94,32 +100,40 @@ async function debitPriced(
   now: Date,
   guard: DebitGuard,
 ): Promise<UsageOutcome[]> {
-  const outcomes = new Array<UsageOutcome>(inputs.length);
-  const calls: DebitCall[] = [];
-  const callAt: number[] = [];
-  inputs.forEach((input, at) => {
+  // An event that cannot be priced still goes to the database: a refusal that comes first (no account,
+  // another payload under its id, a frozen account) is its answer; otherwise its pricing error is.
+  const pricingErrors = new Map<number, unknown>();
+  const calls = inputs.map((input, at) => {
     try {
-      calls.push(usageCall(input, priceOf.get(input), now));
-      callAt.push(at);
+      return usageCall(input, costOfEvent(input, priceOf.get(input)), now);
     } catch (error: unknown) {
-      outcomes[at] = rejectedOrThrow(input, error);
+      pricingErrors.set(at, error);
+      return usageCall(input, undefined, now);
     }
   });
   const debited = await debitUsage(db, calls, guard, now);
-  debited.forEach((result, k) => {
-    const input = inputs[callAt[k]!]!;
-    outcomes[callAt[k]!] =
-      result instanceof Error
-        ? rejectedOrThrow(input, result)
-        : {
-            eventId: input.eventId,
-            status: result.replayed ? 'duplicate' : 'applied',
-            credits: result.credits,
-            balance: result.balance,
-          };
+  return debited.map((result, at) => {
+    const input = inputs[at]!;
+    if (result instanceof UnpricedError) return rejectedOrThrow(input, pricingErrors.get(at));
+    if (result instanceof Error) return rejectedOrThrow(input, result);
+    return {
+      eventId: input.eventId,
+      status: result.replayed ? 'duplicate' : 'applied',
+      credits: result.credits,
+      balance: result.balance,
+    };
   });
-  return outcomes;
 }
+
+/** The payload an event id is remembered by: the same id with another payload is a conflict. */
+const hashOf = (input: UsageEventInput) =>
+  requestHashOf({
+    sku: input.sku ?? null,
+    usage: input.usage ?? null,
+    credits: input.credits ?? null,
+    occurredAt: input.occurredAt.toISOString(),
+    metadata: input.metadata ?? null,
+  });
 
 function rejectedOrThrow(input: UsageEventInput, error: unknown): UsageOutcome {
   if (error instanceof ServiceError && ITEM_CODES.includes(error.code)) {
@@ -128,37 +142,38 @@ function rejectedOrThrow(input: UsageEventInput, error: unknown): UsageOutcome {
   throw error;
 }
 
-/** The debit of one event: explicit credits, or its usage priced with the version active when it occurred. */
-function usageCall(input: UsageEventInput, price: Price | undefined, now: Date): DebitCall {
-  let credits = input.credits;
-  let priceVersion: string | null = null;
-  if (credits === undefined) {
-    if (!price) {
-      throw new ServiceError(
-        'unknown_sku',
-        `the price book active at ${input.occurredAt.toISOString()} has no SKU ${JSON.stringify(input.sku)}`,
-      );
-    }
-    const cost = costOf(price, input.usage!);
-    credits = cost.credits;
-    priceVersion = cost.priceVersion;
+/** The event's credits: explicit, or its usage priced with the version active when it occurred. */
+function costOfEvent(
+  input: UsageEventInput,
+  price: Price | undefined,
+): { credits: number; priceVersion: string | null } {
+  if (input.credits !== undefined) return { credits: input.credits, priceVersion: null };
+  if (!price) {
+    throw new ServiceError(
+      'unknown_sku',
+      `the price book active at ${input.occurredAt.toISOString()} has no SKU ${JSON.stringify(input.sku)}`,
+    );
   }
+  return costOf(price, input.usage!);
+}
+
+/** The debit of one event; without a cost, one the database answers `unpriced` unless it refuses it first. */
+function usageCall(
+  input: UsageEventInput,
+  cost: { credits: number; priceVersion: string | null } | undefined,
+  now: Date,
+): DebitCall {
   return {
     kind: 'usage',
     userId: input.userId,
     reference: input.eventId,
-    credits,
-    hash: requestHashOf({
-      sku: input.sku ?? null,
-      usage: input.usage ?? null,
-      credits: input.credits ?? null,
-      occurredAt: input.occurredAt.toISOString(),
-      metadata: input.metadata ?? null,
-    }),
+    credits: cost?.credits ?? 0,
+    ...(cost === undefined && { unpriced: true }),
+    hash: hashOf(input),
     // What the event's rollup counts: its hour, its SKU ('' for none) and each token pool.
     item: {
       sku: input.sku ?? null,
-      priceVersion,
+      priceVersion: cost?.priceVersion ?? null,
       occurredAt: input.occurredAt.toISOString(),
       usage: input.usage ?? null,
     },

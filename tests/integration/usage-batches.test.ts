@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { inAccountTransaction } from '../../shared/accounts/accounts.js';
+import { inAccountTransaction, setAccountStatus } from '../../shared/accounts/accounts.js';
 import type { Account } from '../../shared/db/schema.js';
 import { adjustCredits } from '../../shared/ledger/ledger.js';
 import { parsePlans } from '../../shared/plan-catalog.js';
@@ -172,6 +172,36 @@ describe('usage batches', () => {
       { event_id: 'p-3', price_version: 'p-v1' },
       { event_id: 'p-4', price_version: 'p-v3' },
     ]);
+    await expectInvariantsHold(db, clock.now());
+  });
+
+  it('answers an event it cannot price with what refuses it first: no account, another payload, a frozen account', async () => {
+    const api = testApi(db, { clock: clock.now });
+    const active = await funded(100);
+    const frozen = await funded(100);
+    await inAccountTransaction(db, frozen.id, (trx, locked) =>
+      setAccountStatus(trx, locked, 'frozen', actor),
+    );
+    const unknownSku = (eventId: string, userId: string) => ({
+      eventId,
+      userId,
+      sku: 'acme/none-such',
+      usage: { inputTokens: 1, outputTokens: 0 },
+    });
+    await record(api, [raw('u-1', active, 5)]);
+    const answer = await record(api, [
+      unknownSku('u-2', 'nobody-here'),
+      unknownSku('u-3', frozen.external_user_id!),
+      unknownSku('u-1', active.external_user_id!), // u-1 was a raw debit of 5
+      unknownSku('u-4', active.external_user_id!),
+    ]);
+    expect(answer.body.results).toMatchObject([
+      { eventId: 'u-2', status: 'rejected', code: 'account_not_found' },
+      { eventId: 'u-3', status: 'rejected', code: 'account_frozen' },
+      { eventId: 'u-1', status: 'rejected', code: 'idempotency_conflict' },
+      { eventId: 'u-4', status: 'rejected', code: 'unknown_sku' },
+    ]);
+    expect((await reloadAccount(db, active.id)).balance).toBe(95);
     await expectInvariantsHold(db, clock.now());
   });
 });

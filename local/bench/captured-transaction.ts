@@ -62,7 +62,8 @@ export interface Executed {
  */
 export async function logQueries(
   databaseUrl: string,
-  work: (db: Kysely<Database>) => Promise<void>,
+  /** `log`: the statements logged so far. */
+  work: (db: Kysely<Database>, log: readonly CompiledQuery[]) => Promise<void>,
 ): Promise<Executed[]> {
   const logged: CompiledQuery[] = [];
   const rows = new Map<QueryId, Record<string, unknown> | undefined>();
@@ -80,7 +81,7 @@ export async function logQueries(
     },
   });
   try {
-    await work(db);
+    await work(db, logged);
   } finally {
     await db.destroy();
   }

@@ -17,6 +17,8 @@ async function startStackProcess(databaseUrl: string, dataDir: string) {
       STRIPE_EMULATOR_PORT: '0',
       DATA_DIR: dataDir,
       DATABASE_URL: databaseUrl,
+      // One plan with no rate limit or caps: the sample plans' 120 spends a minute would refuse the load.
+      PLANS: JSON.stringify([{ id: 'bench', name: 'Bench' }]),
     },
     stdio: ['ignore', 'pipe', 'inherit'],
   });

@@ -29,6 +29,9 @@ CREATE FUNCTION debit_credits(
 ) RETURNS jsonb LANGUAGE plpgsql AS $fn$
 DECLARE
   v_account accounts;
+  v_account_json jsonb;
+  v_replay boolean;
+  v_same boolean;
   v_hold holds;
   v_row account_plans;
   v_plan jsonb;
@@ -68,6 +71,8 @@ BEGIN
   PERFORM pg_advisory_xact_lock(1, hashtext(p_account::text));
   SELECT * INTO v_account FROM accounts WHERE id = p_account;
   IF NOT FOUND THEN RETURN jsonb_build_object('status', 'account_not_found'); END IF;
+  v_account_json := jsonb_build_object('id', v_account.id, 'balance', v_account.balance,
+    'version', v_account.version);
 
   -- Idempotency: the same request again answers the first result; another request with its key is refused.
   IF p_kind = 'spend' THEN
@@ -77,32 +82,34 @@ BEGIN
       IF v_previous.request_hash IS DISTINCT FROM p_hash THEN
         RETURN jsonb_build_object('status', 'idempotency_conflict');
       END IF;
-      RETURN jsonb_build_object('status', 'replayed', 'account', jsonb_build_object('id', v_account.id, 'balance', v_account.balance, 'version', v_account.version),
+      RETURN jsonb_build_object('status', 'replayed', 'account', v_account_json,
         'entry', jsonb_build_object('id', v_previous.id, 'amount', v_previous.amount,
           'balance_after', v_previous.balance_after, 'created_at', v_previous.created_at));
     END IF;
-  ELSIF p_kind = 'hold' THEN
-    SELECT * INTO v_hold FROM holds WHERE account_id = p_account AND idempotency_key = p_reference;
-    IF FOUND THEN
-      IF v_hold.request_hash IS DISTINCT FROM p_hash THEN
-        RETURN jsonb_build_object('status', 'idempotency_conflict');
+  ELSIF p_kind IN ('hold', 'capture') THEN
+    -- A hold's creation is replayed by its key and request; a capture by the hold's capture and its request.
+    IF p_kind = 'hold' THEN
+      SELECT * INTO v_hold FROM holds WHERE account_id = p_account AND idempotency_key = p_reference;
+      v_replay := FOUND;
+      v_same := v_hold.request_hash IS NOT DISTINCT FROM p_hash;
+    ELSE
+      SELECT * INTO v_hold FROM holds WHERE id = p_hold FOR UPDATE;
+      v_replay := v_hold.status = 'captured';
+      v_same := v_hold.capture_hash IS NOT DISTINCT FROM p_hash;
+    END IF;
+    IF v_replay THEN
+      IF NOT v_same THEN
+        RETURN jsonb_build_object('status',
+          CASE p_kind WHEN 'hold' THEN 'idempotency_conflict' ELSE 'hold_already_captured' END);
       END IF;
-      RETURN jsonb_build_object('status', 'replayed', 'account', jsonb_build_object('id', v_account.id, 'balance', v_account.balance, 'version', v_account.version), 'hold', to_jsonb(v_hold),
+      RETURN jsonb_build_object('status', 'replayed', 'account', v_account_json, 'hold', to_jsonb(v_hold),
         'held', (SELECT coalesce(sum(credits), 0) FROM holds
           WHERE account_id = p_account AND status = 'active' AND expires_at > p_now));
     END IF;
-  ELSIF p_kind = 'capture' THEN
-    SELECT * INTO v_hold FROM holds WHERE id = p_hold FOR UPDATE;
-    IF v_hold.status = 'captured' THEN
-      IF v_hold.capture_hash IS DISTINCT FROM p_hash THEN
-        RETURN jsonb_build_object('status', 'hold_already_captured');
-      END IF;
-      RETURN jsonb_build_object('status', 'replayed', 'account', jsonb_build_object('id', v_account.id, 'balance', v_account.balance, 'version', v_account.version), 'hold', to_jsonb(v_hold),
-        'held', (SELECT coalesce(sum(credits), 0) FROM holds
-          WHERE account_id = p_account AND status = 'active' AND expires_at > p_now));
+    IF p_kind = 'capture' THEN
+      IF v_hold.status = 'voided' THEN RETURN jsonb_build_object('status', 'hold_voided'); END IF;
+      v_expired := v_hold.status = 'expired' OR v_hold.expires_at <= p_now;
     END IF;
-    IF v_hold.status = 'voided' THEN RETURN jsonb_build_object('status', 'hold_voided'); END IF;
-    v_expired := v_hold.status = 'expired' OR v_hold.expires_at <= p_now;
   ELSIF p_kind = 'usage' THEN
     SELECT payload_hash, credits INTO v_previous FROM usage_events
       WHERE account_id = p_account AND event_id = p_reference;
@@ -110,7 +117,7 @@ BEGIN
       IF v_previous.payload_hash IS DISTINCT FROM p_hash THEN
         RETURN jsonb_build_object('status', 'idempotency_conflict');
       END IF;
-      RETURN jsonb_build_object('status', 'replayed', 'account', jsonb_build_object('id', v_account.id, 'balance', v_account.balance, 'version', v_account.version),
+      RETURN jsonb_build_object('status', 'replayed', 'account', v_account_json,
         'credits', v_previous.credits);
     END IF;
   ELSE
@@ -299,7 +306,8 @@ BEGIN
     END IF;
   END IF;
 
-  v_result := jsonb_build_object('status', 'applied', 'account', jsonb_build_object('id', v_account.id, 'balance', v_account.balance, 'version', v_account.version), 'held', v_held,
+  v_result := jsonb_build_object('status', 'applied', 'account', jsonb_build_object('id', v_account.id,
+      'balance', v_account.balance, 'version', v_account.version), 'held', v_held,
     'availableAfter', v_available_after, 'events', v_events, 'credits', v_take,
     'topUp', p_plans IS NOT NULL AND (p_kind <> 'usage' OR p_credits > 0)
       AND v_account.stripe_payment_method_id IS NOT NULL);

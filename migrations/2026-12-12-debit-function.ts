@@ -14,6 +14,14 @@ import { type Kysely, sql } from 'kysely';
  *
  * Frozen in time: never import application code here.
  */
+/** Whether a price book version was active at an instant (what callers priced a debit by, checked again). */
+const PRICE_FUNCTION = sql`
+CREATE FUNCTION price_version_active(p_version text, p_at timestamptz) RETURNS boolean
+LANGUAGE sql STABLE AS $fn$
+  SELECT EXISTS (SELECT FROM price_books WHERE version = p_version AND activated_at IS NOT NULL
+                 AND tstzrange(activated_at, retired_at, '[)') @> p_at)
+$fn$`;
+
 const DEBIT_FUNCTION = sql`
 CREATE FUNCTION debit_credits(
   p_kind text,
@@ -59,6 +67,11 @@ DECLARE
   v_available_after bigint;
   v_result jsonb;
 BEGIN
+  -- A hold priced by usage: the version it was priced by must be the one active now (see debit_usage).
+  IF p_kind = 'hold' AND p_item ->> 'priceVersion' IS NOT NULL
+     AND NOT price_version_active(p_item ->> 'priceVersion', p_now) THEN
+    RETURN jsonb_build_object('status', 'prices_changed');
+  END IF;
   -- The account, locked (the advisory lock every ledger writer takes), read after the lock.
   IF p_kind = 'capture' THEN
     SELECT * INTO v_hold FROM holds WHERE id = p_hold;
@@ -344,10 +357,9 @@ DECLARE
   v_answers jsonb[] := '{}';
 BEGIN
   IF p_check_prices AND EXISTS (SELECT FROM jsonb_array_elements(p_events) AS e
-             WHERE e -> 'item' ->> 'priceVersion' IS NOT NULL AND NOT EXISTS (
-               SELECT FROM price_books AS b WHERE b.version = e -> 'item' ->> 'priceVersion'
-                 AND b.activated_at IS NOT NULL
-                 AND tstzrange(b.activated_at, b.retired_at, '[)') @> (e -> 'item' ->> 'occurredAt')::timestamptz)) THEN
+             WHERE e -> 'item' ->> 'priceVersion' IS NOT NULL
+               AND NOT price_version_active(e -> 'item' ->> 'priceVersion',
+                                            (e -> 'item' ->> 'occurredAt')::timestamptz)) THEN
     RETURN '"prices_changed"';
   END IF;
   SELECT coalesce(jsonb_object_agg(external_user_id, id), '{}') INTO v_ids FROM accounts
@@ -410,12 +422,15 @@ const OPEN_GRANTS = sql`
 
 export async function up(db: Kysely<unknown>): Promise<void> {
   await OPEN_GRANTS.execute(db);
+  await PRICE_FUNCTION.execute(db);
   await EVENT_FUNCTION.execute(db);
   await DEBIT_FUNCTION.execute(db);
   await USAGE_FUNCTION.execute(db);
   await sql`
     REVOKE ALL ON FUNCTION debit_usage(jsonb, jsonb, timestamptz, boolean) FROM PUBLIC;
     GRANT EXECUTE ON FUNCTION debit_usage(jsonb, jsonb, timestamptz, boolean) TO credits_app;
+    REVOKE ALL ON FUNCTION price_version_active(text, timestamptz) FROM PUBLIC;
+    GRANT EXECUTE ON FUNCTION price_version_active(text, timestamptz) TO credits_app;
     REVOKE ALL ON FUNCTION debit_event(text, accounts, jsonb) FROM PUBLIC;
     GRANT EXECUTE ON FUNCTION debit_event(text, accounts, jsonb) TO credits_app;
     REVOKE ALL ON FUNCTION debit_credits(text, text, uuid, uuid, text, bigint, text, jsonb, jsonb, timestamptz)
@@ -430,6 +445,7 @@ export async function down(db: Kysely<unknown>): Promise<void> {
     DROP FUNCTION debit_usage(jsonb, jsonb, timestamptz, boolean);
     DROP FUNCTION debit_credits(text, text, uuid, uuid, text, bigint, text, jsonb, jsonb, timestamptz);
     DROP FUNCTION debit_event(text, accounts, jsonb);
+    DROP FUNCTION price_version_active(text, timestamptz);
     DROP INDEX credit_grants_open_idx, credit_grants_due_idx, credit_grants_expiring_idx;
     ALTER TABLE credit_grants DROP COLUMN open;
     CREATE INDEX credit_grants_open_idx ON credit_grants (account_id, expires_at, created_at) WHERE remaining > 0;

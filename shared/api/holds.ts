@@ -10,8 +10,9 @@ import {
   statusAt,
   voidHold,
 } from '../holds/holds.js';
+import { PricesChangedError } from '../ledger/debit.js';
 import { planGuard } from '../plans/plans.js';
-import { costOf, quoteUsage } from '../pricing/cost.js';
+import { costOf, priceUsageAt } from '../pricing/cost.js';
 import { findPriceInVersion } from '../pricing/price-book.js';
 import { afterDebitCommit, defineEndpoint, nowOf, ok } from './endpoint.js';
 import { credits, metadata, sku, storableText, usageSchema, userIdParams } from './schemas.js';
@@ -106,24 +107,33 @@ export const createHoldEndpoint = defineEndpoint({
     const key = idempotencyKeyOf(headers);
     amountOf(body);
     const now = nowOf(deps);
-    const cost = body.sku && body.usage ? await quoteUsage(deps.db, body.sku, body.usage) : undefined;
     const guard = planGuard(deps.config.plans, now, deps.config.packages);
-    const result = await createHold(
-      deps.db,
-      params.userId,
-      {
-        credits: cost?.credits ?? body.credits!,
-        idempotencyKey: key,
-        request: body,
-        ttlSeconds: body.ttlSeconds,
-        sku: body.sku ?? null,
-        priceVersion: cost?.priceVersion ?? null,
-        description: body.description ?? null,
-        metadata: body.metadata ?? null,
-      },
-      now,
-      guard,
-    );
+    const create = async (fresh: boolean) => {
+      const cost =
+        body.sku && body.usage ? await priceUsageAt(deps.db, body.sku, body.usage, now, fresh) : undefined;
+      return createHold(
+        deps.db,
+        params.userId,
+        {
+          credits: cost?.credits ?? body.credits!,
+          idempotencyKey: key,
+          request: body,
+          ttlSeconds: body.ttlSeconds,
+          sku: body.sku ?? null,
+          priceVersion: cost?.priceVersion ?? null,
+          description: body.description ?? null,
+          metadata: body.metadata ?? null,
+        },
+        now,
+        guard,
+      );
+    };
+    // Priced from what this process read of the price books; once more from the database if a version was
+    // activated since (the debit checks it).
+    const result = await create(false).catch((error: unknown) => {
+      if (error instanceof PricesChangedError) return create(true);
+      throw error;
+    });
     await afterDebitCommit(deps, guard);
     return ok(
       {

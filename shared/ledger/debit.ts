@@ -133,7 +133,8 @@ export type Answer =
         | 'account_frozen'
         | 'hold_voided'
         | 'hold_already_captured'
-        | 'unpriced';
+        | 'unpriced'
+        | 'prices_changed';
     }
   | { readonly status: 'insufficient_credits'; readonly balance: number; readonly held: number }
   | {
@@ -191,8 +192,9 @@ export class UnpricedError extends Error {
 }
 
 /**
- * A usage batch priced by a price book version that was not active at an event's instant (one activated since
- * the caller last read them): nothing was written; price it again from the database.
+ * A debit priced by a price book version that was not active at its instant (a hold: now; a usage event: its
+ * occurredAt), one activated since the caller last read the books: nothing was written; price it again from
+ * the database.
  */
 export class PricesChangedError extends Error {
   constructor() {
@@ -246,6 +248,8 @@ export function refusal(call: DebitCall, answer: Answer): Error {
       return new ServiceError('hold_voided', `hold ${call.holdId} was voided`);
     case 'unpriced':
       return new UnpricedError();
+    case 'prices_changed':
+      return new PricesChangedError();
     case 'hold_already_captured':
       return new ServiceError(
         'hold_already_captured',

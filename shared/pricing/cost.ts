@@ -2,7 +2,7 @@ import type { Kysely } from 'kysely';
 import type { Database } from '../db/schema.js';
 import { ServiceError } from '../errors.js';
 import { count, type Decimal, decimal, plain, roundUp } from './decimal.js';
-import { findPrice, type Price, type PriceItem } from './price-book.js';
+import { findPrice, type Price, type PriceItem, pricesAt } from './price-book.js';
 
 /**
  * Usage as genai-prices counts it: `inputTokens` is the whole input (cache reads and writes are parts of it),
@@ -147,6 +147,24 @@ export function costOf(price: Price, usage: Usage): Cost {
     exact: plain(exact),
     breakdown: lines.map(({ exact: lineExact, ...line }) => ({ ...line, credits: plain(lineExact) })),
   };
+}
+
+/**
+ * Prices `usage` of `sku` for a hold at `now` from what the process last read of the price books
+ * (`pricesAt`; `fresh`: read them first). The debit checks the version again and answers PricesChangedError
+ * when one was activated since: price it again with `fresh`. A SKU the version does not list is unknown_sku.
+ */
+export async function priceUsageAt(
+  db: Kysely<Database>,
+  sku: string,
+  usage: Usage,
+  now: Date,
+  fresh: boolean,
+): Promise<Cost> {
+  const [price] = await pricesAt(db, [{ sku, at: now }], { fresh });
+  if (!price)
+    throw new ServiceError('unknown_sku', `the active price book has no SKU ${JSON.stringify(sku)}`, { sku });
+  return costOf(price, usage);
 }
 
 /**

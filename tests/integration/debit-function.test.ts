@@ -5,6 +5,8 @@ import { spendUserCredits } from '../../shared/ledger/ledger.js';
 import { DEFAULT_PACKAGES } from '../../shared/packages.js';
 import { DEFAULT_CATALOG } from '../../shared/plan-catalog.js';
 import { planGuard } from '../../shared/plans/plans.js';
+import { activatePriceBook, createPriceBookDraft } from '../../shared/pricing/price-book.js';
+import { ADMIN_ARN, SERVICE_ARN, testApi } from '../support/api.js';
 import { createTestDatabase } from '../support/database.js';
 import { givenFundedAccount, reloadAccount } from '../support/factories.js';
 import { expectInvariantsHold } from '../support/invariants.js';
@@ -67,5 +69,33 @@ describe('the debit function, around its call', () => {
     ).rejects.toMatchObject({ code: 'insufficient_credits' });
     expect(await count()).toBe(before);
     expect((await reloadAccount(db, account.id)).balance).toBe(10);
+  });
+
+  it('prices a hold by a version activated after this process read the books, at that version', async () => {
+    const actor = { actorArn: ADMIN_ARN, reason: 'test' };
+    const now = new Date();
+    const { call } = testApi(db, { clock: () => now });
+    const { account } = await givenFundedAccount(db, 1_000);
+    const book = async (version: string, input: string, activeFrom: Date) => {
+      await createPriceBookDraft(
+        db,
+        { version, items: [{ sku: 'acme/hold', kind: 'tokens', rates: { input, output: '0' } }] },
+        actor,
+      );
+      await activatePriceBook(db, version, actor, activeFrom);
+    };
+    const hold = (key: string) =>
+      call('POST /v1/accounts/{userId}/holds', {
+        auth: { iam: SERVICE_ARN },
+        params: { userId: account.external_user_id! },
+        headers: { 'idempotency-key': key },
+        body: { sku: 'acme/hold', usage: { inputTokens: 10, outputTokens: 0 } },
+      });
+    await book('h-v1', '1000000', new Date(now.getTime() - 3_600_000));
+    expect((await hold('h-1')).body).toMatchObject({ credits: 10, priceVersion: 'h-v1' });
+    // 5 credits per input token from a minute ago: what this process read of the books still says 1.
+    await book('h-v2', '5000000', new Date(now.getTime() - 60_000));
+    expect((await hold('h-2')).body).toMatchObject({ credits: 50, priceVersion: 'h-v2' });
+    await expectInvariantsHold(db);
   });
 });

@@ -14,6 +14,7 @@ import { type Kysely, sql } from 'kysely';
  *
  * Frozen in time: never import application code here.
  */
+
 /** Whether a price book version was active at an instant (what callers priced a debit by, checked again). */
 const PRICE_FUNCTION = sql`
 CREATE FUNCTION price_version_active(p_version text, p_at timestamptz) RETURNS boolean

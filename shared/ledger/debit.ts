@@ -15,7 +15,9 @@ import {
  * plan's rate limit and caps, the balance check, the entry and its draws on grants, the day's total, the kind's
  * own row and the balance and cap events, in one round trip. On a pool (`db`) it runs alone in its own
  * transaction, so the account lock is held for that call and its commit; in a caller's transaction (`trx`),
- * it joins it. This module is its only caller; shared/ledger, shared/holds and shared/usage call `debit`.
+ * it joins it. This module holds the calls (`callDebit`, and `callUsageDebits` for `debit_usage`'s batches)
+ * and what their answers mean; shared/ledger's `debit` and `debitUsage` run them with the preparations they
+ * ask for, and are what the ledger, shared/holds and shared/usage call.
  */
 
 export type DebitKind = 'spend' | 'hold' | 'capture' | 'usage';

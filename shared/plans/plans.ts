@@ -20,8 +20,6 @@ import { maybeTopUp } from '../topup/topup.js';
 
 type PlanRow = Omit<Selectable<AccountPlansTable>, 'account_id' | 'updated_at'>;
 
-const _MINUTE_MS = 60_000;
-
 /** The UTC month of `at` as `YYYY-MM`. */
 export const monthOf = (at: Date) => at.toISOString().slice(0, 7);
 /** The first instant of the UTC month after `at`'s. */

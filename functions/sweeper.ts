@@ -9,10 +9,11 @@ import { expireDueHolds } from '../shared/holds/holds.js';
 import { type SweepResult, sweepExpiredGrants } from '../shared/ledger/sweep.js';
 import { METRICS } from '../shared/metrics.js';
 import { coldStart, createObservability, wrapHandler } from '../shared/observability.js';
+import type { CreditPackage } from '../shared/packages.js';
 import { DEFAULT_CATALOG, type PlanCatalog } from '../shared/plan-catalog.js';
 import { grantDueAllowances } from '../shared/plans/plans.js';
 import { lazyStripe } from '../shared/stripe/api-client.js';
-import { chargeUnchargedTopUps } from '../shared/topup/topup.js';
+import { chargeUnchargedTopUps, startMissedTopUps } from '../shared/topup/topup.js';
 import { flushWebhooks, pruneWebhookHistory } from '../shared/webhooks/outbox.js';
 import type { DeliveryQueue } from '../shared/webhooks/queue.js';
 import { awsWebhookRuntime } from '../shared/webhooks/runtime.js';
@@ -29,6 +30,8 @@ export interface SweeperDependencies {
   readonly webhookQueue?: DeliveryQueue;
   /** Stripe, to charge auto top-ups a crash left uncharged. @default none: they wait for a sweeper with it */
   readonly stripe?: () => Promise<Stripe>;
+  /** The packs on sale, for auto top-ups a crash left unstarted (`startMissedTopUps`). @default none started */
+  readonly packages?: readonly CreditPackage[];
 }
 
 /**
@@ -37,7 +40,7 @@ export interface SweeperDependencies {
  * debits already treat both as expired; the sweeper makes idle accounts' rows and entries catch up. It
  * grants each month's allowances ahead (a debit or a read grants one the sweeper has not reached yet), and is
  * the webhook outbox's safety net: events a crash left unsent, and deliveries whose wait outlasted SQS's delay;
- * and auto top-up's: top-ups a crash between a debit's commit and its charge left uncharged for a minute.
+ * and auto top-up's: top-ups a crash after a debit's commit left unstarted, and ones left uncharged for a minute.
  */
 export function createSweeper(deps: SweeperDependencies) {
   const obs = createObservability('sweeper');
@@ -60,6 +63,9 @@ export function createSweeper(deps: SweeperDependencies) {
   async function chargeTopUps(now: Date): Promise<number> {
     if (!deps.stripe) return 0;
     try {
+      // A debit whose top-up check a crash skipped: started here, charged by the next sweep (after the grace).
+      const started = await startMissedTopUps(deps.db, deps.packages ?? [], now);
+      if (started.length > 0) logger.info('auto top-ups a crash left unstarted, started', { started });
       const outcomes = await chargeUnchargedTopUps(deps.db, await deps.stripe(), now);
       if (outcomes.length > 0) {
         logger.info('uncharged auto top-ups charged', {
@@ -135,6 +141,7 @@ export const handler = coldStart(() => {
   return createSweeper({
     db: createDb(config.database, { max: config.poolMax, applicationName: 'sweeper' }),
     plans: config.plans,
+    packages: config.packages,
     ...(process.env.WEBHOOK_QUEUE_URL && { webhookQueue: awsWebhookRuntime(loadWebhookConfig()).queue }),
     // Set by bindStripeSecret (infra): the sweeper charges auto top-ups a crash left uncharged.
     ...(process.env.STRIPE_SECRET_NAME && {

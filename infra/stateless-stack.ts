@@ -149,12 +149,15 @@ export class StatelessStack extends Stack {
       // One sweep at a time: a second would only wait on the first's account locks.
       reservedConcurrentExecutions: 1,
       ...inVpc,
-      environment: { ...(props.plans && { PLANS: props.plans }) },
+      environment: {
+        ...(props.plans && { PLANS: props.plans }),
+        ...(props.creditPackages && { CREDIT_PACKAGES: props.creditPackages }),
+      },
     })
       .bindDatabase(stateful.proxy, app)
       // The outbox's safety net, and attempts whose wait is longer than SQS's 15-minute delay.
       .bindWebhookQueue(stateful.webhookQueue)
-      // Auto top-ups a crash left uncharged, charged with their idempotency key.
+      // Auto top-ups a crash left unstarted or uncharged, charged with their idempotency key.
       .bindStripeSecret(stateful.stripeSecret);
 
     // Outbound webhooks: one attempt per message; it re-sends itself with a delay, or dead-letters itself.

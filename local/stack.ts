@@ -368,7 +368,7 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
     const dispatcher = createWebhookDispatcher({ db, ...webhooks });
     webhookQueue.startPolling(async (event) => dispatcher(event, context('webhook-dispatcher')));
     // EventBridge Scheduler's part: the sweeper on a timer, one run at a time.
-    const sweeper = createSweeper({ db, plans, webhookQueue: webhooks.queue, stripe });
+    const sweeper = createSweeper({ db, plans, packages, webhookQueue: webhooks.queue, stripe });
     let sweeping: Promise<unknown> = Promise.resolve();
     const sweepTimer = setInterval(
       () => {

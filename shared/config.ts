@@ -124,6 +124,7 @@ export interface ApiConfig extends ReconcileConfig {
 }
 export interface SweeperConfig extends DatabaseConfig {
   readonly plans: PlanCatalog;
+  readonly packages: readonly CreditPackage[];
 }
 
 /** Parses `schema` from `env`; the error names every missing or invalid variable. */
@@ -245,7 +246,14 @@ export function loadDispatcherConfig(env: NodeJS.ProcessEnv = process.env): Disp
   return { ...loadDatabaseConfig(env), webhooks: { ...webhooks, deadLetterQueueUrl, kmsKeyId } };
 }
 
-/** The sweeper's configuration: the database and the plans (for allowances granted ahead). */
+/**
+ * The sweeper's configuration: the database, the plans (for allowances granted ahead) and the packs (an auto
+ * top-up a crash left unstarted buys one).
+ */
 export function loadSweeperConfig(env: NodeJS.ProcessEnv = process.env): SweeperConfig {
-  return { ...loadDatabaseConfig(env), plans: parsePlans(parseEnv(plansSchema, env).PLANS) };
+  return {
+    ...loadDatabaseConfig(env),
+    plans: parsePlans(parseEnv(plansSchema, env).PLANS),
+    packages: parsePackages(parseEnv(packagesSchema, env).CREDIT_PACKAGES),
+  };
 }

@@ -1,6 +1,6 @@
 import { type Kysely, sql } from 'kysely';
 import type Stripe from 'stripe';
-import { inAccountTransaction } from '../accounts/accounts.js';
+import { heldCredits, inAccountTransaction } from '../accounts/accounts.js';
 import { lockKey, type Trx } from '../db/locks.js';
 import type { Account, Database, Payment } from '../db/schema.js';
 import type { CreditPackage } from '../packages.js';
@@ -280,6 +280,44 @@ export async function maybeTopUp(
   if (Number(recent.in_flight) > 0 || Number(recent.this_month) >= settings.maxPerMonth) return undefined;
   const created = await createTopUp(trx, account, pack);
   return typeof created === 'string' ? undefined : created;
+}
+
+/**
+ * The sweeper's safety net for the step after a debit: a debit commits, then its top-up check runs in a
+ * transaction of its own, and a crash between the two leaves the account below its threshold with no top-up
+ * (for good, if that debit was the last the balance allowed). Candidates: auto top-up on, a saved card, not
+ * frozen, `available` below the threshold now, and the account's newest entry a use of credits (spend,
+ * capture, usage event) from the last day and newer than its newest top-up. A clawback, expiry or grant since
+ * then starts none.
+ * `maybeTopUp` decides under the lock, as after a debit. Returns the payments it created (INIT; the next
+ * sweep charges them: `chargeUnchargedTopUps`).
+ */
+export async function startMissedTopUps(
+  db: Kysely<Database>,
+  packages: readonly CreditPackage[],
+  now: Date,
+  limit = 50,
+): Promise<string[]> {
+  const { rows } = await sql<{ account_id: string }>`
+    SELECT s.account_id FROM auto_topup_settings s JOIN accounts a ON a.id = s.account_id
+    CROSS JOIN LATERAL (SELECT kind, created_at FROM ledger_entries e WHERE e.account_id = a.id
+                        ORDER BY e.id DESC LIMIT 1) AS newest
+    WHERE s.enabled AND a.status = 'active' AND a.stripe_payment_method_id IS NOT NULL
+      AND newest.kind IN ('spend', 'hold_capture', 'usage') AND newest.created_at > ${new Date(now.getTime() - 86_400_000)}
+      AND newest.created_at > coalesce((SELECT max(p.created_at) FROM payments p
+                                        WHERE p.account_id = a.id AND p.kind = 'auto_topup'), '-infinity')
+      AND a.balance - coalesce((SELECT sum(h.credits) FROM holds h WHERE h.account_id = a.id
+                                AND h.status = 'active' AND h.expires_at > ${now}), 0) < s.threshold_credits
+    ORDER BY newest.created_at DESC
+    LIMIT ${limit}`.execute(db);
+  const started: string[] = [];
+  for (const { account_id: accountId } of rows) {
+    const payment = await inAccountTransaction(db, accountId, async (trx, account) =>
+      maybeTopUp(trx, account, account.balance - (await heldCredits(trx, account.id, now)), packages, now),
+    );
+    if (payment) started.push(payment.id);
+  }
+  return started;
 }
 
 /**

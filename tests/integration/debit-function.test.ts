@@ -1,11 +1,13 @@
 import { describe, expect, it } from 'vitest';
 import { inAccountTransaction, saveCard } from '../../shared/accounts/accounts.js';
 import { UNLIMITED } from '../../shared/ledger/debit.js';
-import { spendUserCredits } from '../../shared/ledger/ledger.js';
+import { movePaymentCredits, spendUserCredits } from '../../shared/ledger/ledger.js';
 import { DEFAULT_PACKAGES } from '../../shared/packages.js';
 import { DEFAULT_CATALOG } from '../../shared/plan-catalog.js';
 import { planGuard } from '../../shared/plans/plans.js';
 import { activatePriceBook, createPriceBookDraft } from '../../shared/pricing/price-book.js';
+import { saveAutoTopUpSettings } from '../../shared/topup/settings.js';
+import { startMissedTopUps } from '../../shared/topup/topup.js';
 import { ADMIN_ARN, SERVICE_ARN, testApi } from '../support/api.js';
 import { createTestDatabase } from '../support/database.js';
 import { givenFundedAccount, reloadAccount } from '../support/factories.js';
@@ -96,6 +98,59 @@ describe('the debit function, around its call', () => {
     // 5 credits per input token from a minute ago: what this process read of the books still says 1.
     await book('h-v2', '5000000', new Date(now.getTime() - 60_000));
     expect((await hold('h-2')).body).toMatchObject({ credits: 50, priceVersion: 'h-v2' });
+    await expectInvariantsHold(db);
+  });
+
+  it('leaves a top-up a crash skipped after its debit to the sweeper, which starts it once; none after a clawback', async () => {
+    const withCard = async (userKey: string) => {
+      const { account, payment } = await givenFundedAccount(db, 100);
+      await inAccountTransaction(db, account.id, (trx, locked) =>
+        saveCard(trx, locked, {
+          customerId: `cus_${userKey}`,
+          paymentMethodId: 'pm_card_visa',
+          savedAt: new Date(),
+        }),
+      );
+      await saveAutoTopUpSettings(db, DEFAULT_PACKAGES, account.id, {
+        enabled: true,
+        packageId: DEFAULT_PACKAGES[0]!.id,
+        thresholdCredits: 50,
+        maxPerMonth: 5,
+      });
+      return { account, payment };
+    };
+    // The spend leaves 30 (below 50); the step after its commit never runs (a crash).
+    const crashed = async (userId: string, key: string) => {
+      const guard = planGuard(DEFAULT_CATALOG, new Date(), DEFAULT_PACKAGES);
+      await spendUserCredits(db, userId, { amount: 70, idempotencyKey: key }, new Date(), {
+        ...guard,
+        topUp: async () => {},
+      });
+    };
+    const skipped = await withCard('skipped');
+    await crashed(skipped.account.external_user_id!, 'crash-before-topup');
+    const clawedBack = await withCard('clawed');
+    await crashed(clawedBack.account.external_user_id!, 'crash-then-refund');
+    await inAccountTransaction(db, clawedBack.account.id, (trx, locked) =>
+      movePaymentCredits(trx, locked, {
+        paymentId: clawedBack.payment.id,
+        kind: 'refund_clawback',
+        credits: 10,
+        reference: 're_missed_topup',
+      }),
+    );
+
+    const started = await startMissedTopUps(db, DEFAULT_PACKAGES, new Date());
+    expect(started).toHaveLength(1);
+    const topUps = await db
+      .selectFrom('payments')
+      .select(['id', 'account_id', 'status'])
+      .where('kind', '=', 'auto_topup')
+      .where('account_id', 'in', [skipped.account.id, clawedBack.account.id])
+      .execute();
+    expect(topUps).toEqual([{ id: started[0], account_id: skipped.account.id, status: 'INIT' }]);
+    // Once: the top-up is newer than the spend now (and in flight).
+    expect(await startMissedTopUps(db, DEFAULT_PACKAGES, new Date())).toEqual([]);
     await expectInvariantsHold(db);
   });
 });

@@ -124,16 +124,15 @@ export async function expireDueGrants(
 const utcDay = (at: Date) => at.toISOString().slice(0, 10);
 
 /**
- * Appends a negative entry drawing on `live` (the grants expireDueGrants returned): `preferGrantId` first,
- * then burn order. The caller has checked the balance; what the grants cannot cover is debt (clawbacks only).
- * A use of credits (spend, capture, usage) is counted in its UTC day (at `now`) for the caps.
+ * Appends a negative entry that is not a use of credits (a clawback, an admin's removal; uses go through
+ * `debit`) drawing on `live` (the grants expireDueGrants returned): `preferGrantId` first, then burn order.
+ * The caller has checked the balance; what the grants cannot cover is debt (clawbacks only).
  */
 async function debitEntry(
   trx: Trx,
   account: Account,
   entry: NewEntry,
   live: readonly CreditGrant[],
-  _now: Date,
   preferGrantId?: string,
 ): Promise<LedgerEntry> {
   const written = await writeEntry(trx, account, entry);
@@ -273,14 +272,7 @@ export async function movePaymentCredits(
       balance: account.balance - credits,
     },
   });
-  const entry = await debitEntry(
-    trx,
-    account,
-    movement,
-    live,
-    now,
-    await purchaseGrantId(trx, input.paymentId),
-  );
+  const entry = await debitEntry(trx, account, movement, live, await purchaseGrantId(trx, input.paymentId));
   return { entry, duplicate: false };
 }
 
@@ -549,7 +541,7 @@ export async function adjustCredits(
     adminActionId: actionId,
     description,
   };
-  if (amount < 0) return debitEntry(trx, account, entry, live, now);
+  if (amount < 0) return debitEntry(trx, account, entry, live);
   const credited = await creditEntry(trx, account, entry, {
     category: input.category ?? 'promotional',
     source: 'admin',

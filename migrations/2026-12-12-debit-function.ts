@@ -92,6 +92,10 @@ BEGIN
   IF NOT FOUND THEN RETURN jsonb_build_object('status', 'account_not_found'); END IF;
   v_account_json := jsonb_build_object('id', v_account.id, 'balance', v_account.balance,
     'version', v_account.version);
+  -- Credits reserved by active holds, a capture's own hold excluded (a replayed capture's is not active).
+  SELECT coalesce(sum(credits), 0) INTO v_held FROM holds
+    WHERE account_id = p_account AND status = 'active' AND expires_at > p_now
+      AND (p_kind <> 'capture' OR id <> p_hold);
 
   -- Idempotency: the same request again answers the first result; another request with its key is refused.
   IF p_kind = 'spend' THEN
@@ -122,8 +126,7 @@ BEGIN
           CASE p_kind WHEN 'hold' THEN 'idempotency_conflict' ELSE 'hold_already_captured' END);
       END IF;
       RETURN jsonb_build_object('status', 'replayed', 'account', v_account_json, 'hold', to_jsonb(v_hold),
-        'held', (SELECT coalesce(sum(credits), 0) FROM holds
-          WHERE account_id = p_account AND status = 'active' AND expires_at > p_now));
+        'held', v_held);
     END IF;
     IF p_kind = 'capture' THEN
       IF v_hold.status = 'voided' THEN RETURN jsonb_build_object('status', 'hold_voided'); END IF;
@@ -153,11 +156,6 @@ BEGIN
   IF EXISTS (SELECT FROM credit_grants WHERE account_id = p_account AND open AND expires_at <= p_now) THEN
     RETURN jsonb_build_object('status', 'expiry_due', 'accountId', p_account);
   END IF;
-
-  -- Credits reserved by active holds, the captured hold's own excluded.
-  SELECT coalesce(sum(credits), 0) INTO v_held FROM holds
-    WHERE account_id = p_account AND status = 'active' AND expires_at > p_now
-      AND (p_kind <> 'capture' OR id <> p_hold);
 
   -- The plan: allowance due, rate limit, caps (a usage event of no credits is not a debit).
   IF p_plans IS NOT NULL AND (p_kind <> 'usage' OR p_credits > 0) THEN

@@ -444,14 +444,17 @@ function prepare(
  * failure of it told to the guard, never thrown (the debit has committed).
  */
 async function topUp(db: Kysely<Database>, guard: DebitGuard, debited: Debited, now: Date): Promise<void> {
-  if (db.isTransaction) {
-    await guard.topUp(db as Trx, await lockAccount(db as Trx, debited.accountId), debited.available);
-    return;
-  }
-  try {
-    await underLock(db, debited.accountId, async (trx, locked) =>
-      guard.topUp(trx, locked, locked.balance - (await heldCredits(trx, locked.id, now))),
+  const check = () =>
+    underLock(db, debited.accountId, async (trx, locked) =>
+      guard.topUp(
+        trx,
+        locked,
+        db.isTransaction ? debited.available : locked.balance - (await heldCredits(trx, locked.id, now)),
+      ),
     );
+  if (db.isTransaction) return check();
+  try {
+    await check();
   } catch (error: unknown) {
     guard.noteTopUpFailure(error);
   }

@@ -10,7 +10,7 @@ import {
   statusAt,
   voidHold,
 } from '../holds/holds.js';
-import { PricesChangedError } from '../ledger/debit.js';
+import { pricedAgainIfChanged } from '../ledger/debit.js';
 import { planGuard } from '../plans/plans.js';
 import { costOf, priceUsageAt } from '../pricing/cost.js';
 import { findPriceInVersion } from '../pricing/price-book.js';
@@ -130,10 +130,7 @@ export const createHoldEndpoint = defineEndpoint({
     };
     // Priced from what this process read of the price books; once more from the database if a version was
     // activated since (the debit checks it).
-    const result = await create(false).catch((error: unknown) => {
-      if (error instanceof PricesChangedError) return create(true);
-      throw error;
-    });
+    const result = await pricedAgainIfChanged(create);
     await afterDebitCommit(deps, guard);
     return ok(
       {

@@ -204,6 +204,19 @@ export class PricesChangedError extends Error {
   }
 }
 
+/**
+ * Runs `work` (pricing, then the debit) priced from what the process last read of the price books, and once
+ * more priced from the database (`fresh`) when its debit answers PricesChangedError.
+ */
+export async function pricedAgainIfChanged<T>(work: (fresh: boolean) => Promise<T>): Promise<T> {
+  try {
+    return await work(false);
+  } catch (error: unknown) {
+    if (!(error instanceof PricesChangedError)) throw error;
+    return work(true);
+  }
+}
+
 /** `debit_usage` for usage calls (each naming its user): one answer per call, in order. */
 export function callUsageDebits(
   db: Kysely<Database>,

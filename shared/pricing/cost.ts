@@ -150,6 +150,15 @@ export function costOf(price: Price, usage: Usage): Cost {
 }
 
 /**
+ * The cost of `usage` of `sku` at `price`. No price (`book` names the version that lacks the SKU) is 422
+ * unknown_sku: never a cost of 0.
+ */
+export function costAtPrice(price: Price | undefined, sku: string, usage: Usage, book: string): Cost {
+  if (!price) throw new ServiceError('unknown_sku', `${book} has no SKU ${JSON.stringify(sku)}`, { sku });
+  return costOf(price, usage);
+}
+
+/**
  * Prices `usage` of `sku` for a hold at `now` from what the process last read of the price books
  * (`pricesAt`; `fresh`: read them first). The debit checks the version again and answers PricesChangedError
  * when one was activated since: price it again with `fresh`. A SKU the version does not list is unknown_sku.
@@ -162,9 +171,7 @@ export async function priceUsageAt(
   fresh: boolean,
 ): Promise<Cost> {
   const [price] = await pricesAt(db, [{ sku, at: now }], { fresh });
-  if (!price)
-    throw new ServiceError('unknown_sku', `the active price book has no SKU ${JSON.stringify(sku)}`, { sku });
-  return costOf(price, usage);
+  return costAtPrice(price, sku, usage, 'the active price book');
 }
 
 /**
@@ -172,10 +179,6 @@ export async function priceUsageAt(
  * the version does not list (or no version at all) is unknown_sku (422): never a price of 0.
  */
 export async function quoteUsage(db: Kysely<Database>, sku: string, usage: Usage, at?: Date): Promise<Cost> {
-  const price = await findPrice(db, sku, at);
-  if (!price) {
-    const which = at ? `the price book active at ${at.toISOString()}` : 'the active price book';
-    throw new ServiceError('unknown_sku', `${which} has no SKU ${JSON.stringify(sku)}`, { sku });
-  }
-  return costOf(price, usage);
+  const book = at ? `the price book active at ${at.toISOString()}` : 'the active price book';
+  return costAtPrice(await findPrice(db, sku, at), sku, usage, book);
 }

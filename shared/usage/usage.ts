@@ -5,12 +5,12 @@ import { type ErrorCode, ServiceError } from '../errors.js';
 import {
   type DebitCall,
   type DebitGuard,
-  PricesChangedError,
+  pricedAgainIfChanged,
   UNLIMITED,
   UnpricedError,
 } from '../ledger/debit.js';
 import { debitUsage } from '../ledger/ledger.js';
-import { costOf, type Usage } from '../pricing/cost.js';
+import { costAtPrice, type Usage } from '../pricing/cost.js';
 import { type Price, pricesAt } from '../pricing/price-book.js';
 
 /**
@@ -68,14 +68,9 @@ export async function recordUsageEvents(
   now: Date,
   guard: DebitGuard = UNLIMITED,
 ): Promise<UsageOutcome[]> {
-  for (let fresh = false; ; fresh = true) {
-    try {
-      return await debitPriced(db, inputs, await pricedAt(db, inputs, fresh), now, guard);
-    } catch (error: unknown) {
-      // A version activated since this process read the books: once more, from the database.
-      if (!(error instanceof PricesChangedError) || fresh) throw error;
-    }
-  }
+  return pricedAgainIfChanged(async (fresh) =>
+    debitPriced(db, inputs, await pricedAt(db, inputs, fresh), now, guard),
+  );
 }
 
 /** Each event's price at its occurredAt (undefined for raw debits and for SKUs no version then had). */
@@ -148,13 +143,12 @@ function costOfEvent(
   price: Price | undefined,
 ): { credits: number; priceVersion: string | null } {
   if (input.credits !== undefined) return { credits: input.credits, priceVersion: null };
-  if (!price) {
-    throw new ServiceError(
-      'unknown_sku',
-      `the price book active at ${input.occurredAt.toISOString()} has no SKU ${JSON.stringify(input.sku)}`,
-    );
-  }
-  return costOf(price, input.usage!);
+  return costAtPrice(
+    price,
+    input.sku!,
+    input.usage!,
+    `the price book active at ${input.occurredAt.toISOString()}`,
+  );
 }
 
 /** The debit of one event; without a cost, one the database answers `unpriced` unless it refuses it first. */

@@ -286,9 +286,9 @@ export async function maybeTopUp(
  * The sweeper's safety net for the step after a debit: a debit commits, then its top-up check runs in a
  * transaction of its own, and a crash between the two leaves the account below its threshold with no top-up
  * (for good, if that debit was the last the balance allowed). Candidates: auto top-up on, a saved card, not
- * frozen, `available` below the threshold now, and the account's newest entry a use of credits (spend,
- * capture, usage event) from the last day and newer than its newest top-up. A clawback, expiry or grant since
- * then starts none.
+ * frozen, `available` below the threshold now, and the account's newest entry or active hold a use of credits
+ * (a spend, capture or usage event; a hold's creation, which writes no entry) from the last day and newer
+ * than its newest top-up. A clawback, expiry or grant since then starts none.
  * `maybeTopUp` decides under the lock, as after a debit. Returns the payments it created (INIT; the next
  * sweep charges them: `chargeUnchargedTopUps`).
  */
@@ -300,10 +300,14 @@ export async function startMissedTopUps(
 ): Promise<string[]> {
   const { rows } = await sql<{ account_id: string }>`
     SELECT s.account_id FROM auto_topup_settings s JOIN accounts a ON a.id = s.account_id
-    CROSS JOIN LATERAL (SELECT kind, created_at FROM ledger_entries e WHERE e.account_id = a.id
-                        ORDER BY e.id DESC LIMIT 1) AS newest
+    CROSS JOIN LATERAL (SELECT kind, created_at FROM (
+        (SELECT kind, created_at FROM ledger_entries e WHERE e.account_id = a.id ORDER BY e.id DESC LIMIT 1)
+        UNION ALL
+        (SELECT 'hold', max(h.created_at) FROM holds h WHERE h.account_id = a.id AND h.status = 'active')
+      ) AS uses ORDER BY created_at DESC NULLS LAST LIMIT 1) AS newest
     WHERE s.enabled AND a.status = 'active' AND a.stripe_payment_method_id IS NOT NULL
-      AND newest.kind IN ('spend', 'hold_capture', 'usage') AND newest.created_at > ${new Date(now.getTime() - 86_400_000)}
+      AND newest.kind IN ('spend', 'hold_capture', 'usage', 'hold')
+      AND newest.created_at > ${new Date(now.getTime() - 86_400_000)}
       AND newest.created_at > coalesce((SELECT max(p.created_at) FROM payments p
                                         WHERE p.account_id = a.id AND p.kind = 'auto_topup'), '-infinity')
       AND a.balance - coalesce((SELECT sum(h.credits) FROM holds h WHERE h.account_id = a.id

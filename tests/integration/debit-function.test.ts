@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { inAccountTransaction, saveCard } from '../../shared/accounts/accounts.js';
+import { createHold } from '../../shared/holds/holds.js';
 import { UNLIMITED } from '../../shared/ledger/debit.js';
 import { movePaymentCredits, spendUserCredits } from '../../shared/ledger/ledger.js';
 import { DEFAULT_PACKAGES } from '../../shared/packages.js';
@@ -101,7 +102,7 @@ describe('the debit function, around its call', () => {
     await expectInvariantsHold(db);
   });
 
-  it('leaves a top-up a crash skipped after its debit to the sweeper, which starts it once; none after a clawback', async () => {
+  it('leaves a top-up a crash skipped after its debit (or hold) to the sweeper, which starts it once; none after a clawback', async () => {
     const withCard = async (userKey: string) => {
       const { account, payment } = await givenFundedAccount(db, 100);
       await inAccountTransaction(db, account.id, (trx, locked) =>
@@ -129,6 +130,16 @@ describe('the debit function, around its call', () => {
     };
     const skipped = await withCard('skipped');
     await crashed(skipped.account.external_user_id!, 'crash-before-topup');
+    // A hold's creation writes no entry: the sweeper finds it by the active hold.
+    const held = await withCard('held');
+    const guard = planGuard(DEFAULT_CATALOG, new Date(), DEFAULT_PACKAGES);
+    await createHold(
+      db,
+      held.account.external_user_id!,
+      { credits: 70, idempotencyKey: 'hold-crash', request: { credits: 70 }, ttlSeconds: 600 },
+      new Date(),
+      { ...guard, topUp: async () => {} },
+    );
     const clawedBack = await withCard('clawed');
     await crashed(clawedBack.account.external_user_id!, 'crash-then-refund');
     await inAccountTransaction(db, clawedBack.account.id, (trx, locked) =>
@@ -141,14 +152,20 @@ describe('the debit function, around its call', () => {
     );
 
     const started = await startMissedTopUps(db, DEFAULT_PACKAGES, new Date());
-    expect(started).toHaveLength(1);
+    expect(started).toHaveLength(2);
     const topUps = await db
       .selectFrom('payments')
       .select(['id', 'account_id', 'status'])
       .where('kind', '=', 'auto_topup')
-      .where('account_id', 'in', [skipped.account.id, clawedBack.account.id])
+      .where('account_id', 'in', [skipped.account.id, held.account.id, clawedBack.account.id])
       .execute();
-    expect(topUps).toEqual([{ id: started[0], account_id: skipped.account.id, status: 'INIT' }]);
+    expect(new Set(topUps.map((p) => p.id))).toEqual(new Set(started));
+    expect(topUps.map((p) => [p.account_id, p.status]).sort()).toEqual(
+      [
+        [skipped.account.id, 'INIT'],
+        [held.account.id, 'INIT'],
+      ].sort(),
+    );
     // Once: the top-up is newer than the spend now (and in flight).
     expect(await startMissedTopUps(db, DEFAULT_PACKAGES, new Date())).toEqual([]);
     await expectInvariantsHold(db);

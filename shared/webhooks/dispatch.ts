@@ -1,6 +1,9 @@
+import http from 'node:http';
+import https from 'node:https';
 import type { Kysely } from 'kysely';
 import { Webhook } from 'standardwebhooks';
 import type { Database } from '../db/schema.js';
+import { ipLiteralOf, isAllowedAddress, NotPublicAddressError, publicOnlyLookup } from './address.js';
 import { abandonDelivery, claimDelivery, RESPONSE_EXCERPT_CHARS, recordAttempt } from './outbox.js';
 import type { DeliveryQueue } from './queue.js';
 import type { SecretCipher } from './secrets.js';
@@ -15,6 +18,8 @@ export interface DispatchDependencies {
   readonly clock?: () => Date;
   /** How long an endpoint has to answer. @default 10 s */
   readonly timeoutMs?: number;
+  /** Deliveries may go to loopback addresses: the local stack only (see address.ts). @default false */
+  readonly allowLoopbackHttp?: boolean;
 }
 
 export type DispatchOutcome =
@@ -39,24 +44,67 @@ export function signedRequest(secret: string, webhookId: string, payload: string
   };
 }
 
-/** POSTs and reads what the endpoint answered; never throws (a refused or timed-out POST is status null). */
-async function post(url: string, headers: Record<string, string>, body: string, timeoutMs: number) {
-  try {
-    // No redirects: an endpoint answers itself, it does not send its events elsewhere.
-    const response = await fetch(url, {
-      method: 'POST',
-      headers,
-      body,
-      redirect: 'manual',
-      signal: AbortSignal.timeout(timeoutMs),
-    });
-    const text = await response.text().catch(() => '');
-    return { status: response.status, response: text.slice(0, RESPONSE_EXCERPT_CHARS) };
-  } catch (error: unknown) {
-    const cause = (error as { cause?: { code?: string } }).cause?.code;
-    const name = (error as Error).name === 'TimeoutError' ? 'timed out' : (cause ?? (error as Error).message);
-    return { status: null, response: `no response: ${name}` };
+/**
+ * POSTs and reads what the endpoint answered; never throws (a refused or timed-out POST is status null). The
+ * connection goes only to an address the endpoint may be reached at (address.ts: never a private one, loopback
+ * only with `allowLoopback`), whatever its name resolves to now. No redirects: an endpoint answers itself, it
+ * does not send its events elsewhere. `timeoutMs` bounds the whole exchange, the answer's body included.
+ */
+function post(
+  url: string,
+  headers: Record<string, string>,
+  body: string,
+  timeoutMs: number,
+  allowLoopback: boolean,
+): Promise<{ status: number | null; response: string }> {
+  const target = new URL(url);
+  const literal = ipLiteralOf(target.hostname);
+  if (literal && !isAllowedAddress(literal, allowLoopback)) {
+    const refused = new NotPublicAddressError(target.hostname, [literal]);
+    return Promise.resolve({ status: null, response: `no response: ${refused.code}: ${refused.message}` });
   }
+  return new Promise((resolve) => {
+    let settled = false;
+    // Once the endpoint has answered, its status stands, even when its body is cut short or times out.
+    let answered: { status: number | null; text: string } | undefined;
+    const settle = (error?: unknown) => {
+      if (settled) return;
+      settled = true;
+      if (answered) {
+        resolve({ status: answered.status, response: answered.text.slice(0, RESPONSE_EXCERPT_CHARS) });
+        return;
+      }
+      const e = error as { name?: string; code?: string; message?: string } | undefined;
+      const why =
+        e?.name === 'AbortError'
+          ? 'timed out'
+          : e?.code === 'ENOTPUBLIC'
+            ? `${e.code}: ${e.message}`
+            : (e?.code ?? e?.message ?? String(error));
+      resolve({ status: null, response: `no response: ${why}` });
+    };
+    const request = (target.protocol === 'https:' ? https : http).request(
+      target,
+      {
+        method: 'POST',
+        headers: { ...headers, 'content-length': String(Buffer.byteLength(body)) },
+        lookup: publicOnlyLookup(allowLoopback),
+        signal: AbortSignal.timeout(timeoutMs),
+      },
+      (response) => {
+        const reply = { status: response.statusCode ?? null, text: '' };
+        answered = reply;
+        response.setEncoding('utf8');
+        response.on('data', (chunk: string) => {
+          if (reply.text.length < RESPONSE_EXCERPT_CHARS) reply.text += chunk;
+        });
+        response.on('error', settle);
+        response.on('close', () => settle());
+      },
+    );
+    request.on('error', settle);
+    request.end(body);
+  });
 }
 
 /**
@@ -80,7 +128,13 @@ export async function dispatchDelivery(
   }
   const secret = await deps.cipher.decrypt(endpoint.secret_ciphertext, endpoint.id);
   const headers = signedRequest(secret, delivery.webhook_id, payload, new Date());
-  const result = await post(endpoint.url, headers, payload, deps.timeoutMs ?? 10_000);
+  const result = await post(
+    endpoint.url,
+    headers,
+    payload,
+    deps.timeoutMs ?? 10_000,
+    deps.allowLoopbackHttp ?? false,
+  );
   const recorded = await recordAttempt(deps.db, claimed, result, now(), deps.retrySeconds);
   if (recorded.enqueueDelaySeconds !== undefined) {
     await deps.queue.send(delivery.id, recorded.enqueueDelaySeconds);

@@ -3,6 +3,7 @@ import type { Kysely } from 'kysely';
 import { type AdminActor, recordAdminAction } from '../audit/audit.js';
 import type { Database, WebhookEndpoint } from '../db/schema.js';
 import { ServiceError, ValidationError } from '../errors.js';
+import { ipLiteralOf, isAllowedAddress } from './address.js';
 import { isWebhookEventType, WEBHOOK_EVENT_TYPES, type WebhookEventType } from './events.js';
 import { generateSigningSecret, type SecretCipher } from './secrets.js';
 
@@ -11,8 +12,10 @@ import { generateSigningSecret, type SecretCipher } from './secrets.js';
 const LOOPBACK_HOSTS = new Set(['127.0.0.1', '[::1]', 'localhost']);
 
 /**
- * Throws a ValidationError on `url` unless it is an absolute https URL without credentials; with
- * `allowLoopbackHttp` (the local stack only), http to 127.0.0.1, ::1 or localhost is allowed too.
+ * Throws a ValidationError on `url` unless it is an absolute https URL without credentials whose host is not
+ * an address off the public internet (a private, loopback, link-local or reserved IP, or localhost: see
+ * address.ts; a name is judged by what it resolves to at each delivery). With `allowLoopbackHttp` (the local
+ * stack only), loopback hosts are allowed, and http to 127.0.0.1, ::1 or localhost too.
  */
 export function checkEndpointUrl(raw: string, options: { readonly allowLoopbackHttp: boolean }): URL {
   let url: URL;
@@ -22,7 +25,17 @@ export function checkEndpointUrl(raw: string, options: { readonly allowLoopbackH
     throw new ValidationError('url', 'is not an absolute URL');
   }
   if (url.username || url.password) throw new ValidationError('url', 'must not carry credentials');
-  if (url.protocol === 'https:') return url;
+  if (url.protocol === 'https:') {
+    const ip = ipLiteralOf(url.hostname);
+    const localhost = url.hostname === 'localhost' || url.hostname.endsWith('.localhost');
+    if (ip ? !isAllowedAddress(ip, options.allowLoopbackHttp) : localhost && !options.allowLoopbackHttp) {
+      throw new ValidationError(
+        'url',
+        `points at ${url.hostname}, which is not a public address (private, loopback, link-local or reserved); an endpoint must be reachable on the public internet`,
+      );
+    }
+    return url;
+  }
   if (url.protocol === 'http:' && options.allowLoopbackHttp) {
     if (LOOPBACK_HOSTS.has(url.hostname)) return url;
     throw new ValidationError(

@@ -1,4 +1,6 @@
 import { mkdtempSync, statSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { DecryptCommand, EncryptCommand, KMSClient } from '@aws-sdk/client-kms';
@@ -66,7 +68,16 @@ beforeEach(async () => {
  * message sent to the delivery queue is handed to the dispatcher by `drain`, the test clock moved on by the
  * message's delay first, as SQS would hold it.
  */
-function harness(options: { retrySeconds?: readonly number[]; local?: boolean; cipher?: SecretCipher } = {}) {
+function harness(
+  options: {
+    retrySeconds?: readonly number[];
+    local?: boolean;
+    cipher?: SecretCipher;
+    /** The dispatcher may reach loopback (every receiver here is on 127.0.0.1). @default true */
+    deliverToLoopback?: boolean;
+    timeoutMs?: number;
+  } = {},
+) {
   const clock = testClock();
   const queue = sqsDeliveryQueue(new SQSClient({ region: 'us-east-1' }), {
     queueUrl: QUEUE_URL,
@@ -97,7 +108,13 @@ function harness(options: { retrySeconds?: readonly number[]; local?: boolean; c
       body: (response.body ? JSON.parse(response.body) : {}) as Record<string, unknown>,
     };
   }
-  const dispatcher = createWebhookDispatcher({ db, ...runtime, clock: clock.now });
+  const dispatcher = createWebhookDispatcher({
+    db,
+    ...runtime,
+    allowLoopbackHttp: options.deliverToLoopback ?? true,
+    ...(options.timeoutMs !== undefined && { timeoutMs: options.timeoutMs }),
+    clock: clock.now,
+  });
   const sweeper = createSweeper({ db, clock: clock.now, webhookQueue: queue });
   const sent = (url: string) =>
     sqsMock
@@ -285,6 +302,63 @@ describe('outbound webhooks: delivery and retries', () => {
     await receiver.close();
   });
 
+  it('never connects to an address off the public internet, whatever the endpoint resolves to by now', async () => {
+    // Registered as the local stack allows, delivered by a dispatcher as in AWS: as if the endpoint's name
+    // had been re-pointed at a private address after its registration.
+    const h = harness({ retrySeconds: [1], deliverToLoopback: false });
+    const receiver = await startWebhookReceiver([200]);
+    const byName = await h.register(`http://localhost:${receiver.port}/hooks`);
+    const byAddress = await h.register(receiver.url);
+    await commitEvent();
+
+    await h.flush();
+    expect(await h.drain()).toBe(4);
+
+    expect(receiver.received).toEqual([]);
+    const [named] = await h.deliveries(byName.id);
+    expect(named).toMatchObject({ status: 'dead', attempts: 2, lastStatus: null });
+    expect(String(named?.lastResponse)).toMatch(
+      /^no response: ENOTPUBLIC: localhost resolves only to addresses that are not public \(.*(127\.0\.0\.1|::1)/,
+    );
+    const [literal] = await h.deliveries(byAddress.id);
+    expect(literal).toMatchObject({
+      status: 'dead',
+      lastResponse: 'no response: ENOTPUBLIC: 127.0.0.1 is not a public address',
+    });
+    await receiver.close();
+  });
+
+  it('gives up on an endpoint that does not answer in time, and keeps the status of one that answered slowly', async () => {
+    const h = harness({ retrySeconds: [1], timeoutMs: 300 });
+    const server = createServer((req, res) => {
+      req.resume();
+      // /silent never answers; /stalling answers its status and part of a body, then nothing.
+      if (req.url === '/stalling') {
+        res.writeHead(503, { 'content-type': 'text/plain' });
+        res.write('busy, ');
+      }
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as AddressInfo;
+    const silent = await h.register(`http://127.0.0.1:${port}/silent`);
+    const stalling = await h.register(`http://127.0.0.1:${port}/stalling`);
+    await commitEvent();
+
+    await h.flush();
+    expect(await h.drain()).toBe(4);
+
+    const [timedOut] = await h.deliveries(silent.id);
+    expect(timedOut).toMatchObject({
+      status: 'dead',
+      lastStatus: null,
+      lastResponse: 'no response: timed out',
+    });
+    const [slow] = await h.deliveries(stalling.id);
+    expect(slow).toMatchObject({ status: 'dead', lastStatus: 503, lastResponse: 'busy, ' });
+    server.closeAllConnections();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+
   it('makes one attempt when two messages for one delivery arrive together', async () => {
     const h = harness();
     const receiver = await startWebhookReceiver([200]);
@@ -297,6 +371,7 @@ describe('outbound webhooks: delivery and retries', () => {
       queue: sqsDeliveryQueue(new SQSClient({}), { queueUrl: QUEUE_URL }),
       cipher: localCipher,
       retrySeconds: [1],
+      allowLoopbackHttp: true,
       clock: h.clock.now,
     });
 
@@ -494,6 +569,18 @@ describe('outbound webhooks: endpoint registration', () => {
     ['local', true, 'http://hooks.example.com/credits', 'url: http is allowed only for loopback hosts'],
     ['local', true, 'http://10.0.0.7/hooks', 'url: http is allowed only for loopback hosts'],
     ['local', true, 'https://user:pw@hooks.example.com/', 'url: must not carry credentials'],
+    ['AWS', false, 'https://10.0.0.7/hooks', 'url: points at 10.0.0.7, which is not a public address'],
+    ['AWS', false, 'https://169.254.169.254/latest', 'url: points at 169.254.169.254, which is not a public'],
+    [
+      'AWS',
+      false,
+      'https://[::ffff:192.168.1.1]/',
+      'url: points at [::ffff:c0a8:101], which is not a public',
+    ],
+    ['AWS', false, 'https://[fd00::1]/hooks', 'url: points at [fd00::1], which is not a public address'],
+    ['AWS', false, 'https://127.1/hooks', 'url: points at 127.0.0.1, which is not a public address'],
+    ['AWS', false, 'https://localhost/hooks', 'url: points at localhost, which is not a public address'],
+    ['local', true, 'https://192.168.0.10/hooks', 'url: points at 192.168.0.10, which is not a public'],
     ['local', true, 'not a url', 'url: is not an absolute URL'],
   ])('refuses in %s mode %s with a precise 400 and writes nothing', async (_mode, local, url, message) => {
     const h = harness({ local });

@@ -302,6 +302,39 @@ export interface PgbenchResult {
   readonly latencyMs: number;
 }
 
+/** pgbench (prepared statements) running `script` over `clients` connections, for `seconds` or `transactions` each. */
+export async function runPgbench(
+  databaseUrl: string,
+  script: string,
+  clients: number,
+  run: { readonly seconds: number } | { readonly transactions: number },
+): Promise<PgbenchResult> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'credits-pgbench-'));
+  try {
+    const file = path.join(dir, 'transaction.sql');
+    writeFileSync(file, script);
+    const { stdout } = await promisify(execFile)('pgbench', [
+      '-n',
+      '-M',
+      'prepared',
+      '-c',
+      String(clients),
+      '-j',
+      String(Math.min(2, clients)),
+      ...('seconds' in run ? ['-T', String(run.seconds)] : ['-t', String(run.transactions)]),
+      '-f',
+      file,
+      databaseUrl,
+    ]);
+    const tps = /tps = ([\d.]+) \(without initial connection time\)/.exec(stdout);
+    const latency = /latency average = ([\d.]+) ms/.exec(stdout);
+    if (!tps || !latency) throw new Error(`pgbench printed no tps or latency: ${stdout}`);
+    return { perSecond: Number(tps[1]), latencyMs: Number(latency[1]) };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 /**
  * Runs the captured transaction through pgbench (prepared statements) over `clients` connections, one
  * item per transaction: `items.length / clients` each, or for `seconds` when given (it fails if the items
@@ -315,7 +348,6 @@ export async function replayWithPgbench(
   seconds?: number,
 ): Promise<PgbenchResult> {
   const client = await connect(databaseUrl);
-  const dir = mkdtempSync(path.join(tmpdir(), 'credits-pgbench-'));
   try {
     const { fields } = transaction;
     await client.query(
@@ -329,27 +361,10 @@ export async function replayWithPgbench(
         [chunk.map((_, j) => i + j + 1), ...fields.map((f) => chunk.map((item) => item[f]))],
       );
     }
-    const script = path.join(dir, 'transaction.sql');
-    writeFileSync(script, pgbenchScript(transaction));
-    const { stdout } = await promisify(execFile)('pgbench', [
-      '-n',
-      '-M',
-      'prepared',
-      '-c',
-      String(clients),
-      '-j',
-      String(Math.min(2, clients)),
-      ...(seconds ? ['-T', String(seconds)] : ['-t', String(Math.floor(items.length / clients))]),
-      '-f',
-      script,
-      databaseUrl,
-    ]);
-    const tps = /tps = ([\d.]+) \(without initial connection time\)/.exec(stdout);
-    const latency = /latency average = ([\d.]+) ms/.exec(stdout);
-    if (!tps || !latency) throw new Error(`pgbench printed no tps or latency: ${stdout}`);
-    return { perSecond: Number(tps[1]), latencyMs: Number(latency[1]) };
+    return await runPgbench(databaseUrl, pgbenchScript(transaction), clients, {
+      ...(seconds ? { seconds } : { transactions: Math.floor(items.length / clients) }),
+    });
   } finally {
-    rmSync(dir, { recursive: true, force: true });
     await client.query('DROP TABLE IF EXISTS bench_work; DROP SEQUENCE IF EXISTS bench_seq');
     await client.end();
   }

@@ -15,6 +15,7 @@ import {
   logQueries,
   replayWithPg,
   replayWithPgbench,
+  runPgbench,
 } from './captured-transaction.js';
 import { type BenchContext, fmt, type LoadResult, latency, load } from './harness.js';
 import { activateBenchPrices, BENCH_ACTOR, BENCH_SKU, benchRouter, serviceEvent } from './router.js';
@@ -181,6 +182,8 @@ interface Scenario {
   readonly user: () => string;
   /** The baseline transfer's (from, to): the hot scenario always debits the hot account. */
   readonly transfer: () => readonly [number, number];
+  /** The same transfers as a pgbench script. */
+  readonly transferScript: string;
 }
 
 const pick = (count: number) => Math.floor(Math.random() * count);
@@ -251,12 +254,22 @@ export async function benchDebit({ db, databaseUrl, scale, report }: BenchContex
           const from = 1 + pick(SPREAD);
           return [from, 1 + ((from + pick(SPREAD - 1)) % SPREAD)] as const;
         },
+        transferScript: [
+          `\\set from random(1, ${SPREAD})`,
+          `\\set step random(0, ${SPREAD - 2})`,
+          `\\set to 1 + ((:from + :step) % ${SPREAD})`,
+          `SELECT ${SCRATCH}.transfer(:from, :to, 1);`,
+        ].join('\n'),
       },
       {
         label: 'one hot account',
         slug: 'hot',
         user: () => hot,
         transfer: () => [SPREAD + 1, 1 + pick(SPREAD)] as const,
+        transferScript: [
+          `\\set to random(1, ${SPREAD})`,
+          `SELECT ${SCRATCH}.transfer(${SPREAD + 1}, :to, 1);`,
+        ].join('\n'),
       },
     ];
     for (const scenario of scenarios) {
@@ -291,6 +304,21 @@ export async function benchDebit({ db, databaseUrl, scale, report }: BenchContex
           key: `pgbench-${run}-${scenario.slug}-${i}`,
         }));
         pgbench = await replayWithPgbench(databaseUrl, spend, items, CLIENTS, scale.seconds);
+        // What the database alone allows: the debit function against the transfer, neither through Node.
+        const transfer = await runPgbench(databaseUrl, scenario.transferScript, CLIENTS, {
+          seconds: scale.seconds,
+        });
+        report({
+          name: `debit function vs the transfer, both on pgbench, ${scenario.label}, ${CLIENTS} clients`,
+          ours: `spend's statement ${fmt(pgbench.perSecond)}/s (${pgbench.latencyMs.toFixed(2)} ms mean)`,
+          baseline: `PL/pgSQL transfer ${fmt(transfer.perSecond)}/s (${transfer.latencyMs.toFixed(2)} ms mean)`,
+          ratio: pgbench.perSecond / transfer.perSecond,
+          figures: {
+            pgbenchPerSecond: pgbench.perSecond,
+            transferPerSecond: transfer.perSecond,
+            transferLatencyMs: transfer.latencyMs,
+          },
+        });
       }
       report({
         name: `spend's statement, ${scenario.label}, ${CLIENTS} clients`,

@@ -7,7 +7,7 @@ import {
   readAutoTopUpSettings,
   recentTopUps,
   saveAutoTopUpSettings,
-} from '../topup/settings.js';
+} from '../topup-settings/settings.js';
 import { type Caller, defineEndpoint, ok } from './endpoint.js';
 import { paymentSchema } from './schemas.js';
 import { paymentView } from './views.js';

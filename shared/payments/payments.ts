@@ -12,7 +12,7 @@ import {
   paymentClawbacks,
 } from '../ledger/ledger.js';
 import type { CreditPackage } from '../packages.js';
-import { recordTopUpCredited } from '../topup/settings.js';
+import { recordTopUpCredited } from '../topup-settings/settings.js';
 import { type ChargeFacts, disputeActive, effectiveRefunded, isEmptyFacts } from './facts.js';
 
 /** The only writer of `payments`: create, link, credit, settle, close. */

@@ -15,7 +15,7 @@ import {
   refundSchema,
   type StripeEvent,
 } from '../stripe/events.js';
-import { recordTopUpFailed } from '../topup/settings.js';
+import { recordTopUpFailed } from '../topup-settings/settings.js';
 import { type ChargeFacts, disputeState, recordChargeFacts, refundState } from './facts.js';
 import {
   closeUncredited,

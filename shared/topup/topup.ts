@@ -10,7 +10,7 @@ import {
   createTopUpPayment,
   isCredited,
 } from '../payments/payments.js';
-import { readAutoTopUpSettings, recordTopUpFailed } from './settings.js';
+import { readAutoTopUpSettings, recordTopUpFailed } from '../topup-settings/settings.js';
 
 /**
  * What an off-session top-up came to, for the caller to act on (outbound `auto_topup.*` events, the decline

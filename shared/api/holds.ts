@@ -12,7 +12,7 @@ import {
 } from '../holds/holds.js';
 import { pricedAgainIfChanged } from '../ledger/debit.js';
 import { planGuard } from '../plans/plans.js';
-import { costOf, priceUsageAt } from '../pricing/cost.js';
+import { costAtPrice, priceUsageAt } from '../pricing/cost.js';
 import { findPriceInVersion } from '../pricing/price-book.js';
 import { afterDebitCommit, defineEndpoint, nowOf, ok } from './endpoint.js';
 import { credits, metadata, sku, storableText, usageSchema, userIdParams } from './schemas.js';
@@ -220,9 +220,7 @@ export const captureHoldEndpoint = defineEndpoint({
             throw new ValidationError('usage', 'this hold has no SKU: capture it with credits');
           }
           const price = await findPriceInVersion(deps.db, hold.sku, hold.price_version);
-          if (!price)
-            throw new ServiceError('unknown_sku', `price book ${hold.price_version} has no SKU ${hold.sku}`);
-          return costOf(price, body.usage!).credits;
+          return costAtPrice(price, hold.sku, body.usage!, `price book ${hold.price_version}`).credits;
         }),
       now,
       guard,

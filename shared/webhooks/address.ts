@@ -25,13 +25,17 @@ const NOT_PUBLIC: ReadonlyArray<readonly [string, number, 'ipv4' | 'ipv6']> = [
   ['203.0.113.0', 24, 'ipv4'], // documentation
   ['224.0.0.0', 4, 'ipv4'], // multicast
   ['240.0.0.0', 4, 'ipv4'], // reserved, broadcast
-  ['::', 128, 'ipv6'], // unspecified
-  ['::1', 128, 'ipv6'], // loopback
+  ['::', 96, 'ipv6'], // unspecified, loopback, IPv4-compatible (deprecated: embeds any IPv4)
+  ['::ffff:0:0:0', 96, 'ipv6'], // IPv4-translated (SIIT)
   ['64:ff9b::', 96, 'ipv6'], // NAT64 (reaches IPv4 addresses, private ones included)
+  ['64:ff9b:1::', 48, 'ipv6'], // local-use NAT64
   ['100::', 64, 'ipv6'], // discard
+  ['2001::', 23, 'ipv6'], // IETF protocol assignments, Teredo (2001::/32) among them
   ['2001:db8::', 32, 'ipv6'], // documentation
+  ['2002::', 16, 'ipv6'], // 6to4 (embeds any IPv4)
   ['fc00::', 7, 'ipv6'], // unique local
   ['fe80::', 10, 'ipv6'], // link-local
+  ['fec0::', 10, 'ipv6'], // site-local (deprecated)
   ['ff00::', 8, 'ipv6'], // multicast
 ];
 

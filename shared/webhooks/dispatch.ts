@@ -88,6 +88,8 @@ function post(
       {
         method: 'POST',
         headers: { ...headers, 'content-length': String(Buffer.byteLength(body)) },
+        // A connection of its own: a pooled one would skip the lookup, and with it the address check.
+        agent: false,
         lookup: publicOnlyLookup(allowLoopback),
         signal: AbortSignal.timeout(timeoutMs),
       },
@@ -96,7 +98,9 @@ function post(
         answered = reply;
         response.setEncoding('utf8');
         response.on('data', (chunk: string) => {
-          if (reply.text.length < RESPONSE_EXCERPT_CHARS) reply.text += chunk;
+          reply.text += chunk;
+          // The excerpt is all that is kept: read no further ('close' settles with what was read).
+          if (reply.text.length >= RESPONSE_EXCERPT_CHARS) response.destroy();
         });
         response.on('error', settle);
         response.on('close', () => settle());

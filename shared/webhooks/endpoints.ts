@@ -27,7 +27,8 @@ export function checkEndpointUrl(raw: string, options: { readonly allowLoopbackH
   if (url.username || url.password) throw new ValidationError('url', 'must not carry credentials');
   if (url.protocol === 'https:') {
     const ip = ipLiteralOf(url.hostname);
-    const localhost = url.hostname === 'localhost' || url.hostname.endsWith('.localhost');
+    const name = url.hostname.replace(/\.$/, '');
+    const localhost = name === 'localhost' || name.endsWith('.localhost');
     if (ip ? !isAllowedAddress(ip, options.allowLoopbackHttp) : localhost && !options.allowLoopbackHttp) {
       throw new ValidationError(
         'url',

@@ -21,6 +21,7 @@ import {
   emitEvent,
   flushWebhooks,
   listAttempts,
+  RESPONSE_EXCERPT_CHARS,
 } from '../../shared/webhooks/outbox.js';
 import { sqsDeliveryQueue } from '../../shared/webhooks/queue.js';
 import type { WebhookRuntime } from '../../shared/webhooks/runtime.js';
@@ -359,6 +360,33 @@ describe('outbound webhooks: delivery and retries', () => {
     await new Promise<void>((resolve) => server.close(() => resolve()));
   });
 
+  it('reads no more of an answer than the excerpt it keeps', async () => {
+    // A long timeout: were the endless body read on, this test would hang.
+    const h = harness({ retrySeconds: [1], timeoutMs: 60_000 });
+    const server = createServer((req, res) => {
+      req.resume();
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      const chunk = 'x'.repeat(4096);
+      const more = () => {
+        if (!res.destroyed) res.write(chunk, () => setImmediate(more));
+      };
+      more();
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as AddressInfo;
+    const endpoint = await h.register(`http://127.0.0.1:${port}/endless`);
+    await commitEvent();
+
+    await h.flush();
+    expect(await h.drain()).toBe(1);
+
+    const [delivered] = await h.deliveries(endpoint.id);
+    expect(delivered).toMatchObject({ status: 'delivered', lastStatus: 200 });
+    expect(String(delivered?.lastResponse)).toBe('x'.repeat(RESPONSE_EXCERPT_CHARS));
+    server.closeAllConnections();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+
   it('makes one attempt when two messages for one delivery arrive together', async () => {
     const h = harness();
     const receiver = await startWebhookReceiver([200]);
@@ -580,6 +608,12 @@ describe('outbound webhooks: endpoint registration', () => {
     ['AWS', false, 'https://[fd00::1]/hooks', 'url: points at [fd00::1], which is not a public address'],
     ['AWS', false, 'https://127.1/hooks', 'url: points at 127.0.0.1, which is not a public address'],
     ['AWS', false, 'https://localhost/hooks', 'url: points at localhost, which is not a public address'],
+    [
+      'AWS',
+      false,
+      'https://hooks.localhost./',
+      'url: points at hooks.localhost., which is not a public address',
+    ],
     ['local', true, 'https://192.168.0.10/hooks', 'url: points at 192.168.0.10, which is not a public'],
     ['local', true, 'not a url', 'url: is not an absolute URL'],
   ])('refuses in %s mode %s with a precise 400 and writes nothing', async (_mode, local, url, message) => {

@@ -29,6 +29,12 @@ describe('where an outbound webhook may connect', () => {
     ['64:ff9b::a00:1', 'NAT64 of a private address'],
     ['fd12:3456::1', 'unique local'],
     ['fe80::1', 'link-local'],
+    ['::7f00:1', 'IPv4-compatible loopback'],
+    ['::ffff:0:7f00:1', 'IPv4-translated loopback'],
+    ['2002:7f00:1::', '6to4 of loopback'],
+    ['2001:0:4136:e378::1', 'Teredo'],
+    ['64:ff9b:1::a00:1', 'local-use NAT64'],
+    ['fec0::1', 'site-local'],
     ['ff02::1', 'multicast'],
   ])('refuses %s (%s)', (address) => {
     expect(isAllowedAddress(address, false)).toBe(false);

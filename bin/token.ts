@@ -1,11 +1,13 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { LocalAuth } from '../local/auth.js';
+import { isStorableText } from '../shared/credits.js';
 
 /** `npm run token -- <userId>`: a bearer token from the local issuer, as the app's identity provider would issue. */
 const userId = process.argv[2];
-if (!userId || !/^[\w.@-]{1,64}$/.test(userId)) {
-  console.error('usage: npm run -s token -- <userId>   (1-64 of A-Z a-z 0-9 _ . @ -)');
+// What the api accepts as a token's subject (shared/api/router.ts): 1-255 characters Postgres stores exactly.
+if (!userId || userId.length > 255 || !isStorableText(userId)) {
+  console.error('usage: npm run -s token -- <userId>   (1-255 characters, no NUL, no lone surrogate)');
   process.exit(2);
 }
 const dataDir = process.env.DATA_DIR || '.data';

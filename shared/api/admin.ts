@@ -58,7 +58,10 @@ export const getAccount = defineEndpoint({
     200: {
       description: 'the account',
       schema: z.object({
-        account: creditsSchema,
+        account: creditsSchema.extend({
+          /** The account's Stripe customer (cus_...), once a checkout created one. */
+          stripeCustomerId: z.string().nullable(),
+        }),
         grants: z.array(grantSchema),
         /** Usage of the last 30 days by SKU, as GET /v1/admin/accounts/{userId}/usage?groupBy=sku answers it. */
         usage: z.array(usageRowSchema),
@@ -89,7 +92,12 @@ export const getAccount = defineEndpoint({
       listAdminActions(db, account.id, 50),
     ]);
     return ok({
-      account: { ...accountView(account), plan: planView(plan), ...balanceView(account, totals, held) },
+      account: {
+        ...accountView(account),
+        plan: planView(plan),
+        ...balanceView(account, totals, held),
+        stripeCustomerId: account.stripe_customer_id,
+      },
       grants: grants.map(grantView),
       usage,
       entries: entries.map(entryView),

@@ -52,7 +52,7 @@ export const createAdminCoupon = defineEndpoint({
       redeemBy: instant.optional(),
       maxRedemptions: z.number().int().min(1).max(1_000_000_000).optional(),
       plans: z.array(storableText(64)).min(1).max(50).optional(),
-      reason: storableText(2000),
+      reason: storableText(2000).optional(),
     })
     .strict(),
   responses: { 201: { description: 'the coupon', schema: couponSchema } },
@@ -70,7 +70,7 @@ export const createAdminCoupon = defineEndpoint({
         maxRedemptions: body.maxRedemptions ?? null,
         plans: body.plans ?? null,
       },
-      adminActor(caller, body.reason),
+      adminActor(caller, body.reason ?? 'created a coupon'),
     );
     return ok(couponView(coupon), 201);
   },

@@ -42,6 +42,8 @@ function parse<S extends z.ZodType>(schema: S | undefined, value: unknown): unkn
 
 function readBody(endpoint: Endpoint, event: APIGatewayProxyEventV2): unknown {
   if (!endpoint.body) return undefined;
+  // No body at all, for a route whose body fields are all optional, is the empty object.
+  if (!event.body && endpoint.body.safeParse({}).success) return {};
   const contentType = event.headers?.['content-type'] ?? '';
   if (!/^application\/json\b/i.test(contentType)) {
     throw new ServiceError('unsupported_media_type', 'the body must be application/json');

@@ -106,7 +106,11 @@ export const ENTRY_KINDS = [
   'coupon_redemption',
   'hold_capture',
   'usage',
+  'allowance',
 ] as const satisfies readonly EntryKind[];
+// Every kind the ledger writes is filterable: a kind missing above fails to compile here.
+const _everyKind: Exclude<EntryKind, (typeof ENTRY_KINDS)[number]> extends never ? true : never = true;
+void _everyKind;
 
 /** A coupon code: 3-64 of A-Z, a-z, 0-9, _ and - (compared case-insensitively). */
 export const couponCode = z.string().regex(/^[A-Za-z0-9_-]{3,64}$/, 'must be 3-64 of A-Z, a-z, 0-9, _ and -');

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { createCreditWorker } from '../../functions/credit-worker.js';
+import { inAccountTransaction, saveCard } from '../../shared/accounts/accounts.js';
 import { DEFAULT_PACKAGES } from '../../shared/packages.js';
 import { ADMIN_ARN, SERVICE_ARN, testApi } from '../support/api.js';
 import { createTestDatabase } from '../support/database.js';
@@ -13,6 +14,22 @@ const { call } = testApi(db);
 const admin = { iam: ADMIN_ARN };
 
 describe('admin accounts: happy', () => {
+  it("shows the account's Stripe customer id once it has one", async () => {
+    const { account } = await givenFundedAccount(db, 10);
+    await inAccountTransaction(db, account.id, (trx, locked) =>
+      saveCard(trx, locked, {
+        customerId: 'cus_admin_view',
+        paymentMethodId: 'pm_card_visa',
+        savedAt: new Date(),
+      }),
+    );
+    const view = await call('GET /v1/admin/accounts/{userId}', {
+      auth: admin,
+      params: { userId: account.external_user_id! },
+    });
+    expect(view.body).toMatchObject({ account: { stripeCustomerId: 'cus_admin_view' } });
+  });
+
   it('adjusts with the caller’s ARN audited, and shows it in the account view', async () => {
     const { account } = await givenFundedAccount(db, 10);
     const userId = account.external_user_id!;
@@ -27,7 +44,7 @@ describe('admin accounts: happy', () => {
     });
     const view = await call('GET /v1/admin/accounts/{userId}', { auth: admin, params: { userId } });
     expect(view.body).toMatchObject({
-      account: { balance: 6, status: 'active' },
+      account: { balance: 6, status: 'active', stripeCustomerId: null },
       adminActions: [
         {
           actorArn: ADMIN_ARN,

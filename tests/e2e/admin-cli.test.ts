@@ -732,6 +732,21 @@ describe('the admin CLI as a process', () => {
     );
     expect(credits.status).toBe(200);
   });
+
+  it('npm run token mints for any subject the API takes, and refuses one it does not', async () => {
+    const subject = 'auth0|user:42';
+    const minted = await run('bin/token.ts', [subject], { DATA_DIR: dataDir });
+    const credits = await fetch(`${stack.url}/v1/me/credits`, {
+      headers: { authorization: `Bearer ${minted.stdout.trim()}` },
+    });
+    expect(minted.code).toBe(0);
+    expect(credits.status).toBe(200);
+    expect(await credits.json()).toMatchObject({ userId: subject });
+
+    const tooLong = await run('bin/token.ts', ['x'.repeat(256)], { DATA_DIR: dataDir });
+    expect(tooLong.code).toBe(2);
+    expect(tooLong.stderr).toContain('1-255 characters');
+  });
 });
 
 describe('a second stack', () => {

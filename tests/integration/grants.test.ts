@@ -1,4 +1,5 @@
 import fc from 'fast-check';
+import { sql } from 'kysely';
 import { describe, expect, it } from 'vitest';
 import { inAccountTransaction } from '../../shared/accounts/accounts.js';
 import { createCoupon, redeemCoupon } from '../../shared/coupons/coupons.js';
@@ -454,6 +455,20 @@ describe('bad input writes nothing', () => {
     });
 
     expect((await createWith({ code: 'OFF-NOW' })).status).toBe(201);
+    // DESIGN's body has no reason: the audit row says what was done.
+    const unexplained = await call('POST /v1/admin/coupons', {
+      auth: admin,
+      body: { code: 'NO-REASON', credits: 5 },
+    });
+    expect(unexplained.status).toBe(201);
+    expect(
+      await db
+        .selectFrom('admin_actions')
+        .select(['action', 'reason'])
+        .where('action', '=', 'create_coupon')
+        .where(sql<boolean>`payload->>'code' = 'NO-REASON'`)
+        .execute(),
+    ).toEqual([{ action: 'create_coupon', reason: 'created a coupon' }]);
     expect(
       (
         await call('POST /v1/admin/coupons/{code}/disable', {

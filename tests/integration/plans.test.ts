@@ -107,6 +107,18 @@ describe('plans: the monthly allowance', () => {
       { amount: 100, reference: 'allowance:free:2027-01' },
       { amount: 100, reference: 'allowance:free:2027-02' },
     ]);
+    // The history filters on them like on any other kind.
+    const history = await a.call('GET /v1/me/transactions', {
+      auth: { user: account.external_user_id! },
+      query: { kind: 'allowance' },
+    });
+    expect(history.status).toBe(200);
+    expect(
+      (history.body.data as Array<{ kind: string; amount: number }>).map((e) => [e.kind, e.amount]),
+    ).toEqual([
+      ['allowance', 100],
+      ['allowance', 100],
+    ]);
     await expectInvariantsHold(db, clock.now());
   });
 

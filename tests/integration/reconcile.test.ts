@@ -348,6 +348,10 @@ describe('reconciliation', () => {
     expect(finished.body).toMatchObject({ status: 'succeeded', findingsList: expect.any(Array) });
     const listed = await api.call('GET /v1/admin/reconciliation/runs', { auth: { iam: ADMIN_ARN } });
     expect((listed.body.data as Array<{ id: string }>)[0]!.id).toBe(started.body.id);
+    // Every field of the body is optional, so no body at all starts a run with the defaults.
+    const bare = await api.call('POST /v1/admin/reconciliation/runs', { auth: { iam: ADMIN_ARN } });
+    expect(bare).toMatchObject({ status: 202, body: { status: 'running', trigger: 'admin' } });
+    await api.settleRuns();
 
     const scheduled = createReconcileHandler(async () => fastDeps());
     const summary = (await scheduled({ windowHours: 1 }, lambdaContext('reconcile'))) as {

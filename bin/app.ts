@@ -3,6 +3,7 @@ import { App, Validations } from 'aws-cdk-lib';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { StatefulStack } from '../infra/stateful-stack.js';
 import { StatelessStack } from '../infra/stateless-stack.js';
+import { parseRetrySeconds } from '../shared/config.js';
 import { parsePlans } from '../shared/plan-catalog.js';
 
 /**
@@ -40,6 +41,7 @@ export function createApp(app = new App({ outdir: process.env.CDK_OUTDIR ?? 'cdk
     alarmEmail: app.node.tryGetContext('alarmEmail') || undefined,
     creditPackages: app.node.tryGetContext('creditPackages') || undefined,
     plans: plansContext(app.node.tryGetContext('plans')),
+    ...optionalSettings(app),
     stripeLivemode:
       app.node.tryGetContext('stripeLivemode') === true ||
       app.node.tryGetContext('stripeLivemode') === 'true',
@@ -57,6 +59,34 @@ function plansContext(value: unknown): string | undefined {
   const json = typeof value === 'string' ? value : JSON.stringify(value);
   parsePlans(json);
   return json;
+}
+
+/**
+ * The optional settings of the api and the dispatcher, from context (`-c key=value` or cdk.json), checked as
+ * their functions would check them at cold start, so a bad value stops the synth with the key named:
+ * `adminApprovalThreshold` (ADMIN_APPROVAL_THRESHOLD), `allowPromotionCodes` (ALLOW_PROMOTION_CODES) and
+ * `webhookRetrySeconds` (WEBHOOK_RETRY_SECONDS).
+ */
+function optionalSettings(app: App) {
+  const given = (key: string) => {
+    const value: unknown = app.node.tryGetContext(key);
+    return value === undefined || value === '' ? undefined : String(value);
+  };
+  const threshold = given('adminApprovalThreshold');
+  if (threshold !== undefined && !/^\d+$/.test(threshold))
+    throw new Error(
+      `adminApprovalThreshold: expected a whole number of credits >= 0, got ${JSON.stringify(threshold)}`,
+    );
+  const promotionCodes = given('allowPromotionCodes');
+  if (promotionCodes !== undefined && promotionCodes !== 'true' && promotionCodes !== 'false')
+    throw new Error(`allowPromotionCodes: expected true or false, got ${JSON.stringify(promotionCodes)}`);
+  const retrySeconds = given('webhookRetrySeconds');
+  if (retrySeconds !== undefined) parseRetrySeconds(retrySeconds);
+  return {
+    ...(threshold !== undefined && { adminApprovalThreshold: Number(threshold) }),
+    ...(promotionCodes !== undefined && { allowPromotionCodes: promotionCodes === 'true' }),
+    ...(retrySeconds !== undefined && { webhookRetrySeconds: retrySeconds }),
+  };
 }
 
 /**

@@ -40,6 +40,10 @@ export interface StatelessStackProps extends StackProps {
   readonly workerConcurrency?: number;
   /** Seconds between outbound webhook attempts, comma-separated (WEBHOOK_RETRY_SECONDS). @default about 3 days */
   readonly webhookRetrySeconds?: string;
+  /** Admin grants above this many credits wait for a second admin (ADMIN_APPROVAL_THRESHOLD). @default none */
+  readonly adminApprovalThreshold?: number;
+  /** Checkout sessions allow Stripe promotion codes (ALLOW_PROMOTION_CODES). @default false */
+  readonly allowPromotionCodes?: boolean;
 }
 
 /** IAM user, role or assumed-role ARNs; `*` may stand for any part after the account, never for the account. */
@@ -129,6 +133,10 @@ export class StatelessStack extends Stack {
         RECONCILE_FUNCTION_NAME: reconcile.functionName,
         ADMIN_PRINCIPALS: props.adminPrincipals.join(','),
         ...(props.plans && { PLANS: props.plans }),
+        ...(props.adminApprovalThreshold !== undefined && {
+          ADMIN_APPROVAL_THRESHOLD: String(props.adminApprovalThreshold),
+        }),
+        ...(props.allowPromotionCodes && { ALLOW_PROMOTION_CODES: 'true' }),
       },
     })
       .bindDatabase(stateful.proxy, app)

@@ -34,6 +34,9 @@ beforeAll(() => {
         alarmEmail: 'ops@example.com',
         adminPrincipals: ADMIN_PRINCIPALS.join(','),
         plans: PLANS,
+        adminApprovalThreshold: 5000,
+        allowPromotionCodes: 'true',
+        webhookRetrySeconds: '60, 300, 3600',
       },
     }),
   );
@@ -543,6 +546,45 @@ describe('HTTP API', () => {
           new App({
             outdir: scratch,
             context: { ...context, adminPrincipals: ADMIN_PRINCIPALS.join(','), plans },
+          }),
+        ),
+      ).toThrow(message);
+    } finally {
+      rmSync(scratch, { recursive: true, force: true });
+    }
+  });
+
+  it('passes the approval threshold and promotion codes to the api, and the retry schedule to the dispatcher', () => {
+    expect(functionOf(stateless, 'Api').Properties.Environment.Variables).toMatchObject({
+      ADMIN_APPROVAL_THRESHOLD: '5000',
+      ALLOW_PROMOTION_CODES: 'true',
+    });
+    expect(functionOf(stateless, 'WebhookDispatcher').Properties.Environment.Variables).toMatchObject({
+      WEBHOOK_RETRY_SECONDS: '60, 300, 3600',
+    });
+    for (const name of ['WebhookIntake', 'CreditWorker', 'Reconcile', 'Sweeper', 'Migrate'])
+      expect(functionOf(stateless, name).Properties.Environment.Variables ?? {}, name).not.toHaveProperty(
+        'ADMIN_APPROVAL_THRESHOLD',
+      );
+  });
+
+  it.each([
+    [
+      'adminApprovalThreshold',
+      '-1',
+      /adminApprovalThreshold: expected a whole number of credits >= 0, got "-1"/,
+    ],
+    ['adminApprovalThreshold', '1.5', /adminApprovalThreshold: expected a whole number/],
+    ['allowPromotionCodes', 'yes', /allowPromotionCodes: expected true or false, got "yes"/],
+    ['webhookRetrySeconds', '60,,300', /WEBHOOK_RETRY_SECONDS: expected at most 50 comma-separated/],
+  ])('refuses to synthesize with %s %s, naming it', (key, value, message) => {
+    const scratch = mkdtempSync(path.join(tmpdir(), 'cdk-test-'));
+    try {
+      expect(() =>
+        createApp(
+          new App({
+            outdir: scratch,
+            context: { ...context, adminPrincipals: ADMIN_PRINCIPALS.join(','), [key]: value },
           }),
         ),
       ).toThrow(message);

@@ -243,6 +243,9 @@ async function recordFailure(
 /** A top-up in flight: being charged or charged, and neither credited, failed nor expired yet. */
 const IN_FLIGHT = ['INIT', 'PAID'] as const;
 
+/** The UTC month `maxPerMonth` counts in. */
+const monthStartOf = (now: Date) => new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1));
+
 /**
  * The auto top-up trigger, in a debit's transaction after its writes (the account lock held, so at most one
  * debit at a time gets here per account): when `availableAfter` is below the account's threshold, auto
@@ -264,7 +267,7 @@ export async function maybeTopUp(
   if (!settings?.enabled || availableAfter >= settings.thresholdCredits) return undefined;
   const pack = packages.find((p) => p.id === settings.packageId);
   if (!pack) return undefined;
-  const monthStart = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1));
+  const monthStart = monthStartOf(now);
   const recent = await trx
     .selectFrom('payments')
     .select([
@@ -288,7 +291,9 @@ export async function maybeTopUp(
  * (for good, if that debit was the last the balance allowed). Candidates: auto top-up on, a saved card, not
  * frozen, `available` below the threshold now, and the account's newest entry or active hold a use of credits
  * (a spend, capture or usage event; a hold's creation, which writes no entry) from the last day and newer
- * than its newest top-up. A clawback, expiry or grant since then starts none.
+ * than its newest top-up. A clawback, expiry or grant since then starts none. Accounts whose pack is no longer
+ * on sale or whose top-ups this month reached `maxPerMonth` are left out here, as maybeTopUp would refuse them,
+ * so they never take the places of others under `limit`.
  * `maybeTopUp` decides under the lock, as after a debit. Returns the payments it created (INIT; the next
  * sweep charges them: `chargeUnchargedTopUps`).
  */
@@ -312,6 +317,10 @@ export async function startMissedTopUps(
                                         WHERE p.account_id = a.id AND p.kind = 'auto_topup'), '-infinity')
       AND a.balance - coalesce((SELECT sum(h.credits) FROM holds h WHERE h.account_id = a.id
                                 AND h.status = 'active' AND h.expires_at > ${now}), 0) < s.threshold_credits
+      -- What maybeTopUp would refuse anyway, so those accounts never crowd out the others under the limit.
+      AND s.package_id = ANY(${packages.map((p) => p.id)}::text[])
+      AND (SELECT count(*) FROM payments p WHERE p.account_id = a.id AND p.kind = 'auto_topup'
+             AND p.created_at >= ${monthStartOf(now)} AND p.status NOT IN ('FAILED', 'EXPIRED')) < s.max_per_month
     ORDER BY newest.created_at DESC
     LIMIT ${limit}`.execute(db);
   const started: string[] = [];

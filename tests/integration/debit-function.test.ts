@@ -1,9 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { inAccountTransaction, saveCard } from '../../shared/accounts/accounts.js';
+import type { Account } from '../../shared/db/schema.js';
 import { createHold } from '../../shared/holds/holds.js';
 import { UNLIMITED } from '../../shared/ledger/debit.js';
 import { movePaymentCredits, spendUserCredits } from '../../shared/ledger/ledger.js';
-import { DEFAULT_PACKAGES } from '../../shared/packages.js';
+import { type CreditPackage, DEFAULT_PACKAGES } from '../../shared/packages.js';
 import { DEFAULT_CATALOG } from '../../shared/plan-catalog.js';
 import { planGuard } from '../../shared/plans/plans.js';
 import { activatePriceBook, createPriceBookDraft } from '../../shared/pricing/price-book.js';
@@ -169,5 +170,62 @@ describe('the debit function, around its call', () => {
     // Once: the top-up is newer than the spend now (and in flight).
     expect(await startMissedTopUps(db, DEFAULT_PACKAGES, new Date())).toEqual([]);
     await expectInvariantsHold(db);
+  });
+
+  it("leaves out of the sweeper's net the accounts maybeTopUp would refuse, so they take no one's place", async () => {
+    const missed = async (
+      key: string,
+      settings: { maxPerMonth: number; pack: (typeof DEFAULT_PACKAGES)[number] },
+      beforeSpend?: (account: Account) => Promise<unknown>,
+    ) => {
+      const { account } = await givenFundedAccount(db, 100);
+      await inAccountTransaction(db, account.id, (trx, locked) =>
+        saveCard(trx, locked, {
+          customerId: `cus_${key}`,
+          paymentMethodId: 'pm_card_visa',
+          savedAt: new Date(),
+        }),
+      );
+      await saveAutoTopUpSettings(db, DEFAULT_PACKAGES, account.id, {
+        enabled: true,
+        packageId: settings.pack.id,
+        thresholdCredits: 50,
+        maxPerMonth: settings.maxPerMonth,
+      });
+      await beforeSpend?.(account);
+      const guard = planGuard(DEFAULT_CATALOG, new Date(), DEFAULT_PACKAGES);
+      await spendUserCredits(db, account.external_user_id!, { amount: 70, idempotencyKey: key }, new Date(), {
+        ...guard,
+        topUp: async () => {},
+      });
+      return account;
+    };
+    const [small, medium] = DEFAULT_PACKAGES as [CreditPackage, CreditPackage];
+    const waiting = await missed('net-waiting', { maxPerMonth: 5, pack: small });
+    // Newer, so first in the net's order: one whose month's top-ups are used up (its one top-up of the month
+    // was credited before this spend), and one whose pack is no longer on sale.
+    await missed('net-capped', { maxPerMonth: 1, pack: small }, (account) =>
+      db
+        .insertInto('payments')
+        .values({
+          account_id: account.id,
+          kind: 'auto_topup',
+          package_id: small.id,
+          credits: small.credits,
+          amount_total: small.amount,
+          currency: small.currency,
+          status: 'CREDITED',
+        })
+        .execute(),
+    );
+    await missed('net-off-sale', { maxPerMonth: 5, pack: medium });
+
+    const started = await startMissedTopUps(db, [small], new Date(), 1);
+    const topUps = await db
+      .selectFrom('payments')
+      .select(['id', 'account_id'])
+      .where('id', 'in', started)
+      .execute();
+    expect(topUps.map((p) => p.account_id)).toEqual([waiting.id]);
   });
 });

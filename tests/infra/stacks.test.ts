@@ -48,6 +48,16 @@ beforeAll(() => {
 // The synth writes the bundles (17 MB) there.
 afterAll(() => rmSync(outdir, { recursive: true, force: true }));
 
+/** Builds the app with cdk.json's context and `extra` in a scratch directory (for the refusals: they throw). */
+function synthWith(extra: Record<string, unknown>) {
+  const scratch = mkdtempSync(path.join(tmpdir(), 'cdk-test-'));
+  try {
+    return createApp(new App({ outdir: scratch, context: { ...context, ...extra } }));
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
+  }
+}
+
 const functionLogicalId = (template: Template, prefix: string) =>
   Object.keys(template.findResources('AWS::Lambda::Function')).find((id) => id.startsWith(prefix))!;
 
@@ -513,14 +523,7 @@ describe('HTTP API', () => {
     ['not an ARN', 'admin', /not an IAM user, role or assumed-role ARN pattern.*: admin/],
     ['a wildcard account', 'arn:aws:iam::*:role/admin', /with a literal account id/],
   ])('refuses to synthesize with adminPrincipals %s', (_case, adminPrincipals, message) => {
-    const scratch = mkdtempSync(path.join(tmpdir(), 'cdk-test-'));
-    try {
-      expect(() => createApp(new App({ outdir: scratch, context: { ...context, adminPrincipals } }))).toThrow(
-        message,
-      );
-    } finally {
-      rmSync(scratch, { recursive: true, force: true });
-    }
+    expect(() => synthWith({ adminPrincipals })).toThrow(message);
   });
 
   it('passes the plans from context (JSON in cdk.json) to the api and the sweeper, and to no other', () => {
@@ -539,19 +542,7 @@ describe('HTTP API', () => {
     ['a negative cap', [{ id: 'x', name: 'X', caps: { daily: -5 } }], /PLANS\[0\]\.caps\.daily: Too small/],
     ['text that is not JSON', '[{', /PLANS is invalid: not valid JSON/],
   ])('refuses to synthesize with plans of %s, naming the field', (_case, plans, message) => {
-    const scratch = mkdtempSync(path.join(tmpdir(), 'cdk-test-'));
-    try {
-      expect(() =>
-        createApp(
-          new App({
-            outdir: scratch,
-            context: { ...context, adminPrincipals: ADMIN_PRINCIPALS.join(','), plans },
-          }),
-        ),
-      ).toThrow(message);
-    } finally {
-      rmSync(scratch, { recursive: true, force: true });
-    }
+    expect(() => synthWith({ adminPrincipals: ADMIN_PRINCIPALS.join(','), plans })).toThrow(message);
   });
 
   it('passes the approval threshold and promotion codes to the api, and the retry schedule to the dispatcher', () => {
@@ -578,19 +569,7 @@ describe('HTTP API', () => {
     ['allowPromotionCodes', 'yes', /allowPromotionCodes: expected true or false, got "yes"/],
     ['webhookRetrySeconds', '60,,300', /WEBHOOK_RETRY_SECONDS: expected at most 50 comma-separated/],
   ])('refuses to synthesize with %s %s, naming it', (key, value, message) => {
-    const scratch = mkdtempSync(path.join(tmpdir(), 'cdk-test-'));
-    try {
-      expect(() =>
-        createApp(
-          new App({
-            outdir: scratch,
-            context: { ...context, adminPrincipals: ADMIN_PRINCIPALS.join(','), [key]: value },
-          }),
-        ),
-      ).toThrow(message);
-    } finally {
-      rmSync(scratch, { recursive: true, force: true });
-    }
+    expect(() => synthWith({ adminPrincipals: ADMIN_PRINCIPALS.join(','), [key]: value })).toThrow(message);
   });
 
   it('passes the CORS origins to the api function', () => {

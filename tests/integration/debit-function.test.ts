@@ -18,6 +18,30 @@ import { expectInvariantsHold } from '../support/invariants.js';
 // The TypeScript half of the debit function's contract: what it does around the one call.
 const { db } = await createTestDatabase();
 
+/** A funded account (100 credits) with a saved card and auto top-up on: below 50, buy `pack`. */
+async function givenAutoTopUp(key: string, settings: { maxPerMonth?: number; pack?: CreditPackage } = {}) {
+  const funded = await givenFundedAccount(db, 100);
+  await inAccountTransaction(db, funded.account.id, (trx, locked) =>
+    saveCard(trx, locked, { customerId: `cus_${key}`, paymentMethodId: 'pm_card_visa', savedAt: new Date() }),
+  );
+  await saveAutoTopUpSettings(db, DEFAULT_PACKAGES, funded.account.id, {
+    enabled: true,
+    packageId: (settings.pack ?? DEFAULT_PACKAGES[0]!).id,
+    thresholdCredits: 50,
+    maxPerMonth: settings.maxPerMonth ?? 5,
+  });
+  return funded;
+}
+
+/** A spend of 70 (leaving 30, below 50) whose step after the commit never runs: a crash. */
+async function spendThenCrash(account: Account, key: string) {
+  const guard = planGuard(DEFAULT_CATALOG, new Date(), DEFAULT_PACKAGES);
+  await spendUserCredits(db, account.external_user_id!, { amount: 70, idempotencyKey: key }, new Date(), {
+    ...guard,
+    topUp: async () => {},
+  });
+}
+
 describe('the debit function, around its call', () => {
   it('answers a committed spend when the auto top-up step after it fails, and hands the failure on', async () => {
     const { account } = await givenFundedAccount(db, 100);
@@ -104,35 +128,10 @@ describe('the debit function, around its call', () => {
   });
 
   it('leaves a top-up a crash skipped after its debit (or hold) to the sweeper, which starts it once; none after a clawback', async () => {
-    const withCard = async (userKey: string) => {
-      const { account, payment } = await givenFundedAccount(db, 100);
-      await inAccountTransaction(db, account.id, (trx, locked) =>
-        saveCard(trx, locked, {
-          customerId: `cus_${userKey}`,
-          paymentMethodId: 'pm_card_visa',
-          savedAt: new Date(),
-        }),
-      );
-      await saveAutoTopUpSettings(db, DEFAULT_PACKAGES, account.id, {
-        enabled: true,
-        packageId: DEFAULT_PACKAGES[0]!.id,
-        thresholdCredits: 50,
-        maxPerMonth: 5,
-      });
-      return { account, payment };
-    };
-    // The spend leaves 30 (below 50); the step after its commit never runs (a crash).
-    const crashed = async (userId: string, key: string) => {
-      const guard = planGuard(DEFAULT_CATALOG, new Date(), DEFAULT_PACKAGES);
-      await spendUserCredits(db, userId, { amount: 70, idempotencyKey: key }, new Date(), {
-        ...guard,
-        topUp: async () => {},
-      });
-    };
-    const skipped = await withCard('skipped');
-    await crashed(skipped.account.external_user_id!, 'crash-before-topup');
+    const skipped = await givenAutoTopUp('skipped');
+    await spendThenCrash(skipped.account, 'crash-before-topup');
     // A hold's creation writes no entry: the sweeper finds it by the active hold.
-    const held = await withCard('held');
+    const held = await givenAutoTopUp('held');
     const guard = planGuard(DEFAULT_CATALOG, new Date(), DEFAULT_PACKAGES);
     await createHold(
       db,
@@ -141,8 +140,8 @@ describe('the debit function, around its call', () => {
       new Date(),
       { ...guard, topUp: async () => {} },
     );
-    const clawedBack = await withCard('clawed');
-    await crashed(clawedBack.account.external_user_id!, 'crash-then-refund');
+    const clawedBack = await givenAutoTopUp('clawed');
+    await spendThenCrash(clawedBack.account, 'crash-then-refund');
     await inAccountTransaction(db, clawedBack.account.id, (trx, locked) =>
       movePaymentCredits(trx, locked, {
         paymentId: clawedBack.payment.id,
@@ -175,29 +174,12 @@ describe('the debit function, around its call', () => {
   it("leaves out of the sweeper's net the accounts maybeTopUp would refuse, so they take no one's place", async () => {
     const missed = async (
       key: string,
-      settings: { maxPerMonth: number; pack: (typeof DEFAULT_PACKAGES)[number] },
+      settings: { maxPerMonth: number; pack: CreditPackage },
       beforeSpend?: (account: Account) => Promise<unknown>,
     ) => {
-      const { account } = await givenFundedAccount(db, 100);
-      await inAccountTransaction(db, account.id, (trx, locked) =>
-        saveCard(trx, locked, {
-          customerId: `cus_${key}`,
-          paymentMethodId: 'pm_card_visa',
-          savedAt: new Date(),
-        }),
-      );
-      await saveAutoTopUpSettings(db, DEFAULT_PACKAGES, account.id, {
-        enabled: true,
-        packageId: settings.pack.id,
-        thresholdCredits: 50,
-        maxPerMonth: settings.maxPerMonth,
-      });
+      const { account } = await givenAutoTopUp(key, settings);
       await beforeSpend?.(account);
-      const guard = planGuard(DEFAULT_CATALOG, new Date(), DEFAULT_PACKAGES);
-      await spendUserCredits(db, account.external_user_id!, { amount: 70, idempotencyKey: key }, new Date(), {
-        ...guard,
-        topUp: async () => {},
-      });
+      await spendThenCrash(account, key);
       return account;
     };
     const [small, medium] = DEFAULT_PACKAGES as [CreditPackage, CreditPackage];

@@ -475,10 +475,11 @@ function validate({ command, args, options }: Parsed): void {
         `deliveries: --status must be ${DELIVERY_STATUSES.join(', ')}, got ${status}`,
         command,
       );
-    const endpointId = options.endpoint;
+    // --endpoint-id filters the log; --endpoint is the deployed stage's URL, as for every command.
+    const endpointId = options['endpoint-id'];
     if (typeof endpointId === 'string' && !UUID.test(endpointId))
       throw new UsageError(
-        `deliveries: --endpoint must be an endpoint id (a UUID), got ${endpointId}`,
+        `deliveries: --endpoint-id must be an endpoint id (a UUID), got ${endpointId}`,
         command,
       );
     checkWhole(command, '--limit', options.limit, 100);

@@ -182,6 +182,15 @@ describe('the admin CLI against a running stack', () => {
     ],
     [['coupons', 'disable', 'WELCOME'], 'coupons disable: --reason is required'],
     [
+      ['deliveries', '--endpoint-id', 'nope'],
+      'deliveries: --endpoint-id must be an endpoint id (a UUID), got nope',
+    ],
+    // --endpoint names the deployed stage here as for every command, never the endpoint to filter on.
+    [
+      ['deliveries', '--endpoint', 'https://credits.example.com', '--endpoint-id', 'nope'],
+      'deliveries: --endpoint-id must be an endpoint id (a UUID), got nope',
+    ],
+    [
       ['coupons', 'disable', 'no spaces', '--reason', 'x'],
       'coupons disable: <CODE> must be 3-64 of A-Z, a-z, 0-9, _ and -, got no spaces',
     ],

@@ -6,6 +6,7 @@ import { listEntries } from '../ledger/ledger.js';
 import { listPayments } from '../payments/payments.js';
 import { currentPlan } from '../plans/plans.js';
 import { type Caller, defineEndpoint, nowOf, ok } from './endpoint.js';
+import { decodeCursor, encodeCursor, isUuid, pageOf, pageQuery } from './paging.js';
 import { planView } from './plans.js';
 import { creditsSchema, ENTRY_KINDS, entrySchema, instant, paymentSchema } from './schemas.js';
 import { accountView, balanceView, entryView, paymentView } from './views.js';
@@ -30,37 +31,6 @@ export const getMyCredits = defineEndpoint({
   },
 });
 
-/** Opaque keyset cursors: a version prefix and base64url JSON, so a cursor can change shape safely. */
-function encodeCursor(prefix: string, position: unknown): string {
-  return prefix + Buffer.from(JSON.stringify(position)).toString('base64url');
-}
-function decodeCursor<T>(prefix: string, cursor: string, valid: (position: unknown) => position is T): T {
-  let position: unknown;
-  try {
-    position = cursor.startsWith(prefix)
-      ? JSON.parse(Buffer.from(cursor.slice(prefix.length), 'base64url').toString())
-      : undefined;
-  } catch {
-    position = undefined;
-  }
-  if (!valid(position)) throw new ValidationError('cursor', 'is not a cursor this API returned');
-  return position;
-}
-
-const pageQuery = z
-  .object({
-    limit: z.coerce.number().int().min(1).max(100).default(20),
-    cursor: z.string().max(200).optional(),
-  })
-  .strict();
-
-/** One page of `rows` fetched with limit + 1: the page, and the cursor after its last row (null at the end). */
-function pageOf<R>(rows: R[], limit: number, cursorAfter: (row: R) => string) {
-  const page = rows.slice(0, limit);
-  const last = page.at(-1);
-  return { page, nextCursor: rows.length > limit && last ? cursorAfter(last) : null };
-}
-
 const ENTRY_CURSOR = 'e1.';
 const isEntryId = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) > 0;
 
@@ -82,6 +52,8 @@ export const listMyTransactions = defineEndpoint({
   errors: { 400: 'bad limit, cursor, kind or time', 401: 'no user token' },
   async handle({ caller, query }, { db }) {
     const account = await findOrCreateAccount(db, userId(caller));
+    if (query.from && query.to && !(query.from < query.to))
+      throw new ValidationError('from', 'must be before to');
     const beforeId = query.cursor ? decodeCursor(ENTRY_CURSOR, query.cursor, isEntryId) : undefined;
     const rows = await listEntries(db, account.id, {
       limit: query.limit + 1,
@@ -96,8 +68,7 @@ export const listMyTransactions = defineEndpoint({
 });
 
 const PAYMENT_CURSOR = 'p1.';
-const isPaymentId = (v: unknown): v is string =>
-  typeof v === 'string' && /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(v);
+const isPaymentId = isUuid;
 
 export const listMyPayments = defineEndpoint({
   route: 'GET /v1/me/payments',

@@ -89,18 +89,21 @@ const usageQuery = z
     groupBy: z.enum(['day', 'hour', 'sku', 'provider']).default('day'),
     /** Only this SKU (for a chart per model over time). */
     sku: sku.optional(),
+    // An IANA name, Area/Location or UTC: offsets (+05:00) and abbreviations (IST) are refused, as Postgres
+    // reads them otherwise than Intl does (POSIX signs; IST is Israel to one and India to the other).
     tz: z
       .string()
       .max(64)
       .default('UTC')
       .refine((tz) => {
+        if (!/^(UTC|[A-Za-z]+(\/[A-Za-z0-9_+-]+)+)$/.test(tz)) return false;
         try {
           new Intl.DateTimeFormat('en', { timeZone: tz });
           return true;
         } catch {
           return false;
         }
-      }, 'must be an IANA time zone, e.g. Europe/Berlin'),
+      }, 'must be an IANA time zone name (Area/Location, e.g. Europe/Berlin) or UTC'),
   })
   .strict();
 

@@ -1,11 +1,12 @@
 import * as z from 'zod';
 import type { WebhookDelivery, WebhookEndpoint } from '../db/schema.js';
-import { ServiceError, ValidationError } from '../errors.js';
+import { ServiceError } from '../errors.js';
 import { createEndpoint, deleteEndpoint, listEndpoints } from '../webhooks/endpoints.js';
 import { WEBHOOK_EVENT_TYPES } from '../webhooks/events.js';
 import { listDeliveries, redeliver } from '../webhooks/outbox.js';
 import type { WebhookRuntime } from '../webhooks/runtime.js';
 import { type ApiDependencies, adminActor, defineEndpoint, nowOf, ok } from './endpoint.js';
+import { decodeCursor, encodeCursor, isCursorInstant, isUuid, pageLimit, pageOf } from './paging.js';
 import { reasonBody, storableText } from './schemas.js';
 
 const adminErrors = { 401: 'no IAM identity', 403: 'not an admin principal' } as const;
@@ -68,24 +69,9 @@ function runtimeOf(deps: ApiDependencies): WebhookRuntime {
 
 /** Opaque keyset cursor over (created_at, id), newest first. */
 const CURSOR = 'd1.';
-const encodeCursor = (d: WebhookDelivery) =>
-  CURSOR + Buffer.from(JSON.stringify([d.created_at.toISOString(), d.id])).toString('base64url');
-function decodeCursor(cursor: string): { createdAt: Date; id: string } {
-  try {
-    if (cursor.startsWith(CURSOR)) {
-      const [at, id] = JSON.parse(
-        Buffer.from(cursor.slice(CURSOR.length), 'base64url').toString(),
-      ) as unknown[];
-      const createdAt = new Date(String(at));
-      if (typeof id === 'string' && z.uuid().safeParse(id).success && !Number.isNaN(createdAt.getTime())) {
-        return { createdAt, id };
-      }
-    }
-  } catch {
-    // falls through to the validation error
-  }
-  throw new ValidationError('cursor', 'is not a cursor this API returned');
-}
+const isPosition = (v: unknown): v is [string, string] =>
+  Array.isArray(v) && v.length === 2 && isCursorInstant(v[0]) && isUuid(v[1]);
+const afterPosition = ([at, id]: [string, string]) => ({ createdAt: new Date(at), id });
 
 const idParams = z.object({ id: z.uuid() }).strict();
 
@@ -154,7 +140,7 @@ export const listWebhookDeliveries = defineEndpoint({
     .object({
       endpoint: z.uuid().optional(),
       status: z.enum(DELIVERY_STATUSES).optional(),
-      limit: z.coerce.number().int().min(1).max(100).default(20),
+      limit: pageLimit,
       cursor: z.string().max(200).optional(),
     })
     .strict(),
@@ -169,15 +155,13 @@ export const listWebhookDeliveries = defineEndpoint({
     const rows = await listDeliveries(db, {
       endpointId: query.endpoint,
       status: query.status,
-      after: query.cursor ? decodeCursor(query.cursor) : undefined,
+      after: query.cursor ? afterPosition(decodeCursor(CURSOR, query.cursor, isPosition)) : undefined,
       limit: query.limit + 1,
     });
-    const page = rows.slice(0, query.limit);
-    const last = page.at(-1);
-    return ok({
-      items: page.map(deliveryView),
-      nextCursor: rows.length > query.limit && last ? encodeCursor(last) : null,
-    });
+    const { page, nextCursor } = pageOf(rows, query.limit, (d) =>
+      encodeCursor(CURSOR, [d.created_at.toISOString(), d.id]),
+    );
+    return ok({ items: page.map(deliveryView), nextCursor });
   },
 });
 

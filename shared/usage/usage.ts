@@ -1,7 +1,7 @@
 import { type Kysely, sql } from 'kysely';
 import { requestHashOf } from '../credits.js';
 import type { Database } from '../db/schema.js';
-import { type ErrorCode, ServiceError } from '../errors.js';
+import { type ErrorCode, ServiceError, ValidationError } from '../errors.js';
 import {
   type DebitCall,
   type DebitGuard,
@@ -231,5 +231,13 @@ export async function usageOf(
     .groupBy(sql`1`)
     .orderBy(sql`1`);
   if (range.sku !== undefined) query = query.where('sku', '=', range.sku);
-  return query.execute();
+  try {
+    return await query.execute();
+  } catch (error: unknown) {
+    // A name Intl knows and this database's time zone data does not (US/Pacific-New, say).
+    if ((error as { code?: string }).code === '22023' && /time zone/.test((error as Error).message)) {
+      throw new ValidationError('tz', `is not a time zone this database knows: ${range.tz}`);
+    }
+    throw error;
+  }
 }

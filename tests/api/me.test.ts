@@ -112,6 +112,24 @@ describe('GET /v1/me/transactions', () => {
     expect(
       (await call('GET /v1/me/transactions', { auth: user, query: { userId: 'x' } })).body,
     ).toMatchObject({ field: 'userId' });
+    // A page size is plain digits: not hex, padded or exponent forms that Number() would take.
+    for (const limit of ['0x10', ' 5', '1e1', '5.0', '-1']) {
+      expect({
+        limit,
+        body: (await call('GET /v1/me/transactions', { auth: user, query: { limit } })).body,
+      }).toMatchObject({
+        limit,
+        body: { status: 400, field: 'limit', detail: expect.stringContaining('whole number from 1 to 100') },
+      });
+    }
+    expect(
+      (
+        await call('GET /v1/me/transactions', {
+          auth: user,
+          query: { from: '2026-12-02T00:00:00Z', to: '2026-12-01T00:00:00Z' },
+        })
+      ).body,
+    ).toMatchObject({ status: 400, field: 'from', detail: expect.stringContaining('must be before to') });
   });
 
   it("security: a cursor from another user's page never shows that user's entries", async () => {

@@ -242,6 +242,19 @@ describe('usage statistics', () => {
     });
     expect(view.body.usage).toEqual(bySku);
     expect((await usage({ tz: 'Mars/Olympus' })).body).toMatchObject({ status: 400, field: 'tz' });
+    // Forms Postgres reads otherwise than Intl (POSIX offsets, abbreviations) are refused at the edge; a name
+    // Intl knows and the database does not is a 400 too, never a 500.
+    for (const tz of ['+05:00', '-0130', 'UTC+5', 'IST', 'CTT']) {
+      expect({ tz, body: (await usage({ groupBy: 'hour', tz })).body }).toMatchObject({
+        tz,
+        body: { status: 400, field: 'tz', detail: expect.stringContaining('IANA time zone name') },
+      });
+    }
+    expect((await usage({ groupBy: 'hour', tz: 'US/Pacific-New' })).body).toMatchObject({
+      status: 400,
+      field: 'tz',
+      detail: expect.stringContaining('is not a time zone this database knows'),
+    });
     expect((await usage({ groupBy: 'week' })).body).toMatchObject({ status: 400, field: 'groupBy' });
     await expectInvariantsHold(db, clock.now());
   });

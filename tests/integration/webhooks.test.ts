@@ -663,6 +663,27 @@ describe('outbound webhooks: endpoint registration', () => {
 });
 
 describe('outbound webhooks: the delivery log', () => {
+  it('refuses a cursor that is not one it returned, an ancient instant in one included, with a 400', async () => {
+    const h = harness();
+    const forged = (position: unknown) => `d1.${Buffer.from(JSON.stringify(position)).toString('base64url')}`;
+    const id = '6f1c7a52-0d7e-4c1b-9a51-2b6f0e1d4c3a';
+    for (const cursor of [
+      forged(['-004714-11-23T00:00:00.000Z', id]),
+      forged(['+275760-09-13T00:00:00.000Z', id]),
+      forged(['2026-12-01', id]),
+      forged(['2026-12-01T00:00:00.000Z', 'not-a-uuid']),
+      forged(['2026-12-01T00:00:00.000Z']),
+      'd1.garbage',
+    ]) {
+      const response = await h.call('GET /v1/admin/webhook-deliveries', { query: { cursor } });
+      expect({ cursor, status: response.status, field: response.body.field }).toEqual({
+        cursor,
+        status: 400,
+        field: 'cursor',
+      });
+    }
+  });
+
   it('pages newest first and filters by status', async () => {
     const h = harness();
     const receiver = await startWebhookReceiver([200]);

@@ -145,6 +145,7 @@ export const adjustAccount = defineEndpoint({
     ...adminErrors,
     400: 'invalid body',
     402: 'would take the balance below zero',
+    404: 'a removal (negative amount) for a user never seen: no account is created',
     422: 'would take the balance past 2^53 - 1 credits (limit_exceeded)',
   },
   async handle({ params, body, caller }, deps) {
@@ -158,8 +159,12 @@ export const adjustAccount = defineEndpoint({
     }
     if (body.expiresAt && body.expiresAt <= now)
       throw new ValidationError('expiresAt', 'must be in the future');
-    // An operator may grant before the user's first sign-in (a welcome bonus): the account is created.
-    const account = await findOrCreateAccount(db, params.userId);
+    // An operator may grant before the user's first sign-in (a welcome bonus): the account is created. A
+    // removal from a user never seen is refused (404) before anything is written, the account included.
+    const account =
+      body.amount > 0
+        ? await findOrCreateAccount(db, params.userId)
+        : await requireAccountByUserId(db, params.userId);
     const actor = adminActor(caller, body.reason);
     const threshold = config.adminApprovalThreshold;
     if (threshold !== undefined && body.amount > threshold) {

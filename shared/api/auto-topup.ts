@@ -1,8 +1,9 @@
 import type { Kysely } from 'kysely';
 import * as z from 'zod';
-import { findOrCreateAccount } from '../accounts/accounts.js';
+import { findAccountByUserId, findOrCreateAccount } from '../accounts/accounts.js';
 import type { Account, Database } from '../db/schema.js';
 import {
+  checkAutoTopUpInput,
   hasSavedCard,
   readAutoTopUpSettings,
   recentTopUps,
@@ -87,6 +88,12 @@ export const putMyAutoTopUp = defineEndpoint({
     409: 'no_saved_card: enabling needs a card saved at checkout (saveCard: true)',
   },
   async handle({ caller, body }, deps) {
+    // Refused before the account of a user never seen is created: a pack not on sale, or enabling with no card.
+    checkAutoTopUpInput(
+      deps.config.packages,
+      body,
+      (await findAccountByUserId(deps.db, userId(caller))) ?? null,
+    );
     const account = await findOrCreateAccount(deps.db, userId(caller));
     await saveAutoTopUpSettings(deps.db, deps.config.packages, account.id, body);
     return ok(await autoTopUpView(deps.db, account));

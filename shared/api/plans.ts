@@ -6,6 +6,7 @@ import {
   changePlan,
   type Limits,
   limitsOf,
+  requirePlan,
   setLowBalanceThreshold,
   setMonthlyBudget,
 } from '../plans/plans.js';
@@ -132,6 +133,8 @@ export const changeAccountPlan = defineEndpoint({
   },
   errors: { 400: 'invalid body', 401: 'no IAM identity', 403: 'not an admin', 404: 'no such plan' },
   async handle({ params, body, caller }, deps) {
+    // An unknown plan is refused before the account of a user never seen is created.
+    requirePlan(deps.config.plans, body.planId);
     const account = await findOrCreateAccount(deps.db, params.userId);
     const result = await changePlan(
       deps.db,

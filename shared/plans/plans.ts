@@ -325,6 +325,18 @@ export async function setLowBalanceThreshold(
   );
 }
 
+/** The catalog's plan `planId`; 404 plan_not_found (listing the plans) when there is none. */
+export function requirePlan(catalog: PlanCatalog, planId: string): Plan {
+  const plan = findPlan(catalog, planId);
+  if (!plan) {
+    throw new ServiceError(
+      'plan_not_found',
+      `no plan ${JSON.stringify(planId)}; plans: ${catalog.plans.map((p) => p.id).join(', ')}`,
+    );
+  }
+  return plan;
+}
+
 /**
  * Moves an account to another plan, audited (`change_plan`). Moving up mid-month grants the difference of
  * the allowances at once (once: the month's allowance is tracked, not the moves); moving down keeps what
@@ -338,13 +350,7 @@ export async function changePlan(
   actor: AdminActor,
   now: Date,
 ): Promise<{ from: Plan; to: Plan; changed: boolean; allowanceGranted: number }> {
-  const to = findPlan(catalog, planId);
-  if (!to) {
-    throw new ServiceError(
-      'plan_not_found',
-      `no plan ${JSON.stringify(planId)}; plans: ${catalog.plans.map((p) => p.id).join(', ')}`,
-    );
-  }
+  const to = requirePlan(catalog, planId);
   return inAccountTransaction(db, account.id, async (trx, locked) => {
     const row = await readPlanRow(trx, locked.id);
     const from = planOfId(catalog, row?.plan_id);

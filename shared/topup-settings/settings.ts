@@ -56,6 +56,31 @@ export async function readAutoTopUpSettings(
   );
 }
 
+const noSavedCard = () =>
+  new ServiceError(
+    'no_saved_card',
+    'auto top-up needs a saved card: buy a pack at checkout with saveCard: true first',
+  );
+
+/**
+ * What can be refused without the account: 400 unknown_package for a pack not on sale, and (for a user the
+ * service has not seen, `account` undefined) 409 no_saved_card when enabling. Nothing is written.
+ */
+export function checkAutoTopUpInput(
+  packages: readonly CreditPackage[],
+  input: AutoTopUpInput,
+  account?: Account | null,
+): void {
+  if (!packages.some((p) => p.id === input.packageId)) {
+    throw new ServiceError(
+      'unknown_package',
+      `no package ${JSON.stringify(input.packageId)}; packages: ${packages.map((p) => p.id).join(', ')}`,
+      { field: 'packageId' },
+    );
+  }
+  if (account === null && input.enabled) throw noSavedCard();
+}
+
 /**
  * Saves the settings under the account lock. Throws 400 unknown_package for a pack not on sale and 409
  * no_saved_card when enabling without a saved card (nothing written either way). Enabling clears the
@@ -67,20 +92,9 @@ export async function saveAutoTopUpSettings(
   accountId: string,
   input: AutoTopUpInput,
 ): Promise<void> {
-  if (!packages.some((p) => p.id === input.packageId)) {
-    throw new ServiceError(
-      'unknown_package',
-      `no package ${JSON.stringify(input.packageId)}; packages: ${packages.map((p) => p.id).join(', ')}`,
-      { field: 'packageId' },
-    );
-  }
+  checkAutoTopUpInput(packages, input);
   await inAccountTransaction(db, accountId, async (trx, account) => {
-    if (input.enabled && !hasSavedCard(account)) {
-      throw new ServiceError(
-        'no_saved_card',
-        'auto top-up needs a saved card: buy a pack at checkout with saveCard: true first',
-      );
-    }
+    if (input.enabled && !hasSavedCard(account)) throw noSavedCard();
     const columns = {
       enabled: input.enabled,
       package_id: input.packageId,

@@ -14,6 +14,25 @@ const { call } = testApi(db);
 const admin = { iam: ADMIN_ARN };
 
 describe('admin accounts: happy', () => {
+  it('refuses a removal from a user never seen with 404, creating no account; a grant creates it', async () => {
+    const accountsOf = (userId: string) =>
+      db.selectFrom('accounts').select('id').where('external_user_id', '=', userId).execute();
+    const removal = await call('POST /v1/admin/accounts/{userId}/adjustments', {
+      auth: admin,
+      params: { userId: '../never-seen' },
+      body: { amount: -5, reason: 'mistyped user' },
+    });
+    expect(removal).toMatchObject({ status: 404, body: { code: 'account_not_found' } });
+    expect(await accountsOf('../never-seen')).toEqual([]);
+    const grant = await call('POST /v1/admin/accounts/{userId}/adjustments', {
+      auth: admin,
+      params: { userId: 'welcome-bonus-user' },
+      body: { amount: 5, reason: 'welcome bonus' },
+    });
+    expect(grant.status).toBe(201);
+    expect(await accountsOf('welcome-bonus-user')).toHaveLength(1);
+  });
+
   it("shows the account's Stripe customer id once it has one", async () => {
     const { account } = await givenFundedAccount(db, 10);
     await inAccountTransaction(db, account.id, (trx, locked) =>

@@ -54,11 +54,16 @@ const noTrace = (text: string) => expect(text).not.toMatch(/\n\s+at |ERR_|node:i
 
 describe('the admin CLI against a running stack', () => {
   it('removes credits with a negative amount and says clearly when the balance cannot cover it', async () => {
-    const result = await admin('adjust', 'cli-new-user', '-100', '--reason', 'correction');
+    const unseen = await admin('adjust', 'cli-new-user', '-100', '--reason', 'correction');
+    await admin('adjust', 'cli-low-user', '10', '--reason', 'setup');
+    const result = await admin('adjust', 'cli-low-user', '-100', '--reason', 'correction');
 
+    // A removal from a user never seen creates no account.
+    expect(unseen.code).toBe(1);
+    expect(unseen.stderr).toBe('adjust: HTTP 404 account_not_found: no account for user "cli-new-user"');
     expect(result.code).toBe(1);
     expect(result.json).toMatchObject({ status: 402, code: 'insufficient_credits' });
-    expect(result.stderr).toBe('adjust: HTTP 402 insufficient_credits: balance 0 cannot cover 100 credits');
+    expect(result.stderr).toBe('adjust: HTTP 402 insufficient_credits: balance 10 cannot cover 100 credits');
   });
 
   it('grants to an unseen user with a description the user sees, and the reason stays internal', async () => {
@@ -656,9 +661,9 @@ describe('the admin CLI as a process', () => {
     ]);
 
     expect(refused.code).toBe(1);
-    expect(JSON.parse(refused.stdout)).toMatchObject({ code: 'insufficient_credits' });
+    expect(JSON.parse(refused.stdout)).toMatchObject({ code: 'account_not_found' });
     expect(refused.stderr.trim()).toBe(
-      'adjust: HTTP 402 insufficient_credits: balance 0 cannot cover 100 credits',
+      'adjust: HTTP 404 account_not_found: no account for user "cli-process-user"',
     );
     expect(usage.code).toBe(2);
     expect(usage.stderr).toMatch(/^--reason needs a value \(R\)\nusage: /);

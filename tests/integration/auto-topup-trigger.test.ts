@@ -446,6 +446,18 @@ describe('PUT /v1/me/auto-topup: bad input', () => {
     expect((await put(userId, { enabled: false })).status).toBe(200);
   });
 
+  it('refuses a user it has never seen without creating the account', async () => {
+    const accountsOf = (userId: string) =>
+      db.selectFrom('accounts').select('id').where('external_user_id', '=', userId).execute();
+    for (const [userId, body, code] of [
+      ['never-seen-no-card', {}, 'no_saved_card'],
+      ['never-seen-bad-pack', { packageId: 'pack_huge', enabled: false }, 'unknown_package'],
+    ] as const) {
+      expect((await put(userId, body)).body).toMatchObject({ code });
+      expect(await accountsOf(userId)).toEqual([]);
+    }
+  });
+
   it.each([
     ['an unknown pack', { packageId: 'pack_huge' }, 'unknown_package', undefined],
     ['a negative threshold', { thresholdCredits: -1 }, 'validation_error', 'thresholdCredits'],

@@ -417,6 +417,20 @@ describe('plans: changing plan mid-month', () => {
       .execute();
     expect(audit).toEqual([]);
     expect(await allowanceEntries(account)).toEqual([]);
+    // For a user never seen, the account is not created either.
+    const unseen = await a.call('PUT /v1/admin/accounts/{userId}/plan', {
+      auth: admin,
+      params: { userId: 'never-seen-platinum' },
+      body: { planId: 'platinum', reason: 'test' },
+    });
+    expect(unseen.body).toMatchObject({ status: 404, code: 'plan_not_found' });
+    expect(
+      await db
+        .selectFrom('accounts')
+        .select('id')
+        .where('external_user_id', '=', 'never-seen-platinum')
+        .execute(),
+    ).toEqual([]);
   });
 });
 

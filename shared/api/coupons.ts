@@ -60,6 +60,14 @@ export const createAdminCoupon = defineEndpoint({
   async handle({ body, caller }, deps) {
     if (body.redeemBy && body.redeemBy <= nowOf(deps))
       throw new ValidationError('redeemBy', 'must be in the future');
+    // A coupon for a plan the catalog does not have could never be redeemed.
+    const unknownPlans = (body.plans ?? []).filter((id) => !deps.config.plans.plans.some((p) => p.id === id));
+    if (unknownPlans.length > 0) {
+      throw new ValidationError(
+        'plans',
+        `unknown plan ${unknownPlans.map((id) => JSON.stringify(id)).join(', ')}; plans: ${deps.config.plans.plans.map((p) => p.id).join(', ')}`,
+      );
+    }
     const coupon = await createCoupon(
       deps.db,
       {

@@ -239,7 +239,12 @@ export const voidHoldEndpoint = defineEndpoint({
   summary: 'Releases a hold; voiding a voided or expired hold changes nothing',
   params: holdParams,
   responses: { 200: { description: 'the hold, released', schema: settlementSchema } },
-  errors: { ...serviceErrors, 400: 'not a hold id', 404: 'no such hold', 409: 'the hold was captured' },
+  errors: {
+    ...serviceErrors,
+    400: 'not a hold id, or a body sent (this route takes none)',
+    404: 'no such hold',
+    409: 'the hold was captured',
+  },
   async handle({ params }, deps) {
     const now = nowOf(deps);
     return ok(settlementView(await voidHold(deps.db, params.holdId, now), now));

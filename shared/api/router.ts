@@ -1,7 +1,7 @@
 import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
 import type { z } from 'zod';
 import { isStorableText } from '../credits.js';
-import { ServiceError } from '../errors.js';
+import { ServiceError, ValidationError } from '../errors.js';
 import { decodeUtf8, json, problem } from '../http/responses.js';
 import { ROUTES, type RouteKey } from '../http/routes.js';
 import type { ApiDependencies, Caller, Endpoint } from './endpoint.js';
@@ -41,11 +41,15 @@ function parse<S extends z.ZodType>(schema: S | undefined, value: unknown): unkn
 }
 
 function readBody(endpoint: Endpoint, event: APIGatewayProxyEventV2): unknown {
-  if (!endpoint.body) return undefined;
+  if (!endpoint.body) {
+    if (event.body) throw new ValidationError('body', 'this route takes no body');
+    return undefined;
+  }
   // No body at all, for a route whose body fields are all optional, is the empty object.
   if (!event.body && endpoint.body.safeParse({}).success) return {};
   const contentType = event.headers?.['content-type'] ?? '';
-  if (!/^application\/json\b/i.test(contentType)) {
+  // application/json, with parameters or none (not application/json-patch+json and the like).
+  if (!/^application\/json\s*(;|$)/i.test(contentType)) {
     throw new ServiceError('unsupported_media_type', 'the body must be application/json');
   }
   const raw = Buffer.from(event.body ?? '', event.isBase64Encoded ? 'base64' : 'utf8');
@@ -53,11 +57,25 @@ function readBody(endpoint: Endpoint, event: APIGatewayProxyEventV2): unknown {
     throw new ServiceError('payload_too_large', `the body exceeds ${MAX_BODY_BYTES} bytes`);
   }
   const text = decodeUtf8(raw);
+  if (text.trim() === '')
+    throw new ServiceError('empty_body', 'the body is empty; this route takes a JSON body');
+  if (text.startsWith('\uFEFF')) {
+    throw new ServiceError('malformed_json', 'the body starts with a byte order mark; send JSON without one');
+  }
+  let parsed: unknown;
+  let prototypeKey = false;
   try {
-    return JSON.parse(text);
+    // JSON.parse keeps a "__proto__" key as an own property, which later copies would drop or turn into the
+    // prototype: refused wherever it is, not silently lost.
+    parsed = JSON.parse(text, (key, value) => {
+      if (key === '__proto__') prototypeKey = true;
+      return value;
+    });
   } catch {
     throw new ServiceError('malformed_json', 'the body is not valid JSON');
   }
+  if (prototypeKey) throw new ValidationError('body', 'must not use the key __proto__');
+  return parsed;
 }
 
 /** A matcher for IAM principal ARN patterns (`*` matches any run of characters). */

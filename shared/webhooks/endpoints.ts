@@ -18,6 +18,10 @@ const LOOPBACK_HOSTS = new Set(['127.0.0.1', '[::1]', 'localhost']);
  * stack only), loopback hosts are allowed, and http to 127.0.0.1, ::1 or localhost too.
  */
 export function checkEndpointUrl(raw: string, options: { readonly allowLoopbackHttp: boolean }): URL {
+  // The URL parser would strip or encode these silently, so the endpoint stored would not be the one given.
+  if (/\s/.test(raw) || [...raw].some((c) => c.charCodeAt(0) < 0x20 || c.charCodeAt(0) === 0x7f)) {
+    throw new ValidationError('url', 'must not contain whitespace or control characters');
+  }
   let url: URL;
   try {
     url = new URL(raw);
@@ -25,6 +29,7 @@ export function checkEndpointUrl(raw: string, options: { readonly allowLoopbackH
     throw new ValidationError('url', 'is not an absolute URL');
   }
   if (url.username || url.password) throw new ValidationError('url', 'must not carry credentials');
+  if (url.port === '0') throw new ValidationError('url', 'must not use port 0');
   if (url.protocol === 'https:') {
     const ip = ipLiteralOf(url.hostname);
     const name = url.hostname.replace(/\.$/, '');

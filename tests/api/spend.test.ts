@@ -159,6 +159,31 @@ describe('POST /v1/accounts/{userId}/spend: error', () => {
       rawBody: '{"amount": 1}',
     });
     expect(text.status).toBe(415);
+    const patch = await call('POST /v1/accounts/{userId}/spend', {
+      auth: service,
+      params: { userId: account.external_user_id! },
+      headers: { 'idempotency-key': 'k', 'content-type': 'application/json-patch+json' },
+      rawBody: '{"amount": 1}',
+    });
+    expect(patch.status).toBe(415);
+    for (const rawBody of ['', '   \n']) {
+      expect((await spend(account.external_user_id!, undefined, 'k', { rawBody })).body).toMatchObject({
+        code: 'empty_body',
+        detail: 'the body is empty; this route takes a JSON body',
+      });
+    }
+    expect(
+      (await spend(account.external_user_id!, undefined, 'k', { rawBody: '\ufeff{"amount": 1}' })).body,
+    ).toMatchObject({ code: 'malformed_json', detail: expect.stringContaining('byte order mark') });
+    // JSON.parse keeps a "__proto__" key, which copying would drop: refused, not silently stored as {}.
+    expect(
+      (
+        await spend(account.external_user_id!, undefined, 'k', {
+          rawBody: '{"amount": 1, "metadata": {"__proto__": "x", "a": "b"}}',
+        })
+      ).body,
+    ).toMatchObject({ status: 400, field: 'body', detail: 'body: must not use the key __proto__' });
+    expect(await entryCount(account.id)).toBe(1);
     expect(
       (
         await spend(account.external_user_id!, undefined, 'k', {

@@ -455,6 +455,12 @@ describe('bad input writes nothing', () => {
     });
 
     expect((await createWith({ code: 'OFF-NOW' })).status).toBe(201);
+    // A coupon for a plan the catalog does not have could never be redeemed.
+    expect((await createWith({ code: 'NO-SUCH-PLAN', plans: ['default', 'platinum'] })).body).toMatchObject({
+      status: 400,
+      field: 'plans',
+      detail: 'plans: unknown plan "platinum"; plans: default',
+    });
     // DESIGN's body has no reason: the audit row says what was done.
     const unexplained = await call('POST /v1/admin/coupons', {
       auth: admin,

@@ -249,7 +249,7 @@ describe('holds: priced by the book', () => {
   });
 
   it('refuses bad holds with a precise 4xx and writes nothing', async () => {
-    const { hold, capture, clock } = api();
+    const { call, hold, capture, get, clock } = api();
     const account = await funded(10);
     const cases: Array<[Record<string, unknown>, number, string]> = [
       [{ credits: 1, ttlSeconds: 0 }, 400, 'ttlSeconds'],
@@ -280,6 +280,18 @@ describe('holds: priced by the book', () => {
       status: 400,
       field: 'usage',
     });
+    // Void takes no body: one sent is refused, and the hold stays active.
+    const voided = await call('POST /v1/holds/{holdId}/void', {
+      auth: service,
+      params: { holdId },
+      rawBody: 'garbage\u0000{{{',
+    });
+    expect(voided.body).toMatchObject({
+      status: 400,
+      field: 'body',
+      detail: 'body: this route takes no body',
+    });
+    expect((await get(holdId)).body).toMatchObject({ status: 'active' });
     await expectInvariantsHold(db, clock.now());
   });
 });

@@ -615,7 +615,11 @@ describe('outbound webhooks: endpoint registration', () => {
       'url: points at hooks.localhost., which is not a public address',
     ],
     ['local', true, 'https://192.168.0.10/hooks', 'url: points at 192.168.0.10, which is not a public'],
-    ['local', true, 'not a url', 'url: is not an absolute URL'],
+    ['AWS', false, 'https://exa\tmple.com/h', 'url: must not contain whitespace or control characters'],
+    ['AWS', false, ' https://example.com/h', 'url: must not contain whitespace or control characters'],
+    ['AWS', false, 'https://example.com/\u0000', 'url: must not contain whitespace or control characters'],
+    ['AWS', false, 'https://example.com:0/h', 'url: must not use port 0'],
+    ['local', true, 'not-a-url', 'url: is not an absolute URL'],
   ])('refuses in %s mode %s with a precise 400 and writes nothing', async (_mode, local, url, message) => {
     const h = harness({ local });
     const before = await counts();

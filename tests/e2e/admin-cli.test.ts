@@ -607,20 +607,25 @@ describe('coupons from the admin CLI', () => {
   });
 
   it('creates a coupon for some plans only, and passes the refusals of the API on, exit 1', async () => {
-    const created = await admin(
+    const created = await admin('coupons', 'create', 'CLI-PLANS', '10', '--reason', 'x', '--plans', 'pro');
+    const duplicate = await admin('coupons', 'create', 'cli-plans', '10', '--reason', 'x');
+    const unknown = await admin('coupons', 'disable', 'CLI-NOSUCH', '--reason', 'x');
+    const noSuchPlan = await admin(
       'coupons',
       'create',
-      'CLI-PLANS',
+      'CLI-TEAM',
       '10',
       '--reason',
       'x',
       '--plans',
       'pro, team',
     );
-    const duplicate = await admin('coupons', 'create', 'cli-plans', '10', '--reason', 'x');
-    const unknown = await admin('coupons', 'disable', 'CLI-NOSUCH', '--reason', 'x');
 
-    expect(created).toMatchObject({ code: 0, json: { plans: ['pro', 'team'], grantExpiresInDays: null } });
+    expect(created).toMatchObject({ code: 0, json: { plans: ['pro'], grantExpiresInDays: null } });
+    expect(noSuchPlan).toMatchObject({ code: 1, json: { status: 400, field: 'plans' } });
+    expect(noSuchPlan.stderr).toMatch(
+      /^coupons create: HTTP 400 validation_error: plans: unknown plan "team"/,
+    );
     expect(duplicate).toMatchObject({ code: 1, json: { status: 409, code: 'coupon_exists' } });
     expect(duplicate.stderr).toMatch(/^coupons create: HTTP 409 coupon_exists/);
     expect(unknown).toMatchObject({ code: 1, json: { status: 404 } });

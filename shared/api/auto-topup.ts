@@ -89,12 +89,9 @@ export const putMyAutoTopUp = defineEndpoint({
   },
   async handle({ caller, body }, deps) {
     // Refused before the account of a user never seen is created: a pack not on sale, or enabling with no card.
-    checkAutoTopUpInput(
-      deps.config.packages,
-      body,
-      (await findAccountByUserId(deps.db, userId(caller))) ?? null,
-    );
-    const account = await findOrCreateAccount(deps.db, userId(caller));
+    const existing = await findAccountByUserId(deps.db, userId(caller));
+    checkAutoTopUpInput(deps.config.packages, body, existing ?? null);
+    const account = existing ?? (await findOrCreateAccount(deps.db, userId(caller)));
     await saveAutoTopUpSettings(deps.db, deps.config.packages, account.id, body);
     return ok(await autoTopUpView(deps.db, account));
   },

@@ -51,7 +51,9 @@ export function createWebhookIntake(deps: IntakeDependencies) {
     }
     const result = stripeEventSchema.safeParse(parsed);
     if (!result.success) {
-      const where = result.error.issues.map((i) => i.path.join('.') || '(root)').join(', ');
+      const where = result.error.issues
+        .map((i) => (i.path.length > 0 ? i.path.join('.') : `(root: ${i.message})`))
+        .join(', ');
       throw new ServiceError('malformed_event', `body is not a Stripe event (invalid: ${where})`);
     }
     if (result.data.livemode !== config.STRIPE_LIVEMODE) {

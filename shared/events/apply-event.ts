@@ -45,12 +45,32 @@ function parkReason(error: unknown): { reason: string; message: string } | undef
   if (error instanceof ParkEventError) return { reason: error.reason, message: error.message };
   if (error instanceof ServiceError) return { reason: error.code, message: error.message };
   // Postgres class 22 (data exception): text it cannot store, a number out of range. Retrying cannot help.
-  const sqlState = (error as { code?: unknown }).code;
+  const {
+    code: sqlState,
+    constraint,
+    detail,
+  } = error as { code?: unknown; constraint?: unknown; detail?: unknown };
   if (typeof sqlState === 'string' && sqlState.startsWith('22')) {
     return { reason: 'unstorable_data', message: `Postgres refused the event's data (SQLSTATE ${sqlState})` };
   }
+  // A Stripe id that another payment (or account) holds already: an event naming one payment with another's
+  // intent, charge or customer. The payment lock serializes every event of one payment, so this is no race:
+  // the constraint will refuse it on every delivery.
+  if (sqlState === '23505' && typeof constraint === 'string' && HELD_STRIPE_IDS.has(constraint)) {
+    return {
+      reason: 'stripe_id_conflict',
+      message: `the event names a Stripe id another payment or account holds (${typeof detail === 'string' ? detail : constraint})`,
+    };
+  }
   return undefined;
 }
+
+/** The unique constraints on Stripe ids whose violation is deterministic (see parkReason). */
+const HELD_STRIPE_IDS = new Set([
+  'payments_stripe_payment_intent_id_key',
+  'payments_stripe_charge_id_key',
+  'accounts_stripe_customer_id_key',
+]);
 
 /**
  * Applies one Stripe event in one transaction: claims its id in `processed_events`, takes the payment and

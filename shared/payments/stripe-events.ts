@@ -98,7 +98,7 @@ export async function applyToPayments(
     }
     case 'charge.refunded': {
       const charge = parseObject(chargeSchema, event);
-      return applyFacts(trx, event.id, charge.payment_intent, {
+      return applyFacts(trx, event, charge.payment_intent, charge.currency, {
         chargeAmountRefunded: charge.amount_refunded,
       });
     }
@@ -106,7 +106,7 @@ export async function applyToPayments(
     case 'refund.updated':
     case 'refund.failed': {
       const refund = parseObject(refundSchema, event);
-      return applyFacts(trx, event.id, refund.payment_intent, {
+      return applyFacts(trx, event, refund.payment_intent, refund.currency, {
         refunds: { [refund.id]: { amount: refund.amount, status: refundState(refund.status) } },
       });
     }
@@ -115,7 +115,7 @@ export async function applyToPayments(
     case 'charge.dispute.funds_reinstated':
     case 'charge.dispute.closed': {
       const dispute = parseObject(disputeSchema, event);
-      return applyFacts(trx, event.id, dispute.payment_intent, {
+      return applyFacts(trx, event, dispute.payment_intent, dispute.currency, {
         disputes: {
           [dispute.id]: { amount: dispute.amount, state: disputeState(event.type, dispute.status) },
         },
@@ -209,7 +209,8 @@ function paidForPack(session: CheckoutSession): number | null {
 
 /**
  * The payment a session pays: ours (its id in metadata, or its session id), or, for a session created
- * outside our checkout, a new payment when the metadata names a user and a pack whose price matches.
+ * outside our checkout (no payment id in its metadata), a new payment when the metadata names a user and a
+ * pack whose price matches.
  */
 async function resolveSessionPayment(
   trx: Trx,
@@ -226,6 +227,15 @@ async function resolveSessionPayment(
   }
   const known = await findPayment(trx, 'stripe_checkout_session_id', session.id, session.payment_intent);
   if (known) return known;
+  // Our checkout names its payment; one that names a payment this deployment does not have (another
+  // deployment on the same Stripe account, say) is not a sale to credit here.
+  if (session.metadata.payment_id) {
+    if (!mustResolve) return undefined;
+    throw new ParkEventError(
+      'unknown_payment',
+      `checkout session ${session.id} names payment ${session.metadata.payment_id}, which this deployment does not have`,
+    );
+  }
   const userId = session.metadata.user_id ?? session.client_reference_id;
   if (!userId) {
     if (!mustResolve) return undefined;
@@ -252,17 +262,27 @@ async function resolveSessionPayment(
   });
 }
 
-/** Merges what a refund or dispute event says into the facts, then settles the payment if it is credited. */
+/**
+ * Merges what a refund or dispute event says into the facts, then settles the payment if it is credited. An
+ * amount in another currency than the payment's is parked: it cannot be compared with what was paid.
+ */
 async function applyFacts(
   trx: Trx,
-  eventId: string,
+  event: StripeEvent,
   intentId: string | null,
+  currency: string,
   update: Partial<ChargeFacts>,
 ): Promise<PaymentEffects> {
   if (!intentId) return null; // a charge without a payment intent was never one of our checkouts
   await lockKey(trx, 'payment', intentId);
-  const facts = await recordChargeFacts(trx, intentId, update);
   const payment = await findPayment(trx, 'stripe_payment_intent_id', intentId);
+  if (payment && currency !== payment.currency) {
+    throw new ParkEventError(
+      'currency_mismatch',
+      `${event.type} is in ${currency}; payment ${payment.id} was paid in ${payment.currency}`,
+    );
+  }
+  const facts = await recordChargeFacts(trx, intentId, update);
   if (!payment || !isCredited(payment.status)) return [];
-  return settlePayment(trx, await lockAccount(trx, payment.account_id), payment, facts, eventId);
+  return settlePayment(trx, await lockAccount(trx, payment.account_id), payment, facts, event.id);
 }

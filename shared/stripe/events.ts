@@ -24,16 +24,40 @@ export function isHandledEventType(type: string): type is HandledEventType {
   return (HANDLED_EVENT_TYPES as readonly string[]).includes(type);
 }
 
+/**
+ * How deep an event may nest. Stripe's own go about ten levels; one nested thousands deep is no event of
+ * Stripe's, and storing it (a parked event keeps its payload) would overflow the stack.
+ */
+export const MAX_EVENT_DEPTH = 64;
+
+/** The nesting depth of a parsed JSON value (a scalar is 0), without recursion. */
+function depthOf(value: unknown): number {
+  let deepest = 0;
+  const pending: Array<[unknown, number]> = [[value, 0]];
+  for (let next = pending.pop(); next; next = pending.pop()) {
+    const [node, depth] = next;
+    if (typeof node !== 'object' || node === null) continue;
+    deepest = Math.max(deepest, depth + 1);
+    if (deepest > MAX_EVENT_DEPTH) return deepest;
+    for (const child of Object.values(node)) pending.push([child, depth + 1]);
+  }
+  return deepest;
+}
+
 /** The envelope every Stripe event has; `data.object` is validated per type by the worker. */
-export const stripeEventSchema = z.looseObject({
-  id: z.string().check(z.regex(/^evt_\w+$/)),
-  object: z.literal('event'),
-  // Stripe's types are dotted lowercase words; anything else is not an event of Stripe's (and may not be storable).
-  type: z.string().check(z.regex(/^[a-z0-9_.]{1,100}$/)),
-  livemode: z.boolean(),
-  created: z.int().check(z.nonnegative()),
-  data: z.looseObject({ object: z.record(z.string(), z.unknown()) }),
-});
+export const stripeEventSchema = z
+  .looseObject({
+    id: z.string().check(z.regex(/^evt_\w+$/)),
+    object: z.literal('event'),
+    // Stripe's types are dotted lowercase words; anything else is not an event of Stripe's (and may not be storable).
+    type: z.string().check(z.regex(/^[a-z0-9_.]{1,100}$/)),
+    livemode: z.boolean(),
+    created: z.int().check(z.nonnegative()),
+    data: z.looseObject({ object: z.record(z.string(), z.unknown()) }),
+  })
+  .check(
+    z.refine((event) => depthOf(event) <= MAX_EVENT_DEPTH, `nests deeper than ${MAX_EVENT_DEPTH} levels`),
+  );
 export type StripeEvent = z.infer<typeof stripeEventSchema>;
 
 const id = (prefix: string) => z.string().check(z.regex(new RegExp(`^${prefix}_\\w+$`)));

@@ -104,10 +104,20 @@ describe('parking', () => {
   };
 
   it.each([
-    ['unknown_user', external({ package_id: PACK.id })],
-    ['unknown_package', external({ user_id: 'u-parked', package_id: 'pack_nope' })],
-    ['amount_mismatch', external({ user_id: 'u-parked', package_id: PACK.id }, PACK.amount - 1)],
-  ])('parks %s with its reason and payload, writing nothing else', async (reason, event) => {
+    ['unknown_user', external({ package_id: PACK.id }), 'names no user'],
+    ['unknown_package', external({ user_id: 'u-parked', package_id: 'pack_nope' }), 'names no known package'],
+    ['amount_mismatch', external({ user_id: 'u-parked', package_id: PACK.id }, PACK.amount - 1), 'charged'],
+    // Our checkout names its payment: one this deployment does not have is no outside sale to credit.
+    [
+      'unknown_payment',
+      external({
+        payment_id: '6f1c7a52-0d7e-4c1b-9a51-2b6f0e1d4c3a',
+        user_id: 'u-parked',
+        package_id: PACK.id,
+      }),
+      'which this deployment does not have',
+    ],
+  ])('parks %s with its reason and payload, writing nothing else', async (_code, event, reason) => {
     const before = await db
       .selectFrom('ledger_entries')
       .select((eb) => eb.fn.countAll<string>().as('n'))
@@ -124,13 +134,48 @@ describe('parking', () => {
       event_type: 'checkout.session.completed',
       payload: event,
     });
-    expect(parked.reason).toBeTruthy();
+    expect(parked.reason).toContain(reason);
     const after = await db
       .selectFrom('ledger_entries')
       .select((eb) => eb.fn.countAll<string>().as('n'))
       .executeTakeFirstOrThrow();
     expect(after.n).toBe(before.n);
-    expect(reason).toBeTruthy();
+    await expectInvariantsHold(db);
+  });
+
+  it("parks, never retries, an event naming another payment's intent, and a refund in another currency", async () => {
+    const first = await givenCheckout(db);
+    const second = await givenCheckout(db);
+    await deliver(worker, [first.completed()]);
+    const parkedReason = async (eventId: unknown) =>
+      (
+        await db
+          .selectFrom('processed_events')
+          .select(['outcome', 'reason'])
+          .where('event_id', '=', String(eventId))
+          .executeTakeFirstOrThrow()
+      ).reason;
+    // The second payment's session, carrying the first payment's (already linked) intent.
+    const objectOf = (event: Record<string, unknown>) => (event.data as { object: object }).object;
+    const stolen = stripeEvent('checkout.session.completed', {
+      ...objectOf(second.completed()),
+      payment_intent: first.ids.intent,
+    });
+    expect((await deliver(worker, [stolen])).batchItemFailures).toEqual([]);
+    expect(await parkedReason(stolen.id)).toMatch(
+      /another payment or account holds .*stripe_payment_intent_id/,
+    );
+    expect(await purchaseState(db, second)).toMatchObject({ balance: 0, status: 'INIT' });
+
+    const yen = stripeEvent('refund.created', {
+      ...objectOf(first.refundEvent('refund.created', 're_yen', 500, 'succeeded')),
+      currency: 'jpy',
+    });
+    expect((await deliver(worker, [yen])).batchItemFailures).toEqual([]);
+    expect(await parkedReason(yen.id)).toBe(
+      `refund.created is in jpy; payment ${first.payment.id} was paid in usd`,
+    );
+    expect(await purchaseState(db, first)).toMatchObject({ balance: PACK.credits, status: 'CREDITED' });
     await expectInvariantsHold(db);
   });
 

@@ -150,6 +150,19 @@ describe('webhook intake: error', () => {
     );
   });
 
+  it('rejects a signed event nested deeper than Stripe nests, so the worker never has to store it', async () => {
+    let deep: unknown = 'bottom';
+    for (let i = 0; i < 200; i++) deep = [deep];
+    const event = paidEvent();
+    const nested = { ...event, data: { object: { ...(event.data as { object: object }).object, deep } } };
+    const body = JSON.stringify(nested);
+    const t = now();
+    await expectRejected(
+      webhookRequest(body, { 'stripe-signature': `t=${t},v1=${hmac(SECRET, `${t}.${body}`)}` }),
+      /nests deeper than 64 levels/,
+    );
+  });
+
   it('rejects a livemode event in a test-mode deployment', async () => {
     await expectRejected(
       signedWebhookRequest({ ...paidEvent(), livemode: true }, SECRET),

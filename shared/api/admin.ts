@@ -284,11 +284,22 @@ export const replayParkedEvent = defineEndpoint({
       }),
     },
   },
-  errors: { ...adminErrors, 400: 'invalid body', 404: 'no parked event with this id' },
+  errors: {
+    ...adminErrors,
+    400: 'invalid body, or a parked payload this version no longer accepts as an event (malformed_event)',
+    404: 'no parked event with this id',
+  },
   async handle({ params, body, caller }, { db, config }) {
     const parked = await findParkedEvent(db, params.eventId);
     if (!parked) throw new ServiceError('not_found', `no parked event ${params.eventId}`);
-    const event = stripeEventSchema.parse(parked.payload);
+    const stored = stripeEventSchema.safeParse(parked.payload);
+    if (!stored.success) {
+      throw new ServiceError(
+        'malformed_event',
+        `the parked payload is not a Stripe event this version accepts (${stored.error.issues.map((i) => i.message).join('; ')})`,
+      );
+    }
+    const event = stored.data;
     const result = await applyStripeEvent(db, event, { packages: config.packages, replay: true });
     const reason =
       result.outcome === 'parked' ? ((await findParkedEvent(db, event.id))?.reason ?? null) : null;

@@ -46,7 +46,10 @@ function readBody(endpoint: Endpoint, event: APIGatewayProxyEventV2): unknown {
     return undefined;
   }
   // No body at all, for a route whose body fields are all optional, is the empty object.
-  if (!event.body && endpoint.body.safeParse({}).success) return {};
+  if (!event.body) {
+    if (endpoint.body.safeParse({}).success) return {};
+    throw new ServiceError('empty_body', 'the body is empty; this route takes a JSON body');
+  }
   const contentType = event.headers?.['content-type'] ?? '';
   // application/json, with parameters or none (not application/json-patch+json and the like).
   if (!/^application\/json\s*(;|$)/i.test(contentType)) {
@@ -67,10 +70,14 @@ function readBody(endpoint: Endpoint, event: APIGatewayProxyEventV2): unknown {
   try {
     // JSON.parse keeps a "__proto__" key as an own property, which later copies would drop or turn into the
     // prototype: refused wherever it is, not silently lost.
-    parsed = JSON.parse(text, (key, value) => {
-      if (key === '__proto__') prototypeKey = true;
-      return value;
-    });
+    // (The reviver only when the text could spell the key: plainly, or with a \u escape.)
+    parsed =
+      text.includes('__proto__') || text.includes('\\u')
+        ? JSON.parse(text, (key, value) => {
+            if (key === '__proto__') prototypeKey = true;
+            return value;
+          })
+        : JSON.parse(text);
   } catch {
     throw new ServiceError('malformed_json', 'the body is not valid JSON');
   }

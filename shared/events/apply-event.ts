@@ -53,24 +53,21 @@ function parkReason(error: unknown): { reason: string; message: string } | undef
   if (typeof sqlState === 'string' && sqlState.startsWith('22')) {
     return { reason: 'unstorable_data', message: `Postgres refused the event's data (SQLSTATE ${sqlState})` };
   }
-  // A Stripe id that another payment (or account) holds already: an event naming one payment with another's
-  // intent, charge or customer. The payment lock serializes every event of one payment, so this is no race:
-  // the constraint will refuse it on every delivery.
+  // A Stripe id that another payment holds already: an event naming one payment with another's intent or
+  // charge. Every write of those columns happens under the intent's payment lock, so this is no race: the
+  // constraint will refuse it on every delivery. (A customer id is not among them: its writers check for an
+  // owner first, so a violation there is a race between two accounts, and a retry applies the event.)
   if (sqlState === '23505' && typeof constraint === 'string' && HELD_STRIPE_IDS.has(constraint)) {
     return {
       reason: 'stripe_id_conflict',
-      message: `the event names a Stripe id another payment or account holds (${typeof detail === 'string' ? detail : constraint})`,
+      message: `the event names a Stripe id another payment holds (${typeof detail === 'string' ? detail : constraint})`,
     };
   }
   return undefined;
 }
 
 /** The unique constraints on Stripe ids whose violation is deterministic (see parkReason). */
-const HELD_STRIPE_IDS = new Set([
-  'payments_stripe_payment_intent_id_key',
-  'payments_stripe_charge_id_key',
-  'accounts_stripe_customer_id_key',
-]);
+const HELD_STRIPE_IDS = new Set(['payments_stripe_payment_intent_id_key', 'payments_stripe_charge_id_key']);
 
 /**
  * Applies one Stripe event in one transaction: claims its id in `processed_events`, takes the payment and

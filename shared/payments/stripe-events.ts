@@ -115,7 +115,9 @@ export async function applyToPayments(
     case 'charge.dispute.funds_reinstated':
     case 'charge.dispute.closed': {
       const dispute = parseObject(disputeSchema, event);
-      return applyFacts(trx, event, dispute.payment_intent, dispute.currency, {
+      // A dispute's amount is never compared with what was paid (its state decides), and Stripe may state it
+      // in another currency: no currency check.
+      return applyFacts(trx, event, dispute.payment_intent, null, {
         disputes: {
           [dispute.id]: { amount: dispute.amount, state: disputeState(event.type, dispute.status) },
         },
@@ -263,20 +265,21 @@ async function resolveSessionPayment(
 }
 
 /**
- * Merges what a refund or dispute event says into the facts, then settles the payment if it is credited. An
- * amount in another currency than the payment's is parked: it cannot be compared with what was paid.
+ * Merges what a refund or dispute event says into the facts, then settles the payment if it is credited. A
+ * refunded amount (`currency` given) in another currency than the payment's is parked: it cannot be compared
+ * with what was paid. (Checked when the payment is known; facts that arrive before it carry no currency.)
  */
 async function applyFacts(
   trx: Trx,
   event: StripeEvent,
   intentId: string | null,
-  currency: string,
+  currency: string | null,
   update: Partial<ChargeFacts>,
 ): Promise<PaymentEffects> {
   if (!intentId) return null; // a charge without a payment intent was never one of our checkouts
   await lockKey(trx, 'payment', intentId);
   const payment = await findPayment(trx, 'stripe_payment_intent_id', intentId);
-  if (payment && currency !== payment.currency) {
+  if (payment && currency !== null && currency !== payment.currency) {
     throw new ParkEventError(
       'currency_mismatch',
       `${event.type} is in ${currency}; payment ${payment.id} was paid in ${payment.currency}`,

@@ -1,7 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { createCreditWorker } from '../../functions/credit-worker.js';
 import { inAccountTransaction, saveCard } from '../../shared/accounts/accounts.js';
+import { parkEvent } from '../../shared/events/processed-events.js';
 import { DEFAULT_PACKAGES } from '../../shared/packages.js';
+import type { StripeEvent } from '../../shared/stripe/events.js';
 import { ADMIN_ARN, SERVICE_ARN, testApi } from '../support/api.js';
 import { createTestDatabase } from '../support/database.js';
 import { checkoutSession, stripeEvent, stripeIds } from '../support/events.js';
@@ -228,6 +230,27 @@ describe('admin accounts: error', () => {
 });
 
 describe('parked events', () => {
+  it('answers 400, not 500, for a parked payload this version no longer takes as an event', async () => {
+    let deep: unknown = 'bottom';
+    for (let i = 0; i < 100; i++) deep = [deep];
+    const event = stripeEvent(
+      'checkout.session.completed',
+      checkoutSession({ id: stripeIds().session, deep }),
+    );
+    // Parked by an older version, before the envelope refused such nesting.
+    await parkEvent(db, event as unknown as StripeEvent, 'parked before the nesting limit');
+    const replay = await call('POST /v1/admin/parked-events/{eventId}/replay', {
+      auth: admin,
+      params: { eventId: String(event.id) },
+      body: { reason: 'try again' },
+    });
+    expect(replay.body).toMatchObject({
+      status: 400,
+      code: 'malformed_event',
+      detail: expect.stringContaining('nests deeper than 64 levels'),
+    });
+  });
+
   it('lists a parked event and replays it once its cause is fixed', async () => {
     const ids = stripeIds();
     const event = stripeEvent(

@@ -178,6 +178,20 @@ describe('POST /v1/accounts/{userId}/spend: error', () => {
         })
       ).body,
     ).toMatchObject({ status: 400, field: 'body', detail: 'body: must not use the key __proto__' });
+    expect(
+      (
+        await spend(account.external_user_id!, undefined, 'k', {
+          rawBody: '{"amount": 1, "metadata": {"\\u005f_proto__": "x"}}',
+        })
+      ).body,
+    ).toMatchObject({ status: 400, field: 'body' });
+    // No body and no content type: the body is missing, not of the wrong type.
+    const bare = await call('POST /v1/accounts/{userId}/spend', {
+      auth: service,
+      params: { userId: account.external_user_id! },
+      headers: { 'idempotency-key': 'k' },
+    });
+    expect(bare.body).toMatchObject({ status: 400, code: 'empty_body' });
     expect(await entryCount(account.id)).toBe(1);
     expect(
       (

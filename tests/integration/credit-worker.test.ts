@@ -162,9 +162,7 @@ describe('parking', () => {
       payment_intent: first.ids.intent,
     });
     expect((await deliver(worker, [stolen])).batchItemFailures).toEqual([]);
-    expect(await parkedReason(stolen.id)).toMatch(
-      /another payment or account holds .*stripe_payment_intent_id/,
-    );
+    expect(await parkedReason(stolen.id)).toMatch(/another payment holds .*stripe_payment_intent_id/);
     expect(await purchaseState(db, second)).toMatchObject({ balance: 0, status: 'INIT' });
 
     const yen = stripeEvent('refund.created', {

@@ -42,7 +42,13 @@ function parse<S extends z.ZodType>(schema: S | undefined, value: unknown): unkn
 
 function readBody(endpoint: Endpoint, event: APIGatewayProxyEventV2): unknown {
   if (!endpoint.body) {
-    if (event.body) throw new ValidationError('body', 'this route takes no body');
+    // Nothing, or an empty JSON object (what many clients send with a POST), is no body; anything else is.
+    const sent = event.body
+      ? Buffer.from(event.body, event.isBase64Encoded ? 'base64' : 'utf8').toString()
+      : '';
+    if (sent.replace(/\s+/g, '') !== '' && sent.replace(/\s+/g, '') !== '{}') {
+      throw new ValidationError('body', 'this route takes no body');
+    }
     return undefined;
   }
   // No body at all, for a route whose body fields are all optional, is the empty object.

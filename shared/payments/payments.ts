@@ -134,7 +134,10 @@ export async function createExternalPayment(
       stripe_checkout_session_id: stripe.sessionId,
       stripe_payment_intent_id: stripe.paymentIntentId,
     })
-    .onConflict((oc) => oc.doNothing())
+    // The session's own payment, created by an event of the same session before (they share the payment lock),
+    // is no conflict. An intent another payment holds is: it raises, and the event is parked (stripe_id_conflict)
+    // instead of being ignored, which would leave a paid session without its credits and without a trace.
+    .onConflict((oc) => oc.column('stripe_checkout_session_id').doNothing())
     .execute();
   return findPayment(trx, 'stripe_checkout_session_id', stripe.sessionId);
 }

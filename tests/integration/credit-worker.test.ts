@@ -164,6 +164,20 @@ describe('parking', () => {
     expect((await deliver(worker, [stolen])).batchItemFailures).toEqual([]);
     expect(await parkedReason(stolen.id)).toMatch(/another payment holds .*stripe_payment_intent_id/);
     expect(await purchaseState(db, second)).toMatchObject({ balance: 0, status: 'INIT' });
+    // A session from outside our checkout that carries that same intent: parked too, not silently ignored.
+    const outside = stripeEvent(
+      'checkout.session.completed',
+      checkoutSession({
+        id: stripeIds().session,
+        payment_intent: first.ids.intent,
+        amount_total: PACK.amount,
+        currency: PACK.currency,
+        client_reference_id: null,
+        metadata: { user_id: 'outside-buyer', package_id: PACK.id },
+      }),
+    );
+    expect((await deliver(worker, [outside])).batchItemFailures).toEqual([]);
+    expect(await parkedReason(outside.id)).toMatch(/another payment holds .*stripe_payment_intent_id/);
 
     const yen = stripeEvent('refund.created', {
       ...objectOf(first.refundEvent('refund.created', 're_yen', 500, 'succeeded')),

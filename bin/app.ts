@@ -62,8 +62,9 @@ function plansContext(value: unknown): string | undefined {
 }
 
 /**
- * The optional settings of the api and the dispatcher, from context (`-c key=value` or cdk.json), checked as
- * their functions would check them at cold start, so a bad value stops the synth with the key named:
+ * The optional settings of the api and the dispatcher, from context (`-c key=value` or cdk.json), checked at
+ * least as strictly as their functions check them at cold start (the threshold as plain digits; the schedule by
+ * the functions' own parseRetrySeconds), so a bad value stops the synth with the key named:
  * `adminApprovalThreshold` (ADMIN_APPROVAL_THRESHOLD), `allowPromotionCodes` (ALLOW_PROMOTION_CODES) and
  * `webhookRetrySeconds` (WEBHOOK_RETRY_SECONDS).
  */

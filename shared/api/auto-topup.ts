@@ -90,7 +90,7 @@ export const putMyAutoTopUp = defineEndpoint({
   async handle({ caller, body }, deps) {
     // Refused before the account of a user never seen is created: a pack not on sale, or enabling with no card.
     const existing = await findAccountByUserId(deps.db, userId(caller));
-    checkAutoTopUpInput(deps.config.packages, body, existing ?? null);
+    checkAutoTopUpInput(deps.config.packages, body, existing);
     const account = existing ?? (await findOrCreateAccount(deps.db, userId(caller)));
     await saveAutoTopUpSettings(deps.db, deps.config.packages, account.id, body);
     return ok(await autoTopUpView(deps.db, account));

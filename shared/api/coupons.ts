@@ -2,6 +2,7 @@ import * as z from 'zod';
 import { createCoupon, disableCoupon, listCoupons } from '../coupons/coupons.js';
 import type { Coupon } from '../db/schema.js';
 import { ValidationError } from '../errors.js';
+import { findPlan } from '../plan-catalog.js';
 import { adminActor, defineEndpoint, nowOf, ok } from './endpoint.js';
 import { couponCode, credits, instant, storableText } from './schemas.js';
 
@@ -61,7 +62,7 @@ export const createAdminCoupon = defineEndpoint({
     if (body.redeemBy && body.redeemBy <= nowOf(deps))
       throw new ValidationError('redeemBy', 'must be in the future');
     // A coupon for a plan the catalog does not have could never be redeemed.
-    const unknownPlans = (body.plans ?? []).filter((id) => !deps.config.plans.plans.some((p) => p.id === id));
+    const unknownPlans = (body.plans ?? []).filter((id) => !findPlan(deps.config.plans, id));
     if (unknownPlans.length > 0) {
       throw new ValidationError(
         'plans',

@@ -44,9 +44,11 @@ function readBody(endpoint: Endpoint, event: APIGatewayProxyEventV2): unknown {
   if (!endpoint.body) {
     // Nothing, or an empty JSON object (what many clients send with a POST), is no body; anything else is.
     const sent = event.body
-      ? Buffer.from(event.body, event.isBase64Encoded ? 'base64' : 'utf8').toString()
+      ? Buffer.from(event.body, event.isBase64Encoded ? 'base64' : 'utf8')
+          .toString()
+          .replace(/\s+/g, '')
       : '';
-    if (sent.replace(/\s+/g, '') !== '' && sent.replace(/\s+/g, '') !== '{}') {
+    if (sent !== '' && sent !== '{}') {
       throw new ValidationError('body', 'this route takes no body');
     }
     return undefined;

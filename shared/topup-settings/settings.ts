@@ -56,20 +56,14 @@ export async function readAutoTopUpSettings(
   );
 }
 
-const noSavedCard = () =>
-  new ServiceError(
-    'no_saved_card',
-    'auto top-up needs a saved card: buy a pack at checkout with saveCard: true first',
-  );
-
 /**
- * What can be refused without the account: 400 unknown_package for a pack not on sale, and (for a user the
- * service has not seen, `account` undefined) 409 no_saved_card when enabling. Nothing is written.
+ * What the settings are refused for: 400 unknown_package for a pack not on sale, then 409 no_saved_card when
+ * enabling for an account with no saved card (or no account yet: `account` undefined). Throws; writes nothing.
  */
 export function checkAutoTopUpInput(
   packages: readonly CreditPackage[],
   input: AutoTopUpInput,
-  account?: Account | null,
+  account: Account | undefined,
 ): void {
   if (!packages.some((p) => p.id === input.packageId)) {
     throw new ServiceError(
@@ -78,13 +72,17 @@ export function checkAutoTopUpInput(
       { field: 'packageId' },
     );
   }
-  if (account === null && input.enabled) throw noSavedCard();
+  if (input.enabled && !(account && hasSavedCard(account))) {
+    throw new ServiceError(
+      'no_saved_card',
+      'auto top-up needs a saved card: buy a pack at checkout with saveCard: true first',
+    );
+  }
 }
 
 /**
- * Saves the settings under the account lock. Throws 400 unknown_package for a pack not on sale and 409
- * no_saved_card when enabling without a saved card (nothing written either way). Enabling clears the
- * failure count and the reason the service turned it off.
+ * Saves the settings under the account lock, refused as checkAutoTopUpInput says (nothing written then).
+ * Enabling clears the failure count and the reason the service turned it off.
  */
 export async function saveAutoTopUpSettings(
   db: Kysely<Database>,
@@ -92,9 +90,8 @@ export async function saveAutoTopUpSettings(
   accountId: string,
   input: AutoTopUpInput,
 ): Promise<void> {
-  checkAutoTopUpInput(packages, input);
   await inAccountTransaction(db, accountId, async (trx, account) => {
-    if (input.enabled && !hasSavedCard(account)) throw noSavedCard();
+    checkAutoTopUpInput(packages, input, account);
     const columns = {
       enabled: input.enabled,
       package_id: input.packageId,

@@ -347,7 +347,7 @@ END $fn$`;
  * "prices_changed" before it locks or writes anything, and the caller prices it again from the database.
  * (`p_check_prices` false: the deferred events of a batch checked a moment ago, sent again.)
  */
-const USAGE_FUNCTION = sql`
+export const USAGE_FUNCTION = sql`
 CREATE FUNCTION debit_usage(p_events jsonb, p_plans jsonb, p_now timestamptz, p_check_prices boolean)
 RETURNS jsonb
 LANGUAGE plpgsql AS $fn$

@@ -14,6 +14,7 @@ import * as grantExpiring from './2026-12-09-grant-expiring.js';
 import * as autoTopUp from './2026-12-10-auto-topup.js';
 import * as webhookRetention from './2026-12-11-webhook-retention.js';
 import * as debitFunction from './2026-12-12-debit-function.js';
+import * as usageBatch from './2026-12-13-usage-batch.js';
 
 /** Every migration, in order. Static imports so the set survives bundling into a Lambda. */
 const migrations: Record<string, Migration> = {
@@ -32,6 +33,7 @@ const migrations: Record<string, Migration> = {
   '2026-12-10-auto-topup': autoTopUp,
   '2026-12-11-webhook-retention': webhookRetention,
   '2026-12-12-debit-function': debitFunction,
+  '2026-12-13-usage-batch': usageBatch,
 };
 
 /** A kysely migration provider over the static set above. */

@@ -22,13 +22,15 @@ import { USAGE_FUNCTION } from './2026-12-12-debit-function.js';
 const BATCH_FUNCTION = sql`
 CREATE OR REPLACE FUNCTION debit_usage(p_events jsonb, p_plans jsonb, p_now timestamptz, p_check_prices boolean)
 RETURNS jsonb
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fn$
 DECLARE
   v_month_start date := date_trunc('month', p_now AT TIME ZONE 'UTC')::date;
   v_today date := (p_now AT TIME ZONE 'UTC')::date;
   v_ids jsonb;
+  v_accounts uuid[];
   v_answers jsonb[] := array_fill(NULL::jsonb, ARRAY[jsonb_array_length(p_events)]);
   v record;
+  s record;
   v_account accounts;
   -- The running state of the account whose events are being decided.
   v_balance bigint;
@@ -56,21 +58,21 @@ DECLARE
   v_need bigint;
   v_draw bigint;
   v_answer jsonb;
-  -- What is written at the end, by set (arrays appended in place).
-  e_id bigint[] := '{}';
-  e_account uuid[] := '{}';
-  e_amount bigint[] := '{}';
-  e_balance bigint[] := '{}';
-  e_reference text[] := '{}';
-  d_entry bigint[] := '{}';
-  d_grant uuid[] := '{}';
-  d_amount bigint[] := '{}';
-  a_id uuid[] := '{}';
-  a_balance bigint[] := '{}';
-  a_version bigint[] := '{}';
-  u_ord int[] := '{}';
-  u_account uuid[] := '{}';
-  u_entry bigint[] := '{}';
+  -- What is written at the end, by set (arrays appended in place; null until the first append).
+  e_id bigint[];
+  e_account uuid[];
+  e_amount bigint[];
+  e_balance bigint[];
+  e_reference text[];
+  d_entry bigint[];
+  d_grant uuid[];
+  d_amount bigint[];
+  a_id uuid[];
+  a_balance bigint[];
+  a_version bigint[];
+  u_ord int[];
+  u_account uuid[];
+  u_entry bigint[];
 BEGIN
   -- Each priced event's version must have been active at its occurredAt. A version is active over one
   -- interval, so it was over all of a version's events when it was at the first and at the last of them.
@@ -83,70 +85,66 @@ BEGIN
        WHERE NOT (price_version_active(version, first) AND price_version_active(version, last))) THEN
     RETURN '"prices_changed"';
   END IF;
-  SELECT coalesce(jsonb_object_agg(external_user_id, id), '{}') INTO v_ids FROM accounts
+  SELECT coalesce(jsonb_object_agg(external_user_id, id), '{}'), coalesce(array_agg(id), '{}')
+    INTO v_ids, v_accounts FROM accounts
     WHERE external_user_id IN (SELECT DISTINCT e ->> 'user' FROM jsonb_array_elements(p_events) AS e);
   -- The accounts locked first, in the order of their lock keys (so two batches, or a batch and a single
   -- debit, never deadlock); everything below reads after the locks.
   PERFORM pg_advisory_xact_lock(1, key) FROM (
-    SELECT DISTINCT hashtext(value #>> '{}') AS key FROM jsonb_each(v_ids) ORDER BY 1) AS keys;
+    SELECT DISTINCT hashtext(id::text) AS key FROM unnest(v_accounts) AS id ORDER BY 1) AS keys;
 
-  -- One statement reads every account's state once: the account, the credits its active holds reserve,
-  -- whether a grant of it is expired by now (the caller writes those off first), its plan row, its open
-  -- grants in burn order, its totals this month and today; and, with each of its events in the batch's
-  -- order, what that event's id already recorded.
+  -- The events in the batch's order, account by account, each with what its id already recorded (and
+  -- whether the batch repeats it); each account's state is read once, at its first event.
   FOR v IN
-    WITH events AS (
-      SELECT e.ord::int AS ord, (v_ids ->> (e.value ->> 'user'))::uuid AS account_id,
-             e.value ->> 'reference' AS reference, e.value ->> 'hash' AS hash,
-             (e.value ->> 'credits')::bigint AS credits
-      FROM jsonb_array_elements(p_events) WITH ORDINALITY AS e(value, ord)
-    ), state AS MATERIALIZED (
-      SELECT a AS account, a.id,
-        (SELECT coalesce(sum(credits), 0) FROM holds
-          WHERE account_id = a.id AND status = 'active' AND expires_at > p_now) AS held,
-        EXISTS (SELECT FROM credit_grants WHERE account_id = a.id AND open AND expires_at <= p_now)
-          AS expiry_due,
-        p.plan_id, p.allowance_month, p.allowance_granted, p.monthly_budget, p.low_balance_threshold,
-        g.ids AS grant_ids, g.remaining AS grant_remaining,
-        (SELECT coalesce(sum(credits), 0) FROM debit_days WHERE account_id = a.id AND day >= v_month_start)
-          AS used_month,
-        (SELECT coalesce(sum(credits), 0) FROM debit_days WHERE account_id = a.id AND day = v_today)
-          AS used_day
-      FROM accounts a
-      LEFT JOIN account_plans p ON p.account_id = a.id
-      LEFT JOIN LATERAL (
-        SELECT array_agg(id ORDER BY expires_at ASC NULLS LAST, (category = 'paid') ASC, created_at, id) AS ids,
-               array_agg(remaining ORDER BY expires_at ASC NULLS LAST, (category = 'paid') ASC, created_at, id)
-                 AS remaining
-        FROM credit_grants WHERE account_id = a.id AND open) AS g ON true
-      WHERE a.id IN (SELECT account_id FROM events)
-    )
-    SELECT ev.ord, ev.reference, ev.hash, ev.credits,
-           count(*) OVER (PARTITION BY ev.account_id, ev.reference) > 1 AS repeated,
-           CASE WHEN u.account_id IS NOT NULL THEN jsonb_build_array(u.payload_hash, u.credits) END AS recorded,
-           st.*
-    FROM events ev
-    JOIN state st ON st.id = ev.account_id
-    LEFT JOIN usage_events u ON u.account_id = ev.account_id AND u.event_id = ev.reference
-    ORDER BY ev.account_id, ev.ord
+    SELECT e.ord, e.account_id, e.reference, e.hash, e.credits,
+           count(*) OVER (PARTITION BY e.account_id, e.reference) > 1 AS repeated,
+           (SELECT jsonb_build_array(u.payload_hash, u.credits) FROM usage_events u
+             WHERE u.account_id = e.account_id AND u.event_id = e.reference) AS recorded
+    FROM (SELECT x.ord::int AS ord, (v_ids ->> (x.value ->> 'user'))::uuid AS account_id,
+                 x.value ->> 'reference' AS reference, x.value ->> 'hash' AS hash,
+                 (x.value ->> 'credits')::bigint AS credits
+          FROM jsonb_array_elements(p_events) WITH ORDINALITY AS x(value, ord)) AS e
+    WHERE e.account_id IS NOT NULL
+    ORDER BY e.account_id, e.ord
   LOOP
-    IF v_account.id IS DISTINCT FROM v.id THEN
-      -- The next account: what the previous one ends at, then this one's state.
+    IF v_account.id IS DISTINCT FROM v.account_id THEN
+      -- The next account: what the previous one ends at, then this one's state: the account, the credits
+      -- its active holds reserve, whether a grant of it is expired by now (the caller writes those off
+      -- first), its plan row, its open grants in burn order, and its totals this month and today.
       IF v_version <> v_account.version THEN
         a_id := a_id || v_account.id;
         a_balance := a_balance || v_balance;
         a_version := a_version || v_version;
       END IF;
-      v_account := v.account;
+      SELECT a AS account,
+        (SELECT coalesce(sum(credits), 0) FROM holds
+          WHERE account_id = a.id AND status = 'active' AND expires_at > p_now) AS held,
+        EXISTS (SELECT FROM credit_grants WHERE account_id = a.id AND open AND expires_at <= p_now)
+          AS expiry_due,
+        p.plan_id, p.allowance_month, p.allowance_granted, p.monthly_budget, p.low_balance_threshold,
+        g.ids AS grant_ids, g.remaining AS grant_remaining, d.used_month, d.used_day
+        INTO s
+        FROM accounts a
+        LEFT JOIN account_plans p ON p.account_id = a.id,
+        LATERAL (SELECT array_agg(id ORDER BY expires_at ASC NULLS LAST, (category = 'paid') ASC, created_at, id)
+                          AS ids,
+                        array_agg(remaining ORDER BY expires_at ASC NULLS LAST, (category = 'paid') ASC,
+                                  created_at, id) AS remaining
+                 FROM credit_grants WHERE account_id = a.id AND open) AS g,
+        LATERAL (SELECT coalesce(sum(credits), 0) AS used_month,
+                        coalesce(sum(credits) FILTER (WHERE day = v_today), 0) AS used_day
+                 FROM debit_days WHERE account_id = a.id AND day >= v_month_start) AS d
+        WHERE a.id = v.account_id;
+      v_account := s.account;
       v_balance := v_account.balance;
       v_version := v_account.version;
-      v_grants := coalesce(v.grant_ids, '{}');
-      v_remaining := coalesce(v.grant_remaining, '{}');
-      v_used_day := v.used_day;
-      v_used_month := v.used_month;
+      v_grants := coalesce(s.grant_ids, '{}');
+      v_remaining := coalesce(s.grant_remaining, '{}');
+      v_used_day := s.used_day;
+      v_used_month := s.used_month;
       v_seen := '{}';
       v_stop := false;
-      v_plan := coalesce(p_plans -> 'plans' -> v.plan_id, p_plans -> 'plans' -> (p_plans ->> 'default'));
+      v_plan := coalesce(p_plans -> 'plans' -> s.plan_id, p_plans -> 'plans' -> (p_plans ->> 'default'));
     END IF;
     -- The event, decided as debit_credits decides one, in its order of checks. An id the batch repeats
     -- finds what its earlier occurrence recorded.
@@ -168,13 +166,13 @@ BEGIN
       v_answer := jsonb_build_object('status', 'account_frozen');
     ELSIF v.credits IS NULL THEN
       v_answer := jsonb_build_object('status', 'unpriced');
-    ELSIF v.expiry_due THEN
+    ELSIF s.expiry_due THEN
       v_answer := jsonb_build_object('status', 'expiry_due', 'accountId', v_account.id);
       v_stop := true;
     ELSIF p_plans IS NOT NULL AND v.credits > 0 AND v_plan ? 'monthlyAllowance'
           AND (v_plan ->> 'monthlyAllowance')::bigint >
-              (CASE WHEN v.allowance_month = to_char(p_now AT TIME ZONE 'UTC', 'YYYY-MM')
-                    THEN v.allowance_granted ELSE 0 END) THEN
+              (CASE WHEN s.allowance_month = to_char(p_now AT TIME ZONE 'UTC', 'YYYY-MM')
+                    THEN s.allowance_granted ELSE 0 END) THEN
       v_answer := jsonb_build_object('status', 'allowance_due', 'accountId', v_account.id);
       v_stop := true;
     ELSE
@@ -183,33 +181,33 @@ BEGIN
         v_day_cap := (v_plan -> 'caps' ->> 'daily')::bigint;
         v_month_cap := (v_plan -> 'caps' ->> 'monthly')::bigint;
         v_month_source := 'plan';
-        IF v.monthly_budget IS NOT NULL AND (v_month_cap IS NULL OR v.monthly_budget < v_month_cap) THEN
-          v_month_cap := v.monthly_budget;
+        IF s.monthly_budget IS NOT NULL AND (v_month_cap IS NULL OR s.monthly_budget < v_month_cap) THEN
+          v_month_cap := s.monthly_budget;
           v_month_source := 'budget';
         END IF;
         IF v_day_cap IS NOT NULL OR v_month_cap IS NOT NULL THEN
-          v_day_left := CASE WHEN v_day_cap IS NOT NULL THEN greatest(v_day_cap - v_used_day - v.held, 0) END;
+          v_day_left := CASE WHEN v_day_cap IS NOT NULL THEN greatest(v_day_cap - v_used_day - s.held, 0) END;
           v_month_left := CASE WHEN v_month_cap IS NOT NULL
-                               THEN greatest(v_month_cap - v_used_month - v.held, 0) END;
+                               THEN greatest(v_month_cap - v_used_month - s.held, 0) END;
           v_room := least(v_day_left, v_month_left);
           IF v.credits > v_room THEN
             v_answer := jsonb_build_object('status', 'spend_cap_reached', 'cap', CASE WHEN v_day_left = v_room
               THEN jsonb_build_object('period', 'day', 'limit', v_day_cap, 'used', v_used_day, 'source', 'plan',
-                'resetsAt', v_today + 1, 'held', v.held, 'remaining', v_day_left)
+                'resetsAt', v_today + 1, 'held', s.held, 'remaining', v_day_left)
               ELSE jsonb_build_object('period', 'month', 'limit', v_month_cap, 'used', v_used_month,
                 'source', v_month_source, 'resetsAt', (v_month_start + interval '1 month')::date,
-                'held', v.held, 'remaining', v_month_left) END);
+                'held', s.held, 'remaining', v_month_left) END);
           END IF;
         END IF;
       END IF;
-      IF v_answer IS NULL AND v_balance - v.held < v.credits THEN
-        v_answer := jsonb_build_object('status', 'insufficient_credits', 'balance', v_balance, 'held', v.held);
+      IF v_answer IS NULL AND v_balance - s.held < v.credits THEN
+        v_answer := jsonb_build_object('status', 'insufficient_credits', 'balance', v_balance, 'held', s.held);
       END IF;
     END IF;
 
     IF v_answer IS NULL THEN
       -- Applied: the entry and its draws on the open grants in burn order (none is expired: checked).
-      v_before := v_balance - v.held;
+      v_before := v_balance - s.held;
       v_entry := NULL;
       IF v.credits > 0 THEN
         v_entry := nextval('ledger_entries_id_seq');
@@ -242,10 +240,10 @@ BEGIN
       END IF;
 
       -- What follows from it, when a plan applies: balance and cap events (the outbox).
-      v_after := v_balance - v.held;
+      v_after := v_balance - s.held;
       v_events := 0;
       IF p_plans IS NOT NULL AND v.credits > 0 THEN
-        v_threshold := coalesce(v.low_balance_threshold, (v_plan ->> 'lowBalanceThreshold')::bigint);
+        v_threshold := coalesce(s.low_balance_threshold, (v_plan ->> 'lowBalanceThreshold')::bigint);
         IF v_threshold IS NOT NULL AND v_before >= v_threshold AND v_after < v_threshold THEN
           PERFORM debit_event('balance.low', v_account, jsonb_build_object('available', v_after,
             'balance', v_balance, 'threshold', v_threshold));
@@ -270,7 +268,7 @@ BEGIN
         END IF;
       END IF;
       v_answer := jsonb_build_object('status', 'applied', 'account', jsonb_build_object('id', v_account.id,
-          'balance', v_balance, 'version', v_version), 'held', v.held, 'availableAfter', v_after,
+          'balance', v_balance, 'version', v_version), 'held', s.held, 'availableAfter', v_after,
         'events', v_events, 'credits', v.credits,
         'topUp', p_plans IS NOT NULL AND v.credits > 0 AND v_account.stripe_payment_method_id IS NOT NULL);
       IF v_entry IS NOT NULL THEN
@@ -287,7 +285,7 @@ BEGIN
   END IF;
 
   -- The writes, by set, in the order of the foreign keys.
-  IF cardinality(e_id) > 0 THEN
+  IF e_id IS NOT NULL THEN
     UPDATE accounts a SET balance = n.balance, version = n.version, updated_at = now()
       FROM unnest(a_id, a_balance, a_version) AS n(id, balance, version) WHERE a.id = n.id;
     INSERT INTO ledger_entries (id, account_id, amount, balance_after, kind, reference)
@@ -306,7 +304,7 @@ BEGIN
       GROUP BY account_id
       ON CONFLICT (account_id, day) DO UPDATE SET credits = debit_days.credits + excluded.credits;
   END IF;
-  IF cardinality(u_ord) > 0 THEN
+  IF u_ord IS NOT NULL THEN
     INSERT INTO usage_events (account_id, event_id, payload_hash, sku, price_version, credits, entry_id,
                               occurred_at)
       SELECT n.account_id, e.value ->> 'reference', e.value ->> 'hash', e.value -> 'item' ->> 'sku',

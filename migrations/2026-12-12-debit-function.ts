@@ -28,7 +28,7 @@ BEGIN
                  AND tstzrange(activated_at, retired_at, '[)') @> p_at);
 END $fn$`;
 
-const DEBIT_FUNCTION = sql`
+export const DEBIT_FUNCTION = sql`
 CREATE FUNCTION debit_credits(
   p_kind text,
   p_user text,

@@ -10,10 +10,11 @@ import {
 } from '../errors.js';
 
 /**
- * Every debit (a spend, a hold's creation, a hold's capture, a usage event) is one call of the database's
- * `debit_credits` (migrations/2026-12-12-debit-function.ts): the account lock, the idempotency check, the
- * plan's rate limit and caps, the balance check, the entry and its draws on grants, the day's total, the kind's
- * own row and the balance and cap events, in one round trip. On a pool (`db`) it runs alone in its own
+ * Every debit is one call of a database function: a spend, a hold's creation or a hold's capture of
+ * `debit_credits` (migrations/2026-12-13-usage-batch.ts, first 2026-12-12-debit-function.ts), a batch of usage
+ * events of `debit_usage` (the same migration). Each does the account lock, the idempotency check, the plan's
+ * rate limit and caps, the balance check, the entry and its draws on grants, the day's total, the kind's own
+ * row and the balance and cap events, in one round trip. On a pool (`db`) a call runs alone in its own
  * transaction, so the account lock is held for that call and its commit; in a caller's transaction (`trx`),
  * it joins it. This module holds the calls (`callDebit`, and `callUsageDebits` for `debit_usage`'s batches)
  * and what their answers mean; shared/ledger's `debit` and `debitUsage` run them with the preparations they
@@ -122,7 +123,7 @@ interface EntryJson {
   readonly created_at: string;
 }
 
-/** What `debit_credits` answers. */
+/** What `debit_credits` answers, and `debit_usage` for each event. */
 export type Answer =
   | { readonly status: 'allowance_due' | 'expiry_due'; readonly accountId: string }
   /** debit_usage: a later event of an account that asked for a preparation; sent again after it. */
@@ -156,7 +157,8 @@ export type Answer =
       /** Credits debited (a hold: reserved); a replayed usage event: what it debited the first time. */
       readonly credits?: number;
       readonly topUp?: boolean;
-      readonly entry?: EntryJson;
+      /** The entry written, if any (debit_usage answers null for a usage event of no credits). */
+      readonly entry?: EntryJson | null;
       readonly hold?: HoldJson;
     };
 

@@ -5,8 +5,9 @@ import { describe, expect, it } from 'vitest';
 /**
  * The layout rules, read from the source so they survive: each table has exactly one module that inserts,
  * updates or deletes its rows, and the endpoints (shared/api/) and the handlers (functions/) hold no SQL.
- * The one exception is the debit itself: the database's `debit_credits` (a migration) writes, for one debit,
- * rows of tables whose other changes have their module; a table only it writes has no module writing it.
+ * The one exception is the debit itself: the database's `debit_credits` and `debit_usage` (migrations) write,
+ * for a debit, rows of tables whose other changes have their module; a table only they write has no module
+ * writing it.
  */
 const root = path.resolve(import.meta.dirname, '../..');
 

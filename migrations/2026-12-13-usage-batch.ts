@@ -10,9 +10,9 @@ import {
  * for every event, then the tables written row by row): about 0.45 ms an event. Now it reads each account's
  * state once, after the locks, at the account's first event; decides every event in the batch's order in
  * PL/pgSQL variables, with the same checks in the same order as `debit_credits` had (the balance, the caps
- * and the draws on the grants in burn order running); and writes what it decided by set, one statement per
- * table: the accounts, the entries, their draws, the grants, the day's totals, the usage events and their
- * hours' rollups. The balance and cap events go to the outbox as they are decided (they are rare). It
+ * and the draws on the grants in burn order running); and writes what it decided by set, in one statement:
+ * the accounts, the entries, their draws, the grants, the day's totals, the usage events and their hours'
+ * rollups. The balance and cap events go to the outbox as they are decided (they are rare). It
  * answers json, not jsonb: 500 answers built as text cost 11 % less of the call than as jsonb (measured
  * interleaved), and the caller parses either the same way.
  *
@@ -293,56 +293,59 @@ BEGIN
     a_version := a_version || v_version;
   END IF;
 
-  -- The writes, by set, in the order of the foreign keys.
-  IF e_id IS NOT NULL THEN
+  -- The writes, by set, in one statement (its foreign keys are checked at its end).
+  WITH moved AS (
     UPDATE accounts a SET balance = n.balance, version = n.version, updated_at = now()
-      FROM unnest(a_id, a_balance, a_version) AS n(id, balance, version) WHERE a.id = n.id;
+      FROM unnest(a_id, a_balance, a_version) AS n(id, balance, version) WHERE a.id = n.id
+  ), entries AS (
     INSERT INTO ledger_entries (id, account_id, amount, balance_after, kind, reference)
       SELECT id, account_id, amount, balance_after, 'usage', reference
       FROM unnest(e_id, e_account, e_amount, e_balance, e_reference)
         AS n(id, account_id, amount, balance_after, reference)
-      ORDER BY id;
+      ORDER BY id
+  ), draws AS (
     INSERT INTO grant_allocations (entry_id, grant_id, amount)
-      SELECT * FROM unnest(d_entry, d_grant, d_amount);
+      SELECT * FROM unnest(d_entry, d_grant, d_amount)
+  ), drawn AS (
     UPDATE credit_grants g SET remaining = g.remaining - d.amount
       FROM (SELECT grant_id, sum(amount) AS amount FROM unnest(d_grant, d_amount) AS n(grant_id, amount)
             GROUP BY grant_id) AS d
-      WHERE g.id = d.grant_id;
+      WHERE g.id = d.grant_id
+  ), counted AS (
     INSERT INTO debit_days (account_id, day, credits)
       SELECT account_id, v_today, -sum(amount) FROM unnest(e_account, e_amount) AS n(account_id, amount)
       GROUP BY account_id
-      ON CONFLICT (account_id, day) DO UPDATE SET credits = debit_days.credits + excluded.credits;
-  END IF;
-  IF u_ord IS NOT NULL THEN
+      ON CONFLICT (account_id, day) DO UPDATE SET credits = debit_days.credits + excluded.credits
+  ), applied AS (
+    SELECT n.account_id, n.entry_id, e.value AS event, e.value -> 'item' AS item
+    FROM unnest(u_ord, u_account, u_entry) AS n(ord, account_id, entry_id)
+    JOIN jsonb_array_elements(p_events) WITH ORDINALITY AS e(value, ord) ON e.ord = n.ord
+  ), recorded AS (
     INSERT INTO usage_events (account_id, event_id, payload_hash, sku, price_version, credits, entry_id,
                               occurred_at)
-      SELECT n.account_id, e.value ->> 'reference', e.value ->> 'hash', e.value -> 'item' ->> 'sku',
-             e.value -> 'item' ->> 'priceVersion', (e.value ->> 'credits')::bigint, n.entry_id,
-             (e.value -> 'item' ->> 'occurredAt')::timestamptz
-      FROM unnest(u_ord, u_account, u_entry) AS n(ord, account_id, entry_id)
-      JOIN jsonb_array_elements(p_events) WITH ORDINALITY AS e(value, ord) ON e.ord = n.ord;
-    INSERT INTO usage_rollups AS r (account_id, hour, sku, credits, events, input_tokens, cache_read_tokens,
-                                    cache_write_tokens, output_tokens, reasoning_tokens, units)
-      SELECT n.account_id,
-             date_trunc('hour', (e.value -> 'item' ->> 'occurredAt')::timestamptz AT TIME ZONE 'UTC')
-               AT TIME ZONE 'UTC',
-             coalesce(e.value -> 'item' ->> 'sku', ''), sum((e.value ->> 'credits')::bigint), count(*),
-             sum(coalesce((e.value -> 'item' -> 'usage' ->> 'inputTokens')::bigint, 0)),
-             sum(coalesce((e.value -> 'item' -> 'usage' ->> 'cacheReadTokens')::bigint, 0)),
-             sum(coalesce((e.value -> 'item' -> 'usage' ->> 'cacheWriteTokens')::bigint, 0)),
-             sum(coalesce((e.value -> 'item' -> 'usage' ->> 'outputTokens')::bigint, 0)),
-             sum(coalesce((e.value -> 'item' -> 'usage' ->> 'reasoningTokens')::bigint, 0)),
-             sum(coalesce((e.value -> 'item' -> 'usage' ->> 'units')::bigint, 0))
-      FROM unnest(u_ord, u_account) AS n(ord, account_id)
-      JOIN jsonb_array_elements(p_events) WITH ORDINALITY AS e(value, ord) ON e.ord = n.ord
-      GROUP BY 1, 2, 3
-      ON CONFLICT (account_id, hour, sku) DO UPDATE SET credits = r.credits + excluded.credits,
-        events = r.events + excluded.events, input_tokens = r.input_tokens + excluded.input_tokens,
-        cache_read_tokens = r.cache_read_tokens + excluded.cache_read_tokens,
-        cache_write_tokens = r.cache_write_tokens + excluded.cache_write_tokens,
-        output_tokens = r.output_tokens + excluded.output_tokens,
-        reasoning_tokens = r.reasoning_tokens + excluded.reasoning_tokens, units = r.units + excluded.units;
-  END IF;
+      SELECT account_id, event ->> 'reference', event ->> 'hash', item ->> 'sku', item ->> 'priceVersion',
+             (event ->> 'credits')::bigint, entry_id, (item ->> 'occurredAt')::timestamptz
+      FROM applied
+  )
+  INSERT INTO usage_rollups AS r (account_id, hour, sku, credits, events, input_tokens, cache_read_tokens,
+                                  cache_write_tokens, output_tokens, reasoning_tokens, units)
+    SELECT account_id,
+           date_trunc('hour', (item ->> 'occurredAt')::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
+           coalesce(item ->> 'sku', ''), sum((event ->> 'credits')::bigint), count(*),
+           sum(coalesce((item -> 'usage' ->> 'inputTokens')::bigint, 0)),
+           sum(coalesce((item -> 'usage' ->> 'cacheReadTokens')::bigint, 0)),
+           sum(coalesce((item -> 'usage' ->> 'cacheWriteTokens')::bigint, 0)),
+           sum(coalesce((item -> 'usage' ->> 'outputTokens')::bigint, 0)),
+           sum(coalesce((item -> 'usage' ->> 'reasoningTokens')::bigint, 0)),
+           sum(coalesce((item -> 'usage' ->> 'units')::bigint, 0))
+    FROM applied
+    GROUP BY 1, 2, 3
+    ON CONFLICT (account_id, hour, sku) DO UPDATE SET credits = r.credits + excluded.credits,
+      events = r.events + excluded.events, input_tokens = r.input_tokens + excluded.input_tokens,
+      cache_read_tokens = r.cache_read_tokens + excluded.cache_read_tokens,
+      cache_write_tokens = r.cache_write_tokens + excluded.cache_write_tokens,
+      output_tokens = r.output_tokens + excluded.output_tokens,
+      reasoning_tokens = r.reasoning_tokens + excluded.reasoning_tokens, units = r.units + excluded.units;
 
   -- The events of users with no account.
   FOR k IN 1 .. cardinality(v_answers) LOOP

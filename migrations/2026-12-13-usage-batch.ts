@@ -17,7 +17,9 @@ import {
  * interleaved), and the caller parses either the same way.
  *
  * Its statements run with generic plans and without sequential scans (`plan_cache_mode` and `enable_seqscan`
- * set on the function, for its own statements only: a proxy does not see them, they are not session state).
+ * set on the function: they hold while it runs, for what it calls too (the outbox and price helpers, the
+ * foreign-key checks, all lookups by key), and are put back when it returns or fails; not session state, so
+ * a proxy never sees them).
  * Their parameters are arrays and a batch, so the plan cache kept custom plans and planned each statement
  * again on every call: 0.5 ms of a single event's 1.1 ms. A generic plan guesses 10 rows for an array, and
  * with a table of a thousand accounts it joined them by scanning the whole table (2.2 ms for one event's
@@ -478,6 +480,9 @@ BEGIN
   IF p_kind <> 'capture' AND v_account.status = 'frozen' THEN
     RETURN jsonb_build_object('status', 'account_frozen');
   END IF;
+  -- No credits: refused for that, after what comes first (no caller sends none for these kinds).
+  IF p_credits IS NULL THEN RETURN jsonb_build_object('status', 'unpriced'); END IF;
+
   -- Grants expired by now are written off first (by the caller), so no draw lands on one.
   IF EXISTS (SELECT FROM credit_grants WHERE account_id = p_account AND open AND expires_at <= p_now) THEN
     RETURN jsonb_build_object('status', 'expiry_due', 'accountId', p_account);

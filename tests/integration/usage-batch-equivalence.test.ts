@@ -3,8 +3,12 @@ import { describe, expect, it } from 'vitest';
 import { migrationProvider } from '../../migrations/index.js';
 import { inAccountTransaction, setAccountStatus } from '../../shared/accounts/accounts.js';
 import type { Database } from '../../shared/db/schema.js';
-import { adjustCredits } from '../../shared/ledger/ledger.js';
+import type { DebitCall } from '../../shared/ledger/debit.js';
+import { adjustCredits, debitUsage } from '../../shared/ledger/ledger.js';
+import { DEFAULT_PACKAGES } from '../../shared/packages.js';
 import { parsePlans } from '../../shared/plan-catalog.js';
+import { planGuard } from '../../shared/plans/plans.js';
+import { activatePriceBook, createPriceBookDraft } from '../../shared/pricing/price-book.js';
 import { ADMIN_ARN, SERVICE_ARN, testApi } from '../support/api.js';
 import { createTestDatabase } from '../support/database.js';
 import { givenAccount } from '../support/factories.js';
@@ -21,6 +25,19 @@ const migrated = await new Migrator({ db: previous.owner(), provider: migrationP
   '2026-12-12-debit-function',
 );
 if (migrated.error) throw migrated.error;
+const actor = { actorArn: ADMIN_ARN, reason: 'test' };
+// One SKU priced by tokens (0.1 credit an input token, 0.3 an output token) in both, from 40 days back.
+for (const { db } of [current, previous]) {
+  await createPriceBookDraft(
+    db,
+    {
+      version: 'eq-v1',
+      items: [{ sku: 'eq/chat', kind: 'tokens', rates: { input: '100000', output: '300000' } }],
+    },
+    actor,
+  );
+  await activatePriceBook(db, 'eq-v1', actor, new Date(Date.now() - 40 * 24 * 3_600_000));
+}
 
 const PLANS = parsePlans(
   JSON.stringify([
@@ -29,7 +46,6 @@ const PLANS = parsePlans(
     { id: 'allowance', name: 'Allowance', monthlyAllowance: 40, caps: { monthly: 500 } },
   ]),
 );
-const actor = { actorArn: ADMIN_ARN, reason: 'test' };
 const HOUR = 3_600_000;
 
 /** A small seeded generator (mulberry32), so a failing seed can be run again. */
@@ -44,8 +60,19 @@ function random(seed: number) {
   };
 }
 
+/** A usage event of a history; `at`: its occurredAt, in ms from the history's start. */
+interface Sent {
+  eventId: string;
+  userId: string;
+  at: number;
+  credits?: number;
+  sku?: string;
+  usage?: { inputTokens: number; outputTokens: number };
+}
+
 type Step =
-  | { kind: 'batch'; events: Array<Record<string, unknown>> }
+  | { kind: 'batch'; events: Sent[] }
+  | { kind: 'direct'; calls: Array<Omit<Sent, 'sku' | 'usage'> & { unpriced: boolean }> }
   | { kind: 'advance'; ms: number }
   | { kind: 'hold'; user: string; credits: number };
 
@@ -54,6 +81,7 @@ interface Setup {
   grants: Array<{ user: string; amount: number; expiresInMs: number | null; promotional: boolean }>;
   plans: Array<{ user: string; planId: string }>;
   budgets: Array<{ user: string; monthlyBudget: number }>;
+  alerts: Array<{ user: string; lowBalance: number }>;
   frozen: string[];
 }
 
@@ -74,31 +102,65 @@ function history(seed: number): { setup: Setup; steps: Step[] } {
     ),
     plans: users.filter(() => next() < 0.6).map((user) => ({ user, planId: pick(['capped', 'allowance']) })),
     budgets: users.filter(() => next() < 0.2).map((user) => ({ user, monthlyBudget: 100 })),
+    alerts: users.filter(() => next() < 0.3).map((user) => ({ user, lowBalance: 40 })),
     frozen: users.filter(() => next() < 0.1),
   };
-  // Most events are new; some resend an earlier one as it was (a duplicate, within the batch or across
-  // batches) or with other credits (a conflict, or a new event when the earlier one was refused).
-  const sent: Array<{ eventId: string; userId: string; credits: number }> = [];
+  // Most events are new: raw credits, or tokens of the priced SKU or of one no book prices, at some instant of
+  // the last 30 hours. Some resend an earlier one as it was (a duplicate, within the batch or across
+  // batches), with other credits or tokens (a conflict, or a new event when the earlier one was refused),
+  // or under its id for another user (a new event of that user).
+  const sent: Sent[] = [];
   const steps: Step[] = [];
+  let elapsed = 0;
   for (let b = 0; b < 6; b++) {
-    steps.push({ kind: 'advance', ms: b === 4 ? 31 * 24 * HOUR : 40 * 60_000 });
+    const advance = b === 4 ? 31 * 24 * HOUR : 40 * 60_000;
+    elapsed += advance;
+    steps.push({ kind: 'advance', ms: advance });
     if (next() < 0.5) steps.push({ kind: 'hold', user: pick(users), credits: 1 + Math.floor(next() * 30) });
+    const fresh = (): Sent => {
+      const userId = next() < 0.05 ? `eq-${seed}-nobody` : pick(users);
+      const at = elapsed - Math.floor(next() * 30 * HOUR);
+      const roll = next();
+      if (roll < 0.6) return { eventId: `ev-${sent.length}`, userId, at, credits: Math.floor(next() * 45) };
+      const usage = { inputTokens: Math.floor(next() * 200), outputTokens: Math.floor(next() * 40) };
+      return {
+        eventId: `ev-${sent.length}`,
+        userId,
+        at,
+        sku: roll < 0.95 ? 'eq/chat' : 'eq/unpriced',
+        usage,
+      };
+    };
     const events = Array.from({ length: 40 + Math.floor(next() * 40) }, () => {
       const roll = next();
-      const event =
-        sent.length > 0 && roll < 0.1
-          ? { ...pick(sent) }
-          : sent.length > 0 && roll < 0.15
-            ? (({ credits, ...rest }) => ({ ...rest, credits: credits + 1 }))(pick(sent))
-            : {
-                eventId: `ev-${sent.length}`,
-                userId: next() < 0.05 ? `eq-${seed}-nobody` : pick(users),
-                credits: Math.floor(next() * 45),
-              };
+      const earlier = sent.length > 0 ? pick(sent) : undefined;
+      const event: Sent =
+        earlier === undefined
+          ? fresh()
+          : roll < 0.1
+            ? { ...earlier }
+            : roll < 0.15
+              ? earlier.usage
+                ? { ...earlier, usage: { ...earlier.usage, inputTokens: earlier.usage.inputTokens + 1 } }
+                : { ...earlier, credits: earlier.credits! + 1 }
+              : roll < 0.18
+                ? { ...fresh(), eventId: earlier.eventId }
+                : fresh();
       sent.push(event);
       return event;
     });
     steps.push({ kind: 'batch', events });
+    // The same debits called directly (shared/ledger's debitUsage), answers compared whole.
+    steps.push({
+      kind: 'direct',
+      calls: Array.from({ length: 15 }, (_, i) => ({
+        eventId: `direct-${b}-${i % 12}`,
+        userId: pick(users),
+        at: elapsed,
+        credits: Math.floor(next() * 30),
+        unpriced: next() < 0.1,
+      })),
+    });
   }
   return { setup, steps };
 }
@@ -109,7 +171,7 @@ async function run(db: Kysely<Database>, { setup, steps }: ReturnType<typeof his
   const clock = () => new Date(at);
   const api = testApi(db, { clock, config: { plans: PLANS } });
   const service = { iam: SERVICE_ARN };
-  const admin = { iam: 'arn:aws:sts::123456789012:assumed-role/credits-admin/alice' };
+  const admin = { iam: ADMIN_ARN };
   const accounts = new Map<string, string>();
   for (const user of setup.users) accounts.set(user, (await givenAccount(db, user)).id);
   for (const grant of setup.grants) {
@@ -146,6 +208,9 @@ async function run(db: Kysely<Database>, { setup, steps }: ReturnType<typeof his
   for (const { user, monthlyBudget } of setup.budgets) {
     await answered(api.call('PUT /v1/me/limits', { auth: { user }, body: { monthlyBudget } }));
   }
+  for (const { user, lowBalance } of setup.alerts) {
+    await answered(api.call('PUT /v1/me/alerts', { auth: { user }, body: { lowBalance } }));
+  }
   for (const user of setup.frozen) {
     await inAccountTransaction(db, accounts.get(user)!, (trx, locked) =>
       setAccountStatus(trx, locked, 'frozen', actor),
@@ -163,7 +228,56 @@ async function run(db: Kysely<Database>, { setup, steps }: ReturnType<typeof his
           body: { credits: step.credits, ttlSeconds: 3600 },
         }),
       );
-    } else await answered(api.call('POST /v1/usage', { auth: service, body: { events: step.events } }));
+    } else if (step.kind === 'batch') {
+      const events = step.events.map(({ at: offset, ...event }) => ({
+        ...event,
+        occurredAt: new Date(start + offset).toISOString(),
+      }));
+      await answered(api.call('POST /v1/usage', { auth: service, body: { events } }));
+    } else {
+      const now = clock();
+      const calls: DebitCall[] = step.calls.map((call) => ({
+        kind: 'usage',
+        userId: call.userId,
+        reference: call.eventId,
+        credits: call.credits ?? 0,
+        ...(call.unpriced && { unpriced: true }),
+        hash: `h-${call.credits}`,
+        item: { sku: null, priceVersion: null, occurredAt: now.toISOString(), usage: null },
+        now,
+      }));
+      // The events each debit says it wrote to the outbox, counted.
+      const guard = planGuard(PLANS, now, DEFAULT_PACKAGES);
+      let emitted = 0;
+      const outcomes = await debitUsage(
+        db,
+        calls,
+        {
+          ...guard,
+          noteEmitted: (count) => {
+            emitted += count;
+            guard.noteEmitted(count);
+          },
+        },
+        now,
+      );
+      answers.push({ emitted });
+      const users = new Map([...accounts].map(([user, id]) => [id, user]));
+      answers.push(
+        outcomes.map((outcome) =>
+          outcome instanceof Error
+            ? { error: outcome.constructor.name, message: outcome.message }
+            : {
+                ...outcome,
+                accountId: users.get(outcome.accountId),
+                entry: outcome.entry && {
+                  amount: outcome.entry.amount,
+                  balanceAfter: outcome.entry.balanceAfter,
+                },
+              },
+        ),
+      );
+    }
   }
   // Without the instants the API stamps (a plan's change).
   return { answers: JSON.parse(JSON.stringify(answers, (k, v) => (k.endsWith('At') ? undefined : v))), at };
@@ -191,10 +305,12 @@ async function rows(db: Kysely<Database>, users: string[]) {
         e.kind AS entry_kind, e.reference AS entry_reference
       FROM usage_events u JOIN (${accounts}) a ON a.id = u.account_id LEFT JOIN ledger_entries e ON e.id = u.entry_id
       ORDER BY 1, 2`),
-    rollups: await of(sql`SELECT a.user, r.sku, r.credits, r.events, r.input_tokens, r.output_tokens, r.units
-      FROM usage_rollups r JOIN (${accounts}) a ON a.id = r.account_id ORDER BY 1, r.hour, 2`),
-    days: await of(sql`SELECT a.user, d.credits FROM debit_days d JOIN (${accounts}) a ON a.id = d.account_id
-      ORDER BY 1, d.day`),
+    rollups:
+      await of(sql`SELECT a.user, r.hour, r.sku, r.credits, r.events, r.input_tokens, r.cache_read_tokens,
+        r.cache_write_tokens, r.output_tokens, r.reasoning_tokens, r.units
+      FROM usage_rollups r JOIN (${accounts}) a ON a.id = r.account_id ORDER BY 1, 2, 3`),
+    days: await of(sql`SELECT a.user, d.day::text, d.credits FROM debit_days d JOIN (${accounts}) a ON a.id = d.account_id
+      ORDER BY 1, 2`),
     // Without the ids of the grants and holds the events name (each database makes its own).
     outbox:
       await of(sql`SELECT a.user, o.type, (o.payload::jsonb -> 'data') - 'grantId'::text - 'holdId'::text AS data
@@ -202,7 +318,7 @@ async function rows(db: Kysely<Database>, users: string[]) {
   };
 }
 
-/** What the histories' events were answered, over every seed. */
+/** What the histories reached, over every seed: the answers, the entries and events written. */
 const reached = new Set<string>();
 
 describe('debit_usage by set against debit_usage by event (2026-12-12)', () => {
@@ -218,21 +334,41 @@ describe('debit_usage by set against debit_usage by event (2026-12-12)', () => {
     }>) {
       for (const result of answer.body?.results ?? []) reached.add(result.code ?? result.status);
     }
+    for (const entry of a.entries as Array<{ kind: string }>) reached.add(`entry ${entry.kind}`);
+    for (const event of a.outbox as Array<{ type: string }>) reached.add(`event ${event.type}`);
+    for (const answer of ours.answers as Array<Array<{ error?: string }> | object>) {
+      if (Array.isArray(answer))
+        for (const outcome of answer) reached.add(`direct ${outcome.error ?? 'debited'}`);
+    }
     expect(a.draws.length).toBeGreaterThan(20);
     expect(a).toEqual(b);
     await expectInvariantsHold(current.db, new Date(ours.at));
     await expectInvariantsHold(previous.db, new Date(theirs.at));
   });
 
-  it('the histories reach every answer a usage event can have here', () => {
+  it('the histories reach every answer, entry and event they are for', () => {
     expect([...reached].sort()).toEqual([
       'account_frozen',
       'account_not_found',
       'applied',
+      'direct AccountFrozenError',
+      'direct InsufficientCreditsError',
+      'direct ServiceError', // another payload under the event's id
+      'direct UnpricedError',
+      'direct debited',
       'duplicate',
+      'entry admin_adjustment',
+      'entry allowance',
+      'entry grant_expiry',
+      'entry usage',
+      'event balance.depleted',
+      'event balance.low',
+      'event credits.granted',
+      'event spend_cap.reached',
       'idempotency_conflict',
       'insufficient_credits',
       'spend_cap_reached',
+      'unknown_sku',
     ]);
   });
 });

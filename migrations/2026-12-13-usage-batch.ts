@@ -71,7 +71,7 @@ END $fn$;
 -- The cap a refused debit did not fit in, as spend_cap_reached names it.
 CREATE FUNCTION debit_cap_refused(p_caps debit_cap_room, p_used_day bigint, p_used_month bigint, p_held bigint,
                                   p_today date, p_month_start date) RETURNS jsonb
-LANGUAGE sql IMMUTABLE AS $fn$
+LANGUAGE sql STABLE AS $fn$
   SELECT CASE WHEN (p_caps).day_left = (p_caps).room
     THEN jsonb_build_object('period', 'day', 'limit', (p_caps).day_cap, 'used', p_used_day, 'source', 'plan',
       'resetsAt', p_today + 1, 'held', p_held, 'remaining', (p_caps).day_left)
@@ -272,7 +272,7 @@ BEGIN
       -- The caps, with this account's day and month so far.
       IF p_plans IS NOT NULL AND v.credits > 0 THEN
         v_caps := debit_caps(v_plan, s.monthly_budget, v_used_day, v_used_month, s.held);
-        IF v.credits > v_caps.room THEN
+        IF (v_caps.day_cap IS NOT NULL OR v_caps.month_cap IS NOT NULL) AND v.credits > v_caps.room THEN
           v_answer := json_build_object('status', 'spend_cap_reached',
             'cap', debit_cap_refused(v_caps, v_used_day, v_used_month, s.held, v_today, v_month_start));
         END IF;

@@ -38,6 +38,7 @@ import {
  *
  * Frozen in time: never import application code here (2026-12-12's text, imported for `down`, is frozen too).
  */
+
 /**
  * The plan's rules both debit functions apply, in one place: the caps a debit must fit in, the refusal that
  * names the cap, and the balance and cap events a debit writes to the outbox.
@@ -157,9 +158,6 @@ DECLARE
   d_entry bigint[];
   d_grant uuid[];
   d_amount bigint[];
-  a_id uuid[];
-  a_balance bigint[];
-  a_version bigint[];
   u_ord int[];
   u_account uuid[];
   u_entry bigint[];
@@ -202,14 +200,9 @@ BEGIN
     ORDER BY e.account_id, e.ord
   LOOP
     IF v_account.id IS DISTINCT FROM v.account_id THEN
-      -- The next account: what the previous one ends at, then this one's state: the account, the credits
-      -- its active holds reserve, whether a grant of it is expired by now (the caller writes those off
-      -- first), its plan row, its open grants in burn order, and its totals this month and today.
-      IF v_version <> v_account.version THEN
-        a_id := a_id || v_account.id;
-        a_balance := a_balance || v_balance;
-        a_version := a_version || v_version;
-      END IF;
+      -- The next account's state: the account, the credits its active holds reserve, whether a grant of it
+      -- is expired by now (the caller writes those off first), its plan row, its open grants in burn order,
+      -- and its totals this month and today.
       SELECT a AS account,
         (SELECT coalesce(sum(credits), 0)::bigint FROM holds
           WHERE account_id = a.id AND status = 'active' AND expires_at > p_now) AS held,
@@ -331,16 +324,14 @@ BEGIN
     END IF;
     v_answers[v.ord] := v_answer;
   END LOOP;
-  IF v_version <> v_account.version THEN
-    a_id := a_id || v_account.id;
-    a_balance := a_balance || v_balance;
-    a_version := a_version || v_version;
-  END IF;
 
   -- The writes, by set, in one statement (its foreign keys are checked at its end).
   WITH moved AS (
-    UPDATE accounts a SET balance = n.balance, version = n.version, updated_at = now()
-      FROM unnest(a_id, a_balance, a_version) AS n(id, balance, version) WHERE a.id = n.id
+    -- Each account by its entries' total, and a version for each entry (what the loop ran to).
+    UPDATE accounts a SET balance = a.balance + n.amount, version = a.version + n.entries, updated_at = now()
+      FROM (SELECT account_id, sum(amount) AS amount, count(*) AS entries
+            FROM unnest(e_account, e_amount) AS n(account_id, amount) GROUP BY account_id) AS n
+      WHERE a.id = n.account_id
   ), entries AS (
     INSERT INTO ledger_entries (id, account_id, amount, balance_after, kind, reference)
       SELECT id, account_id, amount, balance_after, 'usage', reference

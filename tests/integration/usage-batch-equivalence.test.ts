@@ -72,7 +72,7 @@ interface Sent {
 
 type Step =
   | { kind: 'batch'; events: Sent[] }
-  | { kind: 'direct'; calls: Array<Omit<Sent, 'sku' | 'usage'> & { unpriced: boolean }> }
+  | { kind: 'direct'; calls: Array<{ eventId: string; userId: string; credits: number; unpriced: boolean }> }
   | { kind: 'advance'; ms: number }
   | { kind: 'hold'; user: string; credits: number };
 
@@ -156,7 +156,6 @@ function history(seed: number): { setup: Setup; steps: Step[] } {
       calls: Array.from({ length: 15 }, (_, i) => ({
         eventId: `direct-${b}-${i % 12}`,
         userId: pick(users),
-        at: elapsed,
         credits: Math.floor(next() * 30),
         unpriced: next() < 0.1,
       })),
@@ -240,7 +239,7 @@ async function run(db: Kysely<Database>, { setup, steps }: ReturnType<typeof his
         kind: 'usage',
         userId: call.userId,
         reference: call.eventId,
-        credits: call.credits ?? 0,
+        credits: call.credits,
         ...(call.unpriced && { unpriced: true }),
         hash: `h-${call.credits}`,
         item: { sku: null, priceVersion: null, occurredAt: now.toISOString(), usage: null },

@@ -32,11 +32,14 @@ const config = loadIntakeConfig({
   STRIPE_WEBHOOK_SECRET: `${SECRET},${OLD_SECRET}`,
   WEBHOOK_MAX_BYTES: '20000',
 });
-const intake = createWebhookIntake({ config, sqs: new SQSClient({}) });
+// The intake reads this clock, and so do the headers the tests sign: a second ticking between the two
+// would turn "301 s old" into 302 and "300 s old" into a rejection.
+let clockMs = Date.now();
+const intake = createWebhookIntake({ config, sqs: new SQSClient({}), now: () => clockMs });
 const invoke = (request: APIGatewayProxyEventV2) =>
   intake(request, lambdaContext('webhook-intake')) as Promise<APIGatewayProxyStructuredResultV2>;
 
-const now = () => Math.floor(Date.now() / 1000);
+const now = () => Math.floor(clockMs / 1000);
 const hmac = (secret: string, payload: string) => createHmac('sha256', secret).update(payload).digest('hex');
 const paidEvent = () => {
   const ids = stripeIds();
@@ -68,6 +71,7 @@ afterEach(async () => {
 });
 
 beforeEach(() => {
+  clockMs = Date.now();
   sqsMock.reset();
   sqsMock.on(SendMessageCommand).resolves({ MessageId: 'm-1' });
 });

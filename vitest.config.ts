@@ -7,6 +7,9 @@ export default defineConfig({
     globalSetup: ['tests/support/global-setup.ts'],
     testTimeout: 60_000,
     hookTimeout: 120_000,
+    // expect.poll waits for what a page or a server does next: 1 s (vitest's default) is short for a
+    // loaded 2-core machine running a browser, Postgres and two test files.
+    expect: { poll: { timeout: 10_000 } },
     pool: 'forks',
     // Two cores: two test files at a time keeps Postgres and the workers from starving each other.
     maxWorkers: 2,

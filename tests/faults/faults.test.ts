@@ -47,7 +47,8 @@ describe('faults', () => {
     const db = createDb(server.url, { max: 1 });
     try {
       await migrateToLatest(db);
-      await slowDown(db, 'processed_events', 0.05);
+      // 0.3 s an event: the stop lands after 3 of 12 whatever the machine's load (at 0.05 s it needed 450 ms).
+      await slowDown(db, 'processed_events', 0.3);
       const checkouts: Checkout[] = [];
       for (let i = 0; i < 12; i++) checkouts.push(await givenCheckout(db));
       const worker = createCreditWorker({ db, packages: DEFAULT_PACKAGES });
@@ -78,7 +79,8 @@ describe('faults', () => {
     const { db, url, owner } = await createTestDatabase({ max: 2 });
     const name = new URL(url).pathname.slice(1);
     const checkout = await givenCheckout(db);
-    await slowDown(owner(), 'ledger_entries', 0.5);
+    // Far longer than the test can take to find the insert: the termination cuts the sleep short.
+    await slowDown(owner(), 'ledger_entries', 30);
     const workerDb = createDb(url, { max: 1, applicationName: 'fault-worker' });
     const worker = createCreditWorker({ db: workerDb, packages: DEFAULT_PACKAGES });
     const event = checkout.completed();

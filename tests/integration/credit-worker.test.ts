@@ -395,10 +395,11 @@ describe('failures', () => {
   });
 
   it('acknowledges nothing that did not commit when the database goes away mid-batch, and a redelivery finishes the job', async () => {
-    // A database of its own, slowed down so that the outage lands in the middle of the batch.
+    // A database of its own, slowed down (0.3 s an event) so that the outage lands in the middle of the batch
+    // whatever the machine's load.
     const outage = await createTestDatabase({ max: 2 });
     const name = new URL(outage.url).pathname.slice(1);
-    await sql`CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.05); RETURN NEW; END $$`.execute(
+    await sql`CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END $$`.execute(
       outage.owner(),
     );
     await sql`CREATE TRIGGER slow AFTER INSERT ON processed_events FOR EACH ROW EXECUTE FUNCTION slow()`.execute(

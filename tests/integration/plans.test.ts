@@ -24,6 +24,14 @@ const PLANS = parsePlans(
   ]),
 );
 
+/**
+ * The instants below are written in 2027 and 2028; once those are near, they move on by whole leap cycles of
+ * four years (their weekdays aside, the calendar is the same), so they stay in the future and February 29 stays.
+ */
+const YEARS_ON = 4 * Math.ceil(Math.max(new Date().getUTCFullYear() - 2026, 0) / 4);
+/** An instant, a date or a month written below, moved on by `YEARS_ON`. */
+const year = (written: string) => `${Number(written.slice(0, 4)) + YEARS_ON}${written.slice(4)}`;
+
 /** A clock the test sets to any instant (all in the future, so the database's own stamps are earlier). */
 function clockAt(iso: string) {
   let at = Date.parse(iso);
@@ -87,25 +95,25 @@ const allowanceEntries = (account: Account) =>
 
 describe('plans: the monthly allowance', () => {
   it('is there at 23:59:59 on the last day of a month and is the new one at 00:00:00 the next', async () => {
-    const clock = clockAt('2027-01-31T23:59:59Z');
+    const clock = clockAt(year('2027-01-31T23:59:59Z'));
     const a = api(clock);
     const account = await givenAccount(db);
     expect((await a.credits(account)).body).toMatchObject({
       balance: 100,
       plan: { id: 'free', name: 'Free' },
-      grants: { promotional: 100, nextExpiry: '2027-02-01T00:00:00.000Z' },
+      grants: { promotional: 100, nextExpiry: year('2027-02-01T00:00:00.000Z') },
     });
     expect((await a.spend(account, 30)).status).toBe(200);
-    clock.set('2027-02-01T00:00:00Z');
+    clock.set(year('2027-02-01T00:00:00Z'));
     // January's 70 left expire at 00:00:00; February's 100 are there in the same second, with no job run.
     expect((await a.credits(account)).body).toMatchObject({
       balance: 100,
-      grants: { promotional: 100, nextExpiry: '2027-03-01T00:00:00.000Z' },
+      grants: { promotional: 100, nextExpiry: year('2027-03-01T00:00:00.000Z') },
     });
     expect((await a.spend(account, 100)).body).toMatchObject({ balance: 0 });
     expect(await allowanceEntries(account)).toEqual([
-      { amount: 100, reference: 'allowance:free:2027-01' },
-      { amount: 100, reference: 'allowance:free:2027-02' },
+      { amount: 100, reference: `allowance:free:${year('2027-01')}` },
+      { amount: 100, reference: `allowance:free:${year('2027-02')}` },
     ]);
     // The history filters on them like on any other kind.
     const history = await a.call('GET /v1/me/transactions', {
@@ -123,31 +131,37 @@ describe('plans: the monthly allowance', () => {
   });
 
   it('50 concurrent first debits of a new month create one allowance grant', async () => {
-    const clock = clockAt('2027-03-01T00:00:00Z');
+    const clock = clockAt(year('2027-03-01T00:00:00Z'));
     const a = api(clock);
     const { account } = await givenFundedAccount(db, 500);
     const responses = await Promise.all(Array.from({ length: 50 }, () => a.spend(account, 1)));
     expect(responses.map((r) => r.status)).toEqual(Array(50).fill(200));
-    expect(await allowanceEntries(account)).toEqual([{ amount: 100, reference: 'allowance:free:2027-03' }]);
+    expect(await allowanceEntries(account)).toEqual([
+      { amount: 100, reference: `allowance:free:${year('2027-03')}` },
+    ]);
     expect((await a.credits(account)).body).toMatchObject({ balance: 550 });
     await expectInvariantsHold(db, clock.now());
   });
 
   it('lasts to the end of February, of a 31-day month and of a leap February, and expires then', async () => {
-    const clock = clockAt('2027-02-10T12:00:00Z');
+    const clock = clockAt(year('2027-02-10T12:00:00Z'));
     const a = api(clock);
     const account = await givenAccount(db);
     const expiry = async () =>
       (await a.call('GET /v1/me/grants', { auth: { user: account.external_user_id! } })).body.items;
-    expect(await expiry()).toMatchObject([{ source: 'allowance', expiresAt: '2027-03-01T00:00:00.000Z' }]);
-    clock.set('2027-02-28T23:59:59.999Z');
-    expect((await a.credits(account)).body).toMatchObject({ balance: 100 });
-    clock.set('2027-03-31T23:59:59Z');
     expect(await expiry()).toMatchObject([
-      { source: 'allowance', amount: 100, expiresAt: '2027-04-01T00:00:00.000Z' },
+      { source: 'allowance', expiresAt: year('2027-03-01T00:00:00.000Z') },
     ]);
-    clock.set('2028-02-29T23:00:00Z');
-    expect(await expiry()).toMatchObject([{ source: 'allowance', expiresAt: '2028-03-01T00:00:00.000Z' }]);
+    clock.set(year('2027-02-28T23:59:59.999Z'));
+    expect((await a.credits(account)).body).toMatchObject({ balance: 100 });
+    clock.set(year('2027-03-31T23:59:59Z'));
+    expect(await expiry()).toMatchObject([
+      { source: 'allowance', amount: 100, expiresAt: year('2027-04-01T00:00:00.000Z') },
+    ]);
+    clock.set(year('2028-02-29T23:00:00Z'));
+    expect(await expiry()).toMatchObject([
+      { source: 'allowance', expiresAt: year('2028-03-01T00:00:00.000Z') },
+    ]);
     // Reads leave the expired months' credits to the sweeper (they no longer count): it writes them off.
     await createSweeper({ db, plans: PLANS, clock: clock.now })(undefined, lambdaContext('sweeper'));
     const kinds = await db
@@ -167,14 +181,16 @@ describe('plans: the monthly allowance', () => {
   });
 
   it('is granted ahead by the sweeper, and then not again by a debit', async () => {
-    const clock = clockAt('2027-05-01T00:00:10Z');
+    const clock = clockAt(year('2027-05-01T00:00:10Z'));
     const a = api(clock);
     const accounts = await Promise.all(Array.from({ length: 3 }, () => givenAccount(db)));
     const sweeper = createSweeper({ db, plans: PLANS, clock: clock.now });
     const result = (await sweeper(undefined, lambdaContext('sweeper'))) as { allowancesGranted: number };
     expect(result.allowancesGranted).toBeGreaterThanOrEqual(3);
     for (const account of accounts) {
-      expect(await allowanceEntries(account)).toEqual([{ amount: 100, reference: 'allowance:free:2027-05' }]);
+      expect(await allowanceEntries(account)).toEqual([
+        { amount: 100, reference: `allowance:free:${year('2027-05')}` },
+      ]);
     }
     expect((await a.spend(accounts[0]!, 10)).body).toMatchObject({ balance: 90 });
     const again = (await sweeper(undefined, lambdaContext('sweeper'))) as { allowancesGranted: number };
@@ -186,7 +202,7 @@ describe('plans: the monthly allowance', () => {
 
 describe('plans: caps', () => {
   it('100 concurrent spends that exceed the monthly cap by 10 stop exactly at the cap', async () => {
-    const clock = clockAt('2027-06-10T10:00:00Z');
+    const clock = clockAt(year('2027-06-10T10:00:00Z'));
     const a = api(clock);
     const account = await onPlan(a, 'capped', 5000);
     const responses = await Promise.all(Array.from({ length: 100 }, () => a.spend(account, 10)));
@@ -202,7 +218,7 @@ describe('plans: caps', () => {
       remaining: 0,
       period: 'month',
       source: 'plan',
-      resetsAt: '2027-07-01T00:00:00.000Z',
+      resetsAt: year('2027-07-01T00:00:00.000Z'),
     });
     expect((await a.limits(account)).body.caps).toEqual([
       {
@@ -211,7 +227,7 @@ describe('plans: caps', () => {
         used: 990,
         held: 0,
         remaining: 0,
-        resetsAt: '2027-07-01T00:00:00.000Z',
+        resetsAt: year('2027-07-01T00:00:00.000Z'),
         source: 'plan',
       },
     ]);
@@ -220,7 +236,7 @@ describe('plans: caps', () => {
   });
 
   it('counts active holds; releasing one frees the cap; a capture takes no more than the cap leaves', async () => {
-    const clock = clockAt('2027-06-11T10:00:00Z');
+    const clock = clockAt(year('2027-06-11T10:00:00Z'));
     const a = api(clock);
     const account = await onPlan(a, 'small', 1000);
     const held = await a.hold(account, 80);
@@ -250,40 +266,40 @@ describe('plans: caps', () => {
   });
 
   it('a cap reached on the 31st is free again at 00:00 UTC on the 1st', async () => {
-    const clock = clockAt('2027-07-31T23:30:00Z');
+    const clock = clockAt(year('2027-07-31T23:30:00Z'));
     const a = api(clock);
     const account = await onPlan(a, 'small', 1000);
     expect((await a.spend(account, 100)).status).toBe(200);
     expect((await a.spend(account, 1)).body).toMatchObject({
       code: 'spend_cap_reached',
-      resetsAt: '2027-08-01T00:00:00.000Z',
+      resetsAt: year('2027-08-01T00:00:00.000Z'),
     });
-    clock.set('2027-07-31T23:59:59.999Z');
+    clock.set(year('2027-07-31T23:59:59.999Z'));
     expect((await a.spend(account, 1)).status).toBe(403);
-    clock.set('2027-08-01T00:00:00Z');
+    clock.set(year('2027-08-01T00:00:00Z'));
     expect((await a.spend(account, 100)).status).toBe(200);
     await expectInvariantsHold(db, clock.now());
   });
 
   it('applies the daily and the monthly cap; the tighter refuses', async () => {
-    const clock = clockAt('2027-09-01T08:00:00Z');
+    const clock = clockAt(year('2027-09-01T08:00:00Z'));
     const a = api(clock);
     const account = await onPlan(a, 'tight', 1000);
     expect((await a.spend(account, 50)).status).toBe(200);
     expect((await a.spend(account, 1)).body).toMatchObject({
       period: 'day',
       cap: 50,
-      resetsAt: '2027-09-02T00:00:00.000Z',
+      resetsAt: year('2027-09-02T00:00:00.000Z'),
     });
-    clock.set('2027-09-02T08:00:00Z');
+    clock.set(year('2027-09-02T08:00:00Z'));
     expect((await a.spend(account, 50)).status).toBe(200);
-    clock.set('2027-09-03T08:00:00Z');
+    clock.set(year('2027-09-03T08:00:00Z'));
     expect((await a.spend(account, 20)).status).toBe(200);
     expect((await a.spend(account, 1)).body).toMatchObject({
       period: 'month',
       cap: 120,
       used: 120,
-      resetsAt: '2027-10-01T00:00:00.000Z',
+      resetsAt: year('2027-10-01T00:00:00.000Z'),
     });
     expect((await a.limits(account)).body.caps).toMatchObject([
       { period: 'day', limit: 50, used: 20, remaining: 30 },
@@ -293,7 +309,7 @@ describe('plans: caps', () => {
   });
 
   it("a user's budget below the plan's cap applies; one above it, negative or fractional is refused", async () => {
-    const clock = clockAt('2027-10-05T08:00:00Z');
+    const clock = clockAt(year('2027-10-05T08:00:00Z'));
     const a = api(clock);
     const account = await onPlan(a, 'starter', 1000);
     const set = await a.budget(account, 200);
@@ -302,7 +318,7 @@ describe('plans: caps', () => {
       plan: { id: 'starter', name: 'Starter' },
       monthlyBudget: 200,
       caps: [{ period: 'month', limit: 200, source: 'budget', used: 0 }],
-      allowance: { credits: 300, month: '2027-10', expiresAt: '2027-11-01T00:00:00.000Z' },
+      allowance: { credits: 300, month: year('2027-10'), expiresAt: year('2027-11-01T00:00:00.000Z') },
     });
     expect((await a.spend(account, 150)).status).toBe(200);
     expect((await a.spend(account, 51)).body).toMatchObject({
@@ -326,7 +342,7 @@ describe('plans: caps', () => {
   });
 
   it('rejects usage events past the cap item by item with spend_cap_reached', async () => {
-    const clock = clockAt('2027-10-06T08:00:00Z');
+    const clock = clockAt(year('2027-10-06T08:00:00Z'));
     const a = api(clock);
     const account = await onPlan(a, 'small', 1000);
     const event = (eventId: string, credits: number) => ({
@@ -349,7 +365,7 @@ describe('plans: caps', () => {
 
 describe('plans: changing plan mid-month', () => {
   it('an upgrade grants the difference once, however often the plan changes', async () => {
-    const clock = clockAt('2027-11-10T08:00:00Z');
+    const clock = clockAt(year('2027-11-10T08:00:00Z'));
     const a = api(clock);
     const account = await givenAccount(db);
     expect((await a.credits(account)).body).toMatchObject({ balance: 100, plan: { id: 'free' } });
@@ -363,8 +379,8 @@ describe('plans: changing plan mid-month', () => {
     expect((await a.setPlan(account, 'free')).body).toMatchObject({ changed: true, allowanceGranted: 0 });
     expect((await a.setPlan(account, 'pro')).body).toMatchObject({ changed: true, allowanceGranted: 0 });
     expect(await allowanceEntries(account)).toEqual([
-      { amount: 100, reference: 'allowance:free:2027-11' },
-      { amount: 900, reference: 'allowance:pro:2027-11' },
+      { amount: 100, reference: `allowance:free:${year('2027-11')}` },
+      { amount: 900, reference: `allowance:pro:${year('2027-11')}` },
     ]);
     expect((await a.credits(account)).body).toMatchObject({
       balance: 1000,
@@ -382,13 +398,13 @@ describe('plans: changing plan mid-month', () => {
       { action: 'change_plan', payload: { from: 'free', to: 'pro' } },
     ]);
     // Next month the plan's own allowance, once.
-    clock.set('2027-12-01T00:00:00Z');
+    clock.set(year('2027-12-01T00:00:00Z'));
     expect((await a.credits(account)).body).toMatchObject({ balance: 1000 });
     await expectInvariantsHold(db, clock.now());
   });
 
   it('a downgrade keeps what was granted and lowers the cap at once', async () => {
-    const clock = clockAt('2027-11-12T08:00:00Z');
+    const clock = clockAt(year('2027-11-12T08:00:00Z'));
     const a = api(clock);
     const account = await onPlan(a, 'pro', 5000);
     expect((await a.spend(account, 1200)).status).toBe(200);
@@ -403,7 +419,7 @@ describe('plans: changing plan mid-month', () => {
   });
 
   it('an unknown plan id is 404 and changes nothing', async () => {
-    const clock = clockAt('2027-11-13T08:00:00Z');
+    const clock = clockAt(year('2027-11-13T08:00:00Z'));
     const a = api(clock);
     const account = await givenAccount(db);
     const response = await a.setPlan(account, 'platinum');
@@ -436,7 +452,7 @@ describe('plans: changing plan mid-month', () => {
 
 describe('plans: rate limit', () => {
   it('with 60 per minute, 100 spends in one second from 10 clients: 60 pass, 40 are 429; a minute later spends pass', async () => {
-    const clock = clockAt('2028-01-10T08:00:00Z');
+    const clock = clockAt(year('2028-01-10T08:00:00Z'));
     const a = api(clock);
     const account = await onPlan(a, 'limited', 5000);
     const client = async () => {

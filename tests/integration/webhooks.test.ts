@@ -330,7 +330,7 @@ describe('outbound webhooks: delivery and retries', () => {
   });
 
   it('gives up on an endpoint that does not answer in time, and keeps the status of one that answered slowly', async () => {
-    const h = harness({ retrySeconds: [1], timeoutMs: 300 });
+    const h = harness({ retrySeconds: [1], timeoutMs: 1_000 });
     const server = createServer((req, res) => {
       req.resume();
       // /silent never answers; /stalling answers its status and part of a body, then nothing.

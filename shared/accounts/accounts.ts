@@ -116,14 +116,16 @@ export async function markAnonymized(trx: Trx, account: Account): Promise<Accoun
   return Object.assign(account, updated);
 }
 
-/** Credits the account's active holds reserve at `now`: a hold past its expiry stops counting at once. */
+/**
+ * Credits the account's active holds reserve at `now`: a hold past its expiry stops counting at once. Read
+ * from the account's counter in one statement (`held_credits`, migrations/2026-12-14-held-total.ts), so its
+ * cost does not grow with the holds.
+ */
 export async function heldCredits(db: Kysely<Database>, accountId: string, now: Date): Promise<number> {
   const row = await db
-    .selectFrom('holds')
-    .select(sql<number>`coalesce(sum(credits), 0)::bigint`.as('held'))
-    .where('account_id', '=', accountId)
-    .where('status', '=', 'active')
-    .where('expires_at', '>', now)
+    .selectFrom('accounts')
+    .select(sql<number>`held_credits(id, held, ${now}::timestamptz)`.as('held'))
+    .where('id', '=', accountId)
     .executeTakeFirstOrThrow();
   return row.held;
 }

@@ -1,7 +1,7 @@
 import { type Kysely, sql } from 'kysely';
 import { heldCredits, inAccountTransaction } from '../accounts/accounts.js';
 import { requestHashOf } from '../credits.js';
-import type { Trx } from '../db/locks.js';
+import { lockAccounts, type Trx } from '../db/locks.js';
 import type { Account, Database, Hold } from '../db/schema.js';
 import { ServiceError } from '../errors.js';
 import { type DebitGuard, UNLIMITED } from '../ledger/debit.js';
@@ -163,15 +163,41 @@ async function settled(
   return { hold, balance: account.balance, available: account.balance - held, replayed };
 }
 
-/** The sweeper's part: marks active holds past their expiry expired (they stopped counting already). */
-export async function expireDueHolds(db: Kysely<Database>, now: Date): Promise<number> {
-  const result = await db
-    .updateTable('holds')
-    .set({ status: 'expired', settled_at: now })
-    .where('status', '=', 'active')
-    .where('expires_at', '<=', now)
-    .executeTakeFirst();
-  return Number(result.numUpdatedRows);
+/**
+ * The sweeper's part: marks active holds past their expiry expired (they stopped counting already), `batch`
+ * at a time. Marking one changes its account's `held` counter (the trigger on holds), so each batch takes
+ * its accounts' locks first, in the order of their keys as every writer of several accounts does (a capture
+ * or void of the same account waits, or is waited for, and never deadlocks with it); a hold settled while
+ * the batch waited for a lock is left as it is.
+ */
+export async function expireDueHolds(db: Kysely<Database>, now: Date, batch = 500): Promise<number> {
+  let expired = 0;
+  for (;;) {
+    const marked = await db.transaction().execute(async (trx) => {
+      const due = await trx
+        .selectFrom('holds')
+        .select(['id', 'account_id'])
+        .where('status', '=', 'active')
+        .where('expires_at', '<=', now)
+        .orderBy('expires_at')
+        .limit(batch)
+        .execute();
+      if (due.length === 0) return { due: 0, marked: 0 };
+      await lockAccounts(
+        trx,
+        due.map((h) => h.account_id),
+      );
+      const result = await trx
+        .updateTable('holds')
+        .set({ status: 'expired', settled_at: now })
+        .where('id', '=', sql<string>`ANY(${due.map((h) => h.id)}::uuid[])`)
+        .where('status', '=', 'active')
+        .executeTakeFirst();
+      return { due: due.length, marked: Number(result.numUpdatedRows) };
+    });
+    expired += marked.marked;
+    if (marked.due < batch) return expired;
+  }
 }
 
 /**

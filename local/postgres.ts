@@ -167,11 +167,12 @@ export async function appRoleUrl(url: string): Promise<string> {
 
 /**
  * A server for throwaway databases (tests, benchmarks): `DATABASE_URL`'s when set, otherwise an ephemeral
- * embedded one in a temporary directory that `stop()` removes. `serverUrl` is the owner's (it may create
- * databases); the application role exists on the server (see ensureAppRole).
+ * embedded one in a temporary directory that `stop()` removes (without fsync unless `durable`). `serverUrl`
+ * is the owner's (it may create databases); the application role exists on the server (see ensureAppRole).
  */
 export async function startScratchPostgres(
   prefix: string,
+  options: { readonly durable?: boolean } = {},
 ): Promise<{ serverUrl: string; stop(): Promise<void> }> {
   const external = process.env.DATABASE_URL;
   if (external) {
@@ -179,7 +180,10 @@ export async function startScratchPostgres(
     return { serverUrl: external, stop: async () => {} };
   }
   const dataDir = await mkdtemp(path.join(tmpdir(), prefix));
-  const server = await startLocalPostgres({ dataDir: path.join(dataDir, 'data'), ephemeral: true });
+  const server = await startLocalPostgres({
+    dataDir: path.join(dataDir, 'data'),
+    ephemeral: !options.durable,
+  });
   return {
     serverUrl: server.url,
     async stop() {

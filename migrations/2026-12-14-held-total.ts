@@ -13,16 +13,18 @@ import { BATCH_FUNCTION, DEBIT_FUNCTION } from './2026-12-13-usage-batch.js';
  * the sweeper) keeps it without knowing, and so would one written later. What the holds reserve at an
  * instant is `held_credits(account, held, now)`: the counter less the holds past their expiry that the
  * sweeper has not marked yet (an index range of the account's active holds up to now: none, or the last
- * minute's, whatever the number of holds). Every reader goes through it: both debit functions, and
- * shared/accounts' `heldCredits`.
+ * minute's, whatever the number of holds). Every reader goes through it, and reads the counter and those
+ * holds in one statement, so one snapshot, whoever writes holds meanwhile: both debit functions,
+ * shared/accounts' `heldCredits` and the auto top-up sweep's query.
  *
- * Reading `held` and the holds past their expiry apart is exact only when no hold of the account changes
- * between the two reads: every writer of a hold holds the account lock (the sweeper's expiry takes it from
- * now on, shared/holds), and the readers outside the lock read both in one statement.
+ * The debit functions are 2026-12-13's with that one read changed, replaced in their text (each replaced
+ * part must occur exactly once, or the migration stops).
  *
- * The debit functions are 2026-12-13's with that one read changed (below, replaced in their text: each
- * replaced part must occur exactly once, or the migration stops), and a capture's own hold taken out of what
- * is held after its row is read locked, which is where the old sum left it out.
+ * A deploy runs this before the functions' new code: until the sweeper's is in place, the old one marks
+ * holds expired in one statement without the accounts' locks, and the trigger then writes their accounts'
+ * rows, so it can deadlock with a capture or void of one of them. Postgres ends one of the two: the sweep
+ * runs again a minute later; the request fails with 500 and its retry replays nothing twice. No read is
+ * inexact meanwhile (one statement each, above).
  *
  * Frozen in time: never import application code here (2026-12-13's text, imported, is frozen too).
  */
@@ -50,16 +52,11 @@ const DEBIT_EDITS: [string, string][] = [
     WHERE account_id = p_account AND status = 'active' AND expires_at > p_now
       AND (p_kind <> 'capture' OR id <> p_hold);
 `,
-    `  -- Credits reserved by active holds (a capture's own hold is taken out once its row is read locked).
-  v_held := held_credits(p_account, v_account.held, p_now);
-`,
-  ],
-  [
-    `      SELECT * INTO v_hold FROM holds WHERE id = p_hold FOR UPDATE;
-`,
-    `      SELECT * INTO v_hold FROM holds WHERE id = p_hold FOR UPDATE;
-      -- A capture's own hold does not count against it (a replayed capture's is not active).
-      IF v_hold.status = 'active' AND v_hold.expires_at > p_now THEN v_held := v_held - v_hold.credits; END IF;
+    `  -- Credits reserved by active holds, a capture's own hold excluded (a replayed capture's is not active):
+  -- the counter, the holds past their expiry and the capture's own hold read in one statement.
+  v_held := (SELECT held_credits(id, held, p_now) FROM accounts WHERE id = p_account)
+    - CASE WHEN p_kind = 'capture' THEN coalesce((SELECT credits FROM holds
+        WHERE id = p_hold AND status = 'active' AND expires_at > p_now), 0) ELSE 0 END;
 `,
   ],
 ];
@@ -79,9 +76,12 @@ const BATCH_EDITS: [string, string][] = [
  * whose database migrated down to 2026-12-12 gets it too, as the application code reads it.
  */
 export const HELD_COUNTER = sql`
-  -- No hold changes while the counters are filled in, until the trigger that keeps them is in place.
-  LOCK TABLE holds IN SHARE MODE;
+  -- No hold changes while the counters are filled in, until the trigger that keeps them is in place. The
+  -- accounts first: a transaction that writes a hold reads its account before (the other order could
+  -- deadlock with one). And no waiting long behind another transaction while every account read queues.
+  SET LOCAL lock_timeout = '10s';
   ALTER TABLE accounts ADD COLUMN held bigint NOT NULL DEFAULT 0 CONSTRAINT accounts_held_check CHECK (held >= 0);
+  LOCK TABLE holds IN SHARE MODE;
   UPDATE accounts a SET held = h.credits
     FROM (SELECT account_id, sum(credits) AS credits FROM holds WHERE status = 'active' GROUP BY 1) h
     WHERE a.id = h.account_id;

@@ -146,11 +146,11 @@ export function formatTable(rows: readonly Row[]): string {
 }
 
 /**
- * A migrated database of its own on DATABASE_URL's server or an embedded Postgres, plus a scratch
- * directory; `stop` drops and removes both.
+ * A migrated database of its own on DATABASE_URL's server or an embedded Postgres (fsync off, or on when
+ * `durable`), plus a scratch directory; `stop` drops and removes both.
  */
-export async function startBenchDatabase() {
-  const server = await startScratchPostgres('credits-bench-');
+export async function startBenchDatabase(durable = false) {
+  const server = await startScratchPostgres('credits-bench-', { durable });
   const name = `credits_bench_${process.pid}`;
   const databaseUrl = await createDatabase(server.serverUrl, name);
   const db = createDb(databaseUrl, { max: 4, applicationName: 'bench' });

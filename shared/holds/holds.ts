@@ -1,7 +1,7 @@
 import { type Kysely, sql } from 'kysely';
 import { heldCredits, inAccountTransaction } from '../accounts/accounts.js';
 import { requestHashOf } from '../credits.js';
-import { lockAccounts, type Trx } from '../db/locks.js';
+import { lockKey, type Trx } from '../db/locks.js';
 import type { Account, Database, Hold } from '../db/schema.js';
 import { ServiceError } from '../errors.js';
 import { type DebitGuard, UNLIMITED } from '../ledger/debit.js';
@@ -164,39 +164,44 @@ async function settled(
 }
 
 /**
- * The sweeper's part: marks active holds past their expiry expired (they stopped counting already), `batch`
- * at a time. Marking one changes its account's `held` counter (the trigger on holds), so each batch takes
- * its accounts' locks first, in the order of their keys as every writer of several accounts does (a capture
- * or void of the same account waits, or is waited for, and never deadlocks with it); a hold settled while
- * the batch waited for a lock is left as it is.
+ * The sweeper's part: marks active holds past their expiry expired (they stopped counting already), one
+ * account at a time, each in a transaction of its own under the account's lock, as every writer of holds:
+ * marking one changes its account's `held` counter (the trigger on holds). A hold settled meanwhile is left
+ * as it is. Stops once `budgetMs` is spent (`unfinished`: the next sweep goes on; a hold left unmarked
+ * already counts as expired).
  */
-export async function expireDueHolds(db: Kysely<Database>, now: Date, batch = 500): Promise<number> {
+export async function expireDueHolds(
+  db: Kysely<Database>,
+  now: Date,
+  options: { readonly batch?: number; readonly budgetMs?: number } = {},
+): Promise<{ expired: number; unfinished: boolean }> {
+  const batch = options.batch ?? 200;
+  const stopAt = Date.now() + (options.budgetMs ?? Number.POSITIVE_INFINITY);
   let expired = 0;
   for (;;) {
-    const marked = await db.transaction().execute(async (trx) => {
-      const due = await trx
-        .selectFrom('holds')
-        .select(['id', 'account_id'])
-        .where('status', '=', 'active')
-        .where('expires_at', '<=', now)
-        .orderBy('expires_at')
-        .limit(batch)
-        .execute();
-      if (due.length === 0) return { due: 0, marked: 0 };
-      await lockAccounts(
-        trx,
-        due.map((h) => h.account_id),
-      );
-      const result = await trx
-        .updateTable('holds')
-        .set({ status: 'expired', settled_at: now })
-        .where('id', '=', sql<string>`ANY(${due.map((h) => h.id)}::uuid[])`)
-        .where('status', '=', 'active')
-        .executeTakeFirst();
-      return { due: due.length, marked: Number(result.numUpdatedRows) };
-    });
-    expired += marked.marked;
-    if (marked.due < batch) return expired;
+    const due = await db
+      .selectFrom('holds')
+      .select('account_id')
+      .distinct()
+      .where('status', '=', 'active')
+      .where('expires_at', '<=', now)
+      .limit(batch)
+      .execute();
+    for (const { account_id: accountId } of due) {
+      if (Date.now() >= stopAt) return { expired, unfinished: true };
+      expired += await db.transaction().execute(async (trx) => {
+        await lockKey(trx, 'account', accountId);
+        const marked = await trx
+          .updateTable('holds')
+          .set({ status: 'expired', settled_at: now })
+          .where('account_id', '=', accountId)
+          .where('status', '=', 'active')
+          .where('expires_at', '<=', now)
+          .executeTakeFirst();
+        return Number(marked.numUpdatedRows);
+      });
+    }
+    if (due.length < batch) return { expired, unfinished: false };
   }
 }
 

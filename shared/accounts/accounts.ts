@@ -122,12 +122,10 @@ export async function markAnonymized(trx: Trx, account: Account): Promise<Accoun
  * cost does not grow with the holds.
  */
 export async function heldCredits(db: Kysely<Database>, accountId: string, now: Date): Promise<number> {
-  const row = await db
-    .selectFrom('accounts')
-    .select(sql<number>`held_credits(id, held, ${now}::timestamptz)`.as('held'))
-    .where('id', '=', accountId)
-    .executeTakeFirstOrThrow();
-  return row.held;
+  const { rows } = await sql<{ held: number }>`SELECT h.held
+    FROM accounts a, held_credits(a.id, a.held, ${now}::timestamptz) h WHERE a.id = ${accountId}`.execute(db);
+  if (!rows[0]) throw new Error(`no account ${accountId}`);
+  return rows[0].held;
 }
 
 /** The account a Stripe customer id belongs to, if any. */

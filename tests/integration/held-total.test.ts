@@ -3,16 +3,14 @@ import { type Kysely, Migrator, sql } from 'kysely';
 import { afterAll, describe, expect, inject, it } from 'vitest';
 import { createDatabase, dropDatabase } from '../../local/postgres.js';
 import { migrationProvider } from '../../migrations/index.js';
-import { heldCredits, inAccountTransaction } from '../../shared/accounts/accounts.js';
+import { heldCredits } from '../../shared/accounts/accounts.js';
 import { createDb } from '../../shared/db/client.js';
 import { lockKey } from '../../shared/db/locks.js';
 import type { Account, Database } from '../../shared/db/schema.js';
 import { captureHold, createHold, expireDueHolds, voidHold } from '../../shared/holds/holds.js';
 import { checkInvariants } from '../../shared/invariants.js';
-import { EMPTY_FACTS } from '../../shared/payments/facts.js';
-import { settlePayment } from '../../shared/payments/payments.js';
 import { createTestDatabase } from '../support/database.js';
-import { givenFundedAccount, testClock } from '../support/factories.js';
+import { givenFundedAccount, givenRefund, testClock } from '../support/factories.js';
 import { expectInvariantsHold } from '../support/invariants.js';
 
 // accounts.held counts the credits of the account's active holds (migration 2026-12-14), kept by a trigger on
@@ -79,15 +77,8 @@ describe('the held counter', () => {
     // A clawback shrinks the holds it leaves uncovered: the counter follows the new amounts.
     await hold(account, 40, 'older', 600, clock.now());
     await hold(account, 40, 'newer', 600, clock.now());
-    await inAccountTransaction(db, account.id, async (trx, locked) => {
-      const current = await trx
-        .selectFrom('payments')
-        .selectAll()
-        .where('id', '=', payment.id)
-        .executeTakeFirstOrThrow();
-      // 70 % refunded: 70 credits clawed back, 19 left of 89 for 80 held.
-      await settlePayment(trx, locked, current, { ...EMPTY_FACTS, chargeAmountRefunded: 700 }, 're_held');
-    });
+    // 70 % refunded: 70 credits clawed back, 19 left of 89 for 80 held.
+    await givenRefund(db, payment, 700, 're_held');
     expect(await counted(db, account.id)).toEqual({ held: 19, active: 19 });
     expect(await heldCredits(db, account.id, clock.now())).toBe(19);
     await expectInvariantsHold(db, clock.now());

@@ -3,8 +3,6 @@ import { createSweeper } from '../../functions/sweeper.js';
 import { inAccountTransaction } from '../../shared/accounts/accounts.js';
 import type { Account } from '../../shared/db/schema.js';
 import { adjustCredits, spendCredits } from '../../shared/ledger/ledger.js';
-import { EMPTY_FACTS } from '../../shared/payments/facts.js';
-import { settlePayment } from '../../shared/payments/payments.js';
 import { activatePriceBook, createPriceBookDraft } from '../../shared/pricing/price-book.js';
 import { SERVICE_ARN, testApi } from '../support/api.js';
 import { createTestDatabase } from '../support/database.js';
@@ -13,6 +11,7 @@ import {
   ADMIN_ARN,
   givenAccount,
   givenFundedAccount,
+  givenRefund,
   reloadAccount,
   testClock,
 } from '../support/factories.js';
@@ -206,15 +205,8 @@ describe('holds: concurrency and the rest of the ledger', () => {
     const { account, payment } = await givenFundedAccount(db, 100);
     const older = String((await hold(account, { credits: 40 }, 'older')).body.holdId);
     const newer = String((await hold(account, { credits: 50 }, 'newer')).body.holdId);
-    await inAccountTransaction(db, account.id, async (trx, locked) => {
-      const current = await trx
-        .selectFrom('payments')
-        .selectAll()
-        .where('id', '=', payment.id)
-        .executeTakeFirstOrThrow();
-      // A refund of 70% of the purchase: 70 credits clawed back, 30 left for 90 held.
-      await settlePayment(trx, locked, current, { ...EMPTY_FACTS, chargeAmountRefunded: 700 }, 're_shrink');
-    });
+    // A refund of 70% of the purchase: 70 credits clawed back, 30 left for 90 held.
+    await givenRefund(db, payment, 700, 're_shrink');
     expect([(await get(older)).body.credits, (await get(newer)).body.credits]).toEqual([30, 0]);
     await expectInvariantsHold(db, clock.now());
   });

@@ -2,7 +2,8 @@ import { randomUUID } from 'node:crypto';
 import type { Kysely } from 'kysely';
 import { findOrCreateAccount, inAccountTransaction } from '../../shared/accounts/accounts.js';
 import type { Account, Database, Payment } from '../../shared/db/schema.js';
-import { creditPurchase } from '../../shared/payments/payments.js';
+import { EMPTY_FACTS } from '../../shared/payments/facts.js';
+import { creditPurchase, settlePayment } from '../../shared/payments/payments.js';
 
 export const ADMIN_ARN = 'arn:aws:iam::123456789012:role/credits-admin';
 
@@ -42,6 +43,29 @@ export async function givenFundedAccount(
     await creditPurchase(trx, locked, { paymentId: payment.id, credits, reference: payment.id });
   });
   return { account, payment };
+}
+
+/** Settles `payment` with Stripe's charge refunded by `amountRefunded` (minor units): a partial clawback. */
+export async function givenRefund(
+  db: Kysely<Database>,
+  payment: Payment,
+  amountRefunded: number,
+  reference: string,
+): Promise<void> {
+  await inAccountTransaction(db, payment.account_id, async (trx, locked) => {
+    const current = await trx
+      .selectFrom('payments')
+      .selectAll()
+      .where('id', '=', payment.id)
+      .executeTakeFirstOrThrow();
+    await settlePayment(
+      trx,
+      locked,
+      current,
+      { ...EMPTY_FACTS, chargeAmountRefunded: amountRefunded },
+      reference,
+    );
+  });
 }
 
 /** The account row as stored now. */

@@ -96,12 +96,8 @@ export function createSweeper(deps: SweeperDependencies) {
     const now = deps.clock?.() ?? new Date();
     const budgetMs = deps.budgetMs ?? 40_000;
     const started = Date.now();
-    // A quarter of the budget at most for holds: one left unmarked already counts as expired.
-    const holds = await expireDueHolds(deps.db, now, { budgetMs: budgetMs / 4 });
-    const expiredHolds = holds.expired;
-    const result = await sweepExpiredGrants(deps.db, now, {
-      budgetMs: Math.max(budgetMs - (Date.now() - started), 0),
-    });
+    const expiredHolds = await expireDueHolds(deps.db, now);
+    const result = await sweepExpiredGrants(deps.db, now, { budgetMs });
     const allowances = await grantDueAllowances(deps.db, deps.plans ?? DEFAULT_CATALOG, now, {
       budgetMs: Math.max(budgetMs - (Date.now() - started), 0),
     });
@@ -110,7 +106,7 @@ export function createSweeper(deps: SweeperDependencies) {
     metrics.addMetric(METRICS.holdsExpired, MetricUnit.Count, expiredHolds);
     metrics.addMetric(METRICS.grantsExpired, MetricUnit.Count, result.expiredGrants);
     metrics.addMetric(METRICS.allowancesGranted, MetricUnit.Count, allowances.granted);
-    const unfinished = holds.unfinished || result.unfinished || allowances.unfinished;
+    const unfinished = result.unfinished || allowances.unfinished;
     const summary = {
       ...result,
       unfinished,

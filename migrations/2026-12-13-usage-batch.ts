@@ -116,7 +116,7 @@ BEGIN
   RETURN v_events;
 END $fn$`;
 
-export const BATCH_FUNCTION = sql`
+const BATCH_FUNCTION = sql`
 CREATE FUNCTION debit_usage(p_events jsonb, p_plans jsonb, p_now timestamptz, p_check_prices boolean)
 RETURNS json
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $fn$
@@ -394,7 +394,7 @@ END $fn$`;
  * a spend, a hold's creation or a hold's capture. A usage event is debited by `debit_usage` alone (below), so
  * its rules have one home; `debit_credits('usage', ...)` now raises "unknown kind".
  */
-export const DEBIT_FUNCTION = sql`
+const DEBIT_FUNCTION = sql`
 CREATE OR REPLACE FUNCTION debit_credits(
   p_kind text,
   p_user text,

@@ -15,7 +15,6 @@ import * as autoTopUp from './2026-12-10-auto-topup.js';
 import * as webhookRetention from './2026-12-11-webhook-retention.js';
 import * as debitFunction from './2026-12-12-debit-function.js';
 import * as usageBatch from './2026-12-13-usage-batch.js';
-import * as heldTotal from './2026-12-14-held-total.js';
 
 /** Every migration, in order. Static imports so the set survives bundling into a Lambda. */
 const migrations: Record<string, Migration> = {
@@ -35,7 +34,6 @@ const migrations: Record<string, Migration> = {
   '2026-12-11-webhook-retention': webhookRetention,
   '2026-12-12-debit-function': debitFunction,
   '2026-12-13-usage-batch': usageBatch,
-  '2026-12-14-held-total': heldTotal,
 };
 
 /** A kysely migration provider over the static set above. */

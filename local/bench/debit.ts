@@ -404,7 +404,7 @@ async function measurePaths(
     if (holdId === undefined) return false;
     await call(serviceEvent('POST /v1/holds/{holdId}/capture', { holdId }, { credits: 3 }), 200);
   });
-  // Untimed: the holds left active are voided, so the usage row starts, as the spend row did, with none.
+  // Untimed: the holds left active would weigh on every later debit of the account (each sums them).
   await Promise.all(
     Array.from({ length: CLIENTS }, async () => {
       for (let holdId = holds.pop(); holdId !== undefined; holdId = holds.pop())

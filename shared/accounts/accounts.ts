@@ -116,16 +116,16 @@ export async function markAnonymized(trx: Trx, account: Account): Promise<Accoun
   return Object.assign(account, updated);
 }
 
-/**
- * Credits the account's active holds reserve at `now`: a hold past its expiry stops counting at once. Read
- * from the account's counter in one statement (`held_credits`, migrations/2026-12-14-held-total.ts), so its
- * cost does not grow with the holds.
- */
+/** Credits the account's active holds reserve at `now`: a hold past its expiry stops counting at once. */
 export async function heldCredits(db: Kysely<Database>, accountId: string, now: Date): Promise<number> {
-  const { rows } = await sql<{ held: number }>`SELECT h.held
-    FROM accounts a, held_credits(a.id, a.held, ${now}::timestamptz) h WHERE a.id = ${accountId}`.execute(db);
-  if (!rows[0]) throw new Error(`no account ${accountId}`);
-  return rows[0].held;
+  const row = await db
+    .selectFrom('holds')
+    .select(sql<number>`coalesce(sum(credits), 0)::bigint`.as('held'))
+    .where('account_id', '=', accountId)
+    .where('status', '=', 'active')
+    .where('expires_at', '>', now)
+    .executeTakeFirstOrThrow();
+  return row.held;
 }
 
 /** The account a Stripe customer id belongs to, if any. */

@@ -68,11 +68,6 @@ export interface AccountsTable {
   stripe_customer_id: string | null;
   balance: Int8;
   version: Int8;
-  /**
-   * Credits of the account's holds whose status is active, past their expiry or not; kept by a trigger on
-   * holds (migrations/2026-12-14-held-total.ts), never written here. What they reserve now: `heldCredits`.
-   */
-  held: ColumnType<number, never, never>;
   status: ColumnType<AccountStatus, AccountStatus | undefined, AccountStatus>;
   anonymized_at: Date | null;
   created_at: CreatedAt;

@@ -1,7 +1,7 @@
 import { type Kysely, sql } from 'kysely';
 import { heldCredits, inAccountTransaction } from '../accounts/accounts.js';
 import { requestHashOf } from '../credits.js';
-import { lockKey, type Trx } from '../db/locks.js';
+import type { Trx } from '../db/locks.js';
 import type { Account, Database, Hold } from '../db/schema.js';
 import { ServiceError } from '../errors.js';
 import { type DebitGuard, UNLIMITED } from '../ledger/debit.js';
@@ -163,46 +163,15 @@ async function settled(
   return { hold, balance: account.balance, available: account.balance - held, replayed };
 }
 
-/**
- * The sweeper's part: marks active holds past their expiry expired (they stopped counting already), one
- * account at a time, each in a transaction of its own under the account's lock, as every writer of holds:
- * marking one changes its account's `held` counter (the trigger on holds). A hold settled meanwhile is left
- * as it is. Stops once `budgetMs` is spent (`unfinished`: the next sweep goes on; a hold left unmarked
- * already counts as expired).
- */
-export async function expireDueHolds(
-  db: Kysely<Database>,
-  now: Date,
-  options: { readonly batch?: number; readonly budgetMs?: number } = {},
-): Promise<{ expired: number; unfinished: boolean }> {
-  const batch = options.batch ?? 200;
-  const stopAt = Date.now() + (options.budgetMs ?? Number.POSITIVE_INFINITY);
-  let expired = 0;
-  for (;;) {
-    const due = await db
-      .selectFrom('holds')
-      .select('account_id')
-      .distinct()
-      .where('status', '=', 'active')
-      .where('expires_at', '<=', now)
-      .limit(batch)
-      .execute();
-    for (const { account_id: accountId } of due) {
-      if (Date.now() >= stopAt) return { expired, unfinished: true };
-      expired += await db.transaction().execute(async (trx) => {
-        await lockKey(trx, 'account', accountId);
-        const marked = await trx
-          .updateTable('holds')
-          .set({ status: 'expired', settled_at: now })
-          .where('account_id', '=', accountId)
-          .where('status', '=', 'active')
-          .where('expires_at', '<=', now)
-          .executeTakeFirst();
-        return Number(marked.numUpdatedRows);
-      });
-    }
-    if (due.length < batch) return { expired, unfinished: false };
-  }
+/** The sweeper's part: marks active holds past their expiry expired (they stopped counting already). */
+export async function expireDueHolds(db: Kysely<Database>, now: Date): Promise<number> {
+  const result = await db
+    .updateTable('holds')
+    .set({ status: 'expired', settled_at: now })
+    .where('status', '=', 'active')
+    .where('expires_at', '<=', now)
+    .executeTakeFirst();
+  return Number(result.numUpdatedRows);
 }
 
 /**

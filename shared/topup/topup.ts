@@ -315,7 +315,8 @@ export async function startMissedTopUps(
       AND newest.created_at > ${new Date(now.getTime() - 86_400_000)}
       AND newest.created_at > coalesce((SELECT max(p.created_at) FROM payments p
                                         WHERE p.account_id = a.id AND p.kind = 'auto_topup'), '-infinity')
-      AND a.balance - (SELECT held FROM held_credits(a.id, a.held, ${now}::timestamptz)) < s.threshold_credits
+      AND a.balance - coalesce((SELECT sum(h.credits) FROM holds h WHERE h.account_id = a.id
+                                AND h.status = 'active' AND h.expires_at > ${now}), 0) < s.threshold_credits
       -- What maybeTopUp would refuse anyway, so those accounts never crowd out the others under the limit.
       AND s.package_id = ANY(${packages.map((p) => p.id)}::text[])
       AND (SELECT count(*) FROM payments p WHERE p.account_id = a.id AND p.kind = 'auto_topup'

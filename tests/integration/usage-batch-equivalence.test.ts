@@ -1,6 +1,5 @@
 import { type Kysely, Migrator, sql } from 'kysely';
 import { describe, expect, it } from 'vitest';
-import { HELD_COUNTER } from '../../migrations/2026-12-14-held-total.js';
 import { migrationProvider } from '../../migrations/index.js';
 import { inAccountTransaction, setAccountStatus } from '../../shared/accounts/accounts.js';
 import type { Database } from '../../shared/db/schema.js';
@@ -17,29 +16,15 @@ import { expectInvariantsHold } from '../support/invariants.js';
 
 // debit_usage decides a batch in memory and writes it by set (migration 2026-12-13). Before, it called
 // debit_credits once per event (2026-12-12). These run the same random histories through both, one database
-// each (the second migrated down to 2026-12-12, then given 2026-12-14's held counter, which the application
-// code reads), and require the same answers and the same rows: balances, versions, held counters, entries in
-// order, their draws on grants, grants, usage events, rollups, the day's totals and the outbox. Entry ids and
-// instants are left out (the two databases stamp their own).
+// each (the second migrated down to 2026-12-12), and require the same answers and the same rows: balances,
+// versions, entries in order, their draws on grants, grants, usage events, rollups, the day's totals and the
+// outbox. Entry ids and instants are left out (the two databases stamp their own).
 const current = await createTestDatabase();
 const previous = await createTestDatabase();
 const migrated = await new Migrator({ db: previous.owner(), provider: migrationProvider }).migrateTo(
   '2026-12-12-debit-function',
 );
 if (migrated.error) throw migrated.error;
-await HELD_COUNTER.execute(previous.owner());
-// 2026-12-14's debit_credits counts the holds it creates and captures itself (its trigger, every other change);
-// 2026-12-12's does not, so here a trigger counts them for it.
-await sql`
-  CREATE FUNCTION test_count_debit_holds() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
-    UPDATE accounts SET held = held + CASE TG_OP WHEN 'INSERT' THEN NEW.credits ELSE -OLD.credits END
-      WHERE id = NEW.account_id;
-    RETURN NULL;
-  END $$;
-  CREATE TRIGGER test_count_created AFTER INSERT ON holds FOR EACH ROW EXECUTE FUNCTION test_count_debit_holds();
-  CREATE TRIGGER test_count_captured AFTER UPDATE OF status ON holds FOR EACH ROW
-    WHEN (OLD.status = 'active' AND NEW.status = 'captured') EXECUTE FUNCTION test_count_debit_holds();
-`.execute(previous.owner());
 const actor = { actorArn: ADMIN_ARN, reason: 'test' };
 // One SKU priced by tokens (0.1 credit an input token, 0.3 an output token) in both, from 40 days back.
 for (const { db } of [current, previous]) {
@@ -304,7 +289,7 @@ async function rows(db: Kysely<Database>, users: string[]) {
   const grants = sql`SELECT g.id, a.user, row_number() OVER (PARTITION BY g.account_id ORDER BY g.created_at, g.id) AS n
     FROM credit_grants g JOIN (${accounts}) a ON a.id = g.account_id`;
   return {
-    accounts: await of(sql`SELECT external_user_id, balance, version, held, status FROM accounts
+    accounts: await of(sql`SELECT external_user_id, balance, version, status FROM accounts
       WHERE external_user_id IN (${sql.join(users)}) ORDER BY 1`),
     entries: await of(sql`SELECT a.user, e.kind, e.amount, e.balance_after,
         CASE WHEN e.kind IN ('usage', 'spend') THEN e.reference END AS reference

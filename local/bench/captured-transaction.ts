@@ -227,14 +227,14 @@ export async function expectSameRowsWritten(
 
 /**
  * Runs the captured transaction for `item` through raw `pg`, statement for statement; `onStatement` sees
- * each one's index as it completes (per-statement timing).
+ * each one's index as it completes (per-statement timing). The first row of each statement.
  */
 export async function replayWithPg(
   client: pg.ClientBase,
   transaction: CapturedTransaction,
   item: Item,
   onStatement?: (at: number) => void,
-): Promise<void> {
+): Promise<readonly (Record<string, unknown> | undefined)[]> {
   const rows: (Record<string, unknown> | undefined)[] = [];
   for (const [at, { sql, sources }] of transaction.statements.entries()) {
     const values = sources.map((source) => {
@@ -247,6 +247,7 @@ export async function replayWithPg(
     rows.push((await client.query(sql, values)).rows[0]);
     onStatement?.(at);
   }
+  return rows;
 }
 
 /** An item field as a pgbench column (and variable) name: snake_case. */

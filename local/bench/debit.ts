@@ -174,6 +174,54 @@ async function createScratch(pool: pg.Pool, count: number): Promise<void> {
   );
 }
 
+/** The comment `debit_credits` opens its writes with: the bench's copy of it returns there. */
+const WRITES_BEGIN = '-- Decided: the writes.';
+
+/**
+ * The spend's statement calling `${SCRATCH}.debit_credits_reads`: a copy of the migrated `debit_credits`
+ * (from `pg_get_functiondef`, so the bench keeps no SQL of its own) that returns where its writes begin,
+ * after the lock, every read and every check. Against the whole statement on pgbench, the share of a debit's
+ * database time that is not its writes and their commit.
+ */
+async function readsOnly(
+  pool: pg.Pool,
+  spend: CapturedTransaction,
+  item: Item,
+): Promise<CapturedTransaction> {
+  const { rows } = await pool.query<{ def: string }>(
+    "SELECT pg_get_functiondef('debit_credits'::regproc) AS def",
+  );
+  const def = rows[0]!.def;
+  const calls = spend.statements.filter((s) => s.sql.includes('debit_credits('));
+  if (!def.includes(WRITES_BEGIN) || calls.length !== 1)
+    throw new Error(
+      `debit_credits no longer has "${WRITES_BEGIN}" once, or the spend no longer calls it once`,
+    );
+  await pool.query(
+    def
+      .replace('FUNCTION public.debit_credits(', `FUNCTION ${SCRATCH}.debit_credits_reads(`)
+      .replace(WRITES_BEGIN, `RETURN jsonb_build_object('status', 'reads_only');\n  ${WRITES_BEGIN}`),
+  );
+  const copy = {
+    ...spend,
+    statements: spend.statements.map((s) => ({
+      ...s,
+      sql: s.sql.replace('debit_credits(', `${SCRATCH}.debit_credits_reads(`),
+    })),
+  };
+  // It must get as far as the cut: a refusal or a replay before it would time something else.
+  const client = await pool.connect();
+  try {
+    const rows = await replayWithPg(client, copy, item);
+    const answers = rows.map((row) => JSON.stringify(row ?? null));
+    if (!answers.some((answer) => answer.includes('"reads_only"')))
+      throw new Error(`the copy of debit_credits did not reach its writes: ${answers.join(', ')}`);
+  } finally {
+    client.release();
+  }
+  return copy;
+}
+
 interface Scenario {
   readonly label: string;
   /** The label as it may appear in an idempotency key or event id. */
@@ -230,6 +278,7 @@ export async function benchDebit({ db, databaseUrl, scale, report }: BenchContex
     await createScratch(pool, SPREAD);
     const call = benchRouter(service, CLIENTS);
     const spend = await captureSpend(databaseUrl, users[0]!, users[1]!);
+    const spendReads = await readsOnly(pool, spend, { userId: users[4]!, key: `check-${run}-reads` });
     // Proven before timing: a raw pg replay writes the rows the router's spend did.
     const check = await connect(databaseUrl);
     try {
@@ -299,11 +348,34 @@ export async function benchDebit({ db, databaseUrl, scale, report }: BenchContex
       const raw = await replay(pool, spend, scenario.user, scale.seconds, `raw-${run}-${scenario.slug}`);
       let pgbench: { perSecond: number; latencyMs: number } | undefined;
       if (hasPgbench()) {
-        const items: Item[] = Array.from({ length: Math.ceil(scale.seconds * 6_000) }, (_, i) => ({
-          userId: scenario.user(),
-          key: `pgbench-${run}-${scenario.slug}-${i}`,
-        }));
-        pgbench = await replayWithPgbench(databaseUrl, spend, items, CLIENTS, scale.seconds);
+        // As many as the run could use at `perSecond` (pgbench fails when they run out).
+        const items = (prefix: string, perSecond: number): Item[] =>
+          Array.from({ length: Math.ceil(scale.seconds * perSecond) }, (_, i) => ({
+            userId: scenario.user(),
+            key: `${prefix}-${run}-${scenario.slug}-${i}`,
+          }));
+        pgbench = await replayWithPgbench(
+          databaseUrl,
+          spend,
+          items('pgbench', 6_000),
+          CLIENTS,
+          scale.seconds,
+        );
+        // Keys of their own: a key the whole statement used would be answered as a replay, before the cut.
+        const reads = await replayWithPgbench(
+          databaseUrl,
+          spendReads,
+          items('reads', 40_000),
+          CLIENTS,
+          scale.seconds,
+        );
+        report({
+          name: `debit function vs its reads alone, both on pgbench, ${scenario.label}, ${CLIENTS} clients`,
+          ours: `spend's statement ${fmt(pgbench.perSecond)}/s (${pgbench.latencyMs.toFixed(2)} ms mean)`,
+          baseline: `a copy returning before its writes ${fmt(reads.perSecond)}/s (${reads.latencyMs.toFixed(2)} ms mean)`,
+          ratio: pgbench.perSecond / reads.perSecond,
+          figures: { pgbenchPerSecond: pgbench.perSecond, readsPerSecond: reads.perSecond },
+        });
         // What the database alone allows: the debit function against the transfer, neither through Node.
         const transfer = await runPgbench(databaseUrl, scenario.transferScript, CLIENTS, {
           seconds: scale.seconds,

@@ -193,7 +193,7 @@ async function readsOnly(
   );
   const def = rows[0]!.def;
   const calls = spend.statements.filter((s) => s.sql.includes('debit_credits('));
-  if (!def.includes(WRITES_BEGIN) || calls.length !== 1)
+  if (def.split(WRITES_BEGIN).length !== 2 || calls.length !== 1)
     throw new Error(
       `debit_credits no longer has "${WRITES_BEGIN}" once, or the spend no longer calls it once`,
     );
